@@ -1,0 +1,1 @@
+"""Data sections of the configs, one module per data source."""
