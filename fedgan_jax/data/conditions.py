@@ -165,6 +165,15 @@ class ConditionSchema:
                          f'{f.categories} (or empty for missing).')
     return codes
 
+  def continuous_columns(self) -> np.ndarray:
+    """Bool `(value_dim,)`: True where a column is a standardized continuous value
+    (regressed), False where it is a 0/1 indicator (classified)."""
+    columns = np.zeros(self.value_dim, bool)
+    for f in self.features:
+      if f.kind == 'continuous':
+        columns[self._slices[f.name]] = True
+    return columns
+
   def decode_continuous(self, name: str, standardized: np.ndarray) -> np.ndarray:
     """Maps standardized values of a continuous feature back to its units."""
     f = self.feature(name)

@@ -1,0 +1,65 @@
+"""Losses as pure functions of arrays: GAN losses, the attribute loss, L_cond, AE loss.
+
+`L_G = L_GAN + lambda * L_cond` with `L_cond = 1 - cos(a(G(c, z)), c)`, computed
+over the entries of `c` that are present (mask 1): a missing attribute neither
+helps nor hurts. `a(x)` is the discriminator's attribute head mapped to attribute
+space: identity on standardized continuous columns, sigmoid on 0/1 columns.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+GAN_LOSSES = ('non_saturating', 'hinge')
+
+
+def discriminator_gan_loss(real_logits, fake_logits, kind: str):
+  """Per-example D loss on paired real/fake logits, shape `(B,)`."""
+  if kind == 'non_saturating':
+    return jax.nn.softplus(-real_logits) + jax.nn.softplus(fake_logits)
+  if kind == 'hinge':
+    return jax.nn.relu(1.0 - real_logits) + jax.nn.relu(1.0 + fake_logits)
+  raise ValueError(f'loss.gan: {kind!r} is not one of {GAN_LOSSES}.')
+
+
+def generator_gan_loss(fake_logits, kind: str):
+  """Per-example G loss, shape `(B,)`."""
+  if kind == 'non_saturating':
+    return jax.nn.softplus(-fake_logits)
+  if kind == 'hinge':
+    return -fake_logits
+  raise ValueError(f'loss.gan: {kind!r} is not one of {GAN_LOSSES}.')
+
+
+def attribute_prediction(raw, continuous_columns):
+  """Attribute-head outputs in attribute space (values on continuous, P(1) elsewhere)."""
+  return jnp.where(continuous_columns, raw, jax.nn.sigmoid(raw))
+
+
+def attribute_loss(raw, values, mask, continuous_columns):
+  """Per-example masked loss of the attribute head: MSE on continuous, BCE on 0/1 columns."""
+  squared = jnp.square(raw - values)
+  binary = optax.sigmoid_binary_cross_entropy(raw, values)
+  per_entry = jnp.where(continuous_columns, squared, binary) * mask
+  return jnp.sum(per_entry, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+
+
+def cosine_condition_loss(predicted, values, mask, eps: float = 1e-8):
+  """Per-example `1 - cos(predicted * mask, values * mask)`, shape `(B,)`.
+
+  A record with nothing present (or an all-zero present part) has no direction to
+  match; it contributes 0 rather than NaN.
+  """
+  p = predicted * mask
+  v = values * mask
+  dot = jnp.sum(p * v, axis=-1)
+  norms = jnp.linalg.norm(p, axis=-1) * jnp.linalg.norm(v, axis=-1)
+  defined = norms > eps
+  return jnp.where(defined, 1.0 - dot / jnp.where(defined, norms, 1.0), 0.0)
+
+
+def reconstruction_error(images, reconstructions):
+  """Per-image mean squared error, shape `(B,)`."""
+  return jnp.mean(jnp.square(images - reconstructions), axis=tuple(range(1, images.ndim)))
