@@ -73,7 +73,7 @@ class Runner:
   """Prints a plan (dry run) or executes it with subprocess."""
 
   def __init__(self, dry_run: bool, out: TextIO | None = None, log: TextIO | None = None,
-               sleep: Callable[[float], None] = time.sleep):
+               sleep: Callable[[float], None] | None = None):
     self.dry_run = dry_run
     self._out = out
     self._log = log
@@ -86,6 +86,9 @@ class Runner:
   @property
   def log(self) -> TextIO:
     return self._log or sys.stderr
+
+  def _pause(self, seconds: float) -> None:
+    (self._sleep or time.sleep)(seconds)
 
   def note(self, text: str) -> None:
     """A comment: on stdout in a dry run (the printed script stays valid), else on stderr."""
@@ -111,7 +114,7 @@ class Runner:
       if attempt < step.attempts:
         self.note(f'{len(failures)} command(s) failed; try {attempt + 1} of {step.attempts} '
                   f'in {step.retry_wait_s:g}s')
-        self._sleep(step.retry_wait_s)
+        self._pause(step.retry_wait_s)
     command, status = failures[0]
     raise CommandError(f'{step.description} failed: `{shlex.join(command)}` exited with status '
                        f'{status}.')
@@ -146,7 +149,7 @@ class Runner:
             for _, other in running.values():
               other.terminate()
       if running:
-        self._sleep(POLL_INTERVAL_S)
+        self._pause(POLL_INTERVAL_S)
     return failures
 
 
