@@ -1,0 +1,280 @@
+"""ChestX-ray14 (NIH): official layout -> patient-level federation of hospitals.
+
+Expected under `data.root` (the NIH release, https://nihcc.app.box.com/v/ChestXray-NIHCC):
+  Data_Entry_2017.csv                      metadata, one row per image
+  images/*.png  or  images_001/images/*.png ... images_012/images/*.png
+  train_val_list.txt, test_list.txt        official patient-wise split (optional)
+
+Metadata -> records: age in years (values above `data.max_valid_age` are known
+errors of this CSV and become missing), sex (F/M), view position (PA/AP),
+follow-up number, and the 14 findings as multi-hot ('No Finding' = all zero =
+normal). Without split lists the test split is a seeded draw of whole patients.
+Images are decoded once into a cache (see `image_io.cached_images`).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import warnings
+from typing import Any, Mapping, Sequence
+
+from absl import logging
+import numpy as np
+
+from fedgan_jax.data import clinical
+from fedgan_jax.data import conditions as conditions_lib
+from fedgan_jax.data import dataset as dataset_lib
+from fedgan_jax.data import image_io
+from fedgan_jax.data import partition as partition_lib
+
+FINDINGS = ('Atelectasis', 'Cardiomegaly', 'Effusion', 'Infiltration', 'Mass', 'Nodule',
+            'Pneumonia', 'Pneumothorax', 'Consolidation', 'Edema', 'Emphysema', 'Fibrosis',
+            'Pleural_Thickening', 'Hernia')
+NO_FINDING = 'No Finding'
+CSV_NAME = 'Data_Entry_2017.csv'
+TRAIN_LIST, TEST_LIST = 'train_val_list.txt', 'test_list.txt'
+CSV_COLUMNS = {'image_index': 'Image Index', 'labels': 'Finding Labels',
+               'follow_up': 'Follow-up #', 'patient_id': 'Patient ID', 'age': 'Patient Age',
+               'sex': 'Patient Gender', 'view': 'View Position'}
+# Join keys a clinical CSV may use (`data.clinical.key`) -> the record holding them.
+CLINICAL_KEYS = {'Patient ID': 'patient_id', 'Image Index': 'image_index'}
+DEFAULT_CATEGORIES = {'sex': ('F', 'M'), 'view': ('PA', 'AP')}
+SOURCE = 'NIH Clinical Center, https://nihcc.app.box.com/v/ChestXray-NIHCC'
+LAYOUT = (f'{CSV_NAME}, images/*.png (or images_001/images ... images_012/images), and optionally '
+          f'{TRAIN_LIST} and {TEST_LIST}')
+
+
+def _parse_age(text: str) -> float:
+  # The first NIH release wrote ages as '058Y'; later ones as '58'.
+  text = text.strip().upper().removesuffix('Y')
+  try:
+    return float(text)
+  except ValueError:
+    return np.nan
+
+
+def parse_findings(labels: Sequence[str], image_names: Sequence[str],
+                   csv_path: str | os.PathLike) -> np.ndarray:
+  """'A|B' label strings -> float32 multi-hot `(N, 14)` in `FINDINGS` order."""
+  column = {name: i for i, name in enumerate(FINDINGS)}
+  parsed = {}  # A few hundred distinct label strings cover 112k rows.
+  out = np.zeros((len(labels), len(FINDINGS)), np.float32)
+  for row, text in enumerate(labels):
+    if text not in parsed:
+      names = [t.strip() for t in text.split('|')]
+      unknown = [t for t in names if t not in column and t != NO_FINDING]
+      if unknown or not text or (NO_FINDING in names and len(names) > 1):
+        raise ValueError(f'{csv_path}: image {image_names[row]} has Finding Labels {text!r}; '
+                         f'expected "{NO_FINDING}" alone or "|"-separated names from {FINDINGS}.')
+      parsed[text] = [column[t] for t in names if t != NO_FINDING]
+    out[row, parsed[text]] = 1.0
+  return out
+
+
+def _category_codes(values: np.ndarray, categories: Sequence[str], csv_column: str,
+                    image_names: np.ndarray, csv_path) -> np.ndarray:
+  lookup = {c: i for i, c in enumerate(categories)}
+  codes = np.asarray([lookup.get(v, -1) if v else -1 for v in values], np.int64)
+  unknown = (codes < 0) & (values != '')
+  if unknown.any():
+    row = int(np.flatnonzero(unknown)[0])
+    raise ValueError(f'{csv_path}: image {image_names[row]} has {csv_column} {values[row]!r}; '
+                     f'expected one of {tuple(categories)} (or empty for missing).')
+  return codes
+
+
+def read_metadata(csv_path: str | os.PathLike, *, max_valid_age: float, max_images: int = 0,
+                  categories: Mapping[str, Sequence[str]] | None = None
+                  ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """Parses `Data_Entry_2017.csv` into records.
+
+  Args:
+    csv_path: the CSV.
+    max_valid_age: ages above it are recorded errors and become NaN.
+    max_images: use only the first rows (0 = all).
+    categories: categories of 'sex' and 'view' (codes index them), default F/M and PA/AP.
+
+  Returns:
+    `(records, info)`: 'image_index', 'patient_id' (int64), 'age' (float, NaN missing),
+    'sex' and 'view' (int codes, -1 missing), 'follow_up' (float), 'findings' (N, 14);
+    info counts the ages dropped as invalid.
+  """
+  categories = {**DEFAULT_CATEGORIES, **(categories or {})}
+  table = clinical.read_csv_columns(csv_path, list(CSV_COLUMNS.values()), 'data.root')
+  if max_images:
+    table = {k: v[:max_images] for k, v in table.items()}
+  column = lambda name: table[CSV_COLUMNS[name]]
+  names = column('image_index').astype(str)
+  patient_text = column('patient_id')
+  bad_ids = [i for i, t in enumerate(patient_text) if not t.isdigit()]
+  if bad_ids:
+    raise ValueError(f'{csv_path}: image {names[bad_ids[0]]} has Patient ID '
+                     f'{patient_text[bad_ids[0]]!r}; expected an integer.')
+  age = np.asarray([_parse_age(t) for t in column('age')])
+  with np.errstate(invalid='ignore'):
+    invalid_age = age > max_valid_age
+  age[invalid_age] = np.nan
+  follow_up = np.asarray([float(t) if t else np.nan for t in column('follow_up')])
+  records = {
+      'image_index': names,
+      'patient_id': patient_text.astype(np.int64),
+      'age': age,
+      'sex': _category_codes(column('sex'), categories['sex'], 'Patient Gender', names, csv_path),
+      'view': _category_codes(column('view'), categories['view'], 'View Position', names,
+                              csv_path),
+      'follow_up': follow_up,
+      'findings': parse_findings(column('labels'), names, csv_path),
+  }
+  return records, {'rows_in_csv': len(names), 'invalid_ages': int(invalid_age.sum())}
+
+
+def find_images(root: pathlib.Path) -> dict[str, str]:
+  """Image file name -> path, from `images/` and/or `images_*/images/` under `root`."""
+  folders = [root / 'images'] + sorted(root.glob('images_*/images')) + sorted(
+      p for p in root.glob('images_*') if p.is_dir())
+  paths = {}
+  for folder in folders:
+    if folder.is_dir():
+      with os.scandir(folder) as entries:
+        for entry in entries:
+          if entry.name.lower().endswith('.png'):
+            paths.setdefault(entry.name, entry.path)
+  if not paths:
+    raise ValueError(f'data.root: no PNG images under {root}; expected {LAYOUT}. ChestX-ray14 is '
+                     f'published by the {SOURCE}.')
+  return paths
+
+
+def _read_list(path: pathlib.Path) -> set[str] | None:
+  if not path.exists():
+    return None
+  return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+def split_rows(records: Mapping[str, np.ndarray], root: pathlib.Path, test_fraction: float,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+  """Train and test row indices: the official lists when present, else seeded patients.
+
+  With lists, a patient with images in both is counted (`overlapping_patient_ids`);
+  rows in neither list are left out.
+  """
+  names, patients = records['image_index'], records['patient_id']
+  train_list, test_list = _read_list(root / TRAIN_LIST), _read_list(root / TEST_LIST)
+  if train_list is None and test_list is None:
+    unique = np.unique(patients)
+    num_test = int(round(test_fraction * len(unique)))
+    if not 0 < num_test < len(unique):
+      raise ValueError(f'data.split.test_fraction={test_fraction} leaves {num_test} of '
+                       f'{len(unique)} patients for testing; expected a fraction in (0, 1) that '
+                       'keeps at least one patient on each side.')
+    in_test = np.isin(patients, rng.permutation(unique)[:num_test])
+    return np.flatnonzero(~in_test), np.flatnonzero(in_test), {'split': 'seeded patients'}
+  in_test = np.asarray([n in test_list for n in names]) if test_list is not None else None
+  in_train = np.asarray([n in train_list for n in names]) if train_list is not None else None
+  in_train = ~in_test if in_train is None else in_train
+  in_test = ~in_train if in_test is None else in_test
+  overlap = np.intersect1d(patients[in_train], patients[in_test])
+  info = {'split': 'official lists', 'unlisted_rows': int((~in_train & ~in_test).sum()),
+          'overlapping_patient_ids': overlap}
+  return np.flatnonzero(in_train & ~in_test), np.flatnonzero(in_test), info
+
+
+def build_federation(data_config, conditions_config: Sequence[Mapping[str, Any]],
+                     seed: int) -> dataset_lib.FederatedDataset:
+  """Reads ChestX-ray14 under `data_config.root` into hospitals and a test split."""
+  if not data_config.root:
+    raise ValueError(f'data.root is empty: set it to the ChestX-ray14 folder ({LAYOUT}); the data '
+                     f'set is published by the {SOURCE}.')
+  root = pathlib.Path(data_config.root)
+  csv_path = root / CSV_NAME
+  if not csv_path.is_file():
+    raise ValueError(f'data.root: {csv_path} not found; expected {LAYOUT} under {root}. '
+                     f'ChestX-ray14 is published by the {SOURCE}.')
+  schema = conditions_lib.ConditionSchema.from_config(
+      clinical.with_clinical_features(conditions_config, data_config.get('clinical')))
+  names_in_schema = {f.name for f in schema.features}
+  records, info = read_metadata(
+      csv_path, max_valid_age=data_config.max_valid_age, max_images=data_config.max_images,
+      categories={n: schema.feature(n).categories for n in ('sex', 'view') if n in names_in_schema})
+  info['source'] = 'cxr14'
+  clinical_config = data_config.get('clinical')
+  clinical_keys = None
+  if clinical.enabled(clinical_config):
+    if clinical_config.key not in CLINICAL_KEYS:
+      raise ValueError(f'data.clinical.key: {clinical_config.key!r} is not one of '
+                       f'{sorted(CLINICAL_KEYS)} for ChestX-ray14.')
+    clinical_keys = records[CLINICAL_KEYS[clinical_config.key]]
+  clinical_records, clinical_info = clinical.join_clinical(clinical_config, clinical_keys)
+  records.update(clinical_records)
+  info.update(clinical_info)
+  absent = sorted(names_in_schema - set(records))
+  if absent:
+    raise ValueError(f'conditions: features {absent} are not provided by ChestX-ray14 records '
+                     f'{sorted(records)} nor declared in data.clinical.columns.')
+
+  split_rng, partition_rng = (np.random.default_rng([seed, stream]) for stream in (0, 1))
+  train_rows, test_rows, split_info = split_rows(records, root, data_config.split.test_fraction,
+                                                 split_rng)
+  overlap = split_info.pop('overlapping_patient_ids', np.array([], np.int64))
+  info.update(split_info, overlapping_patients=len(overlap))
+  if len(overlap):
+    action = ('their training images are dropped (data.drop_overlapping_patients=True)'
+              if data_config.drop_overlapping_patients else
+              'they stay in both splits; set data.drop_overlapping_patients=True to drop them '
+              'from training')
+    warnings.warn(f'ChestX-ray14: {len(overlap)} patients have images in both {TRAIN_LIST} and '
+                  f'{TEST_LIST}; {action}.')
+    if data_config.drop_overlapping_patients:
+      keep = ~np.isin(records['patient_id'][train_rows], overlap)
+      info['dropped_overlapping_rows'] = int((~keep).sum())
+      train_rows = train_rows[keep]
+
+  used = np.union1d(train_rows, test_rows)
+  paths = find_images(root)
+  on_disk = np.asarray([n in paths for n in records['image_index'][used]], bool)
+  if not on_disk.all():
+    missing = records['image_index'][used][~on_disk]
+    if data_config.on_bad_image == 'error':
+      raise ValueError(f'data.root: image {missing[0]} (listed in {CSV_NAME}) is not under '
+                       f'{root}/images or images_*/images; set data.on_bad_image="skip" to skip '
+                       f'the {len(missing)} missing images.')
+    used = used[on_disk]
+  info['missing_images'] = int((~on_disk).sum())
+  names = records['image_index'][used]
+  images, bad, cache_info = image_io.cached_images(
+      [paths[n] for n in names], names,
+      cache_dir=data_config.cache_dir or root / 'fedgan_cache', prefix='cxr14',
+      image_size=data_config.image_size, resample=data_config.resample,
+      sixteen_bit=data_config.sixteen_bit, workers=data_config.decode_workers,
+      chunk_size=data_config.decode_chunk_size, on_bad_image=data_config.on_bad_image,
+      max_in_memory_bytes=data_config.max_in_memory_bytes)
+  info.update(cache_info, bad_images=len(bad), bad_image_files=[str(names[i]) for i in sorted(bad)][:20])
+  skipped = info['missing_images'] + len(bad)
+  if skipped:
+    warnings.warn(f'ChestX-ray14: skipped {info["missing_images"]} missing and {len(bad)} '
+                  f'undecodable images (data.on_bad_image="skip"); first: '
+                  f'{info["bad_image_files"][:3]}.')
+  # Row r of the cache holds CSV row used[r]; bad rows are zeros and are dropped here.
+  cache_row = np.full(len(records['image_index']), -1, np.int64)
+  cache_row[used] = np.arange(len(used))
+  cache_row[used[sorted(bad)]] = -1
+  train_rows, test_rows = (rows[cache_row[rows] >= 0] for rows in (train_rows, test_rows))
+  schema = schema.fit_standardization({k: np.asarray(v)[train_rows] for k, v in records.items()})
+
+  def examples(rows: np.ndarray, name: str) -> dataset_lib.ClientData:
+    subset = {k: np.asarray(v)[rows] for k, v in records.items()}
+    values, mask = schema.encode(subset)
+    image_rows = cache_row[rows]
+    return dataset_lib.ClientData(
+        name=name,
+        images=(image_io.RowView(images, image_rows) if cache_info['streaming']
+                else np.asarray(images[image_rows])),
+        conditions=conditions_lib.model_condition(values, mask),
+        abnormal=subset['findings'].any(axis=1), patient_ids=subset['patient_id'],
+        records=subset)
+
+  pool, test = examples(train_rows, 'train'), examples(test_rows, 'test')
+  info.update(train_rows=len(pool), test_rows=len(test))
+  logging.info('ChestX-ray14: %s', {k: v for k, v in info.items() if k != 'bad_image_files'})
+  return partition_lib.federate(pool, test, schema, data_config.partition, partition_rng, info)
