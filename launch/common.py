@@ -206,6 +206,9 @@ def execute(runner: Runner, plan: Mapping[str, Sequence[Step]], subcommand: str,
   except CommandError as error:
     print(f'error: {error}', file=runner.log, flush=True)
     return 1
+  except KeyboardInterrupt:
+    print('error: interrupted.', file=runner.log, flush=True)
+    return 130
   return 0
 
 

@@ -1,5 +1,5 @@
-"""Tests of the launch scripts: the exact gcloud commands of --dry-run, and the failure handling of a
-real run against a fake subprocess (no cloud, no gcloud needed)."""
+"""Tests of the launch scripts: the exact gcloud commands of --dry-run, and the failure handling
+of a real run against a fake subprocess (no cloud, no gcloud needed)."""
 
 import pathlib
 import shlex
@@ -358,3 +358,22 @@ def test_missing_gcloud_says_how_to_install_it(repo_dir, monkeypatch, capsys):
   monkeypatch.setattr(subprocess, 'Popen', popen)
   assert tpu_vm.main(base_argv('create', repo_dir)) == 1
   assert 'Install the Google Cloud CLI' in capsys.readouterr().err
+
+
+def test_interrupted_run_still_deletes_the_vm(repo_dir, fake_popen, monkeypatch, capsys):
+  started, _ = fake_popen
+
+  def interrupt():
+    raise KeyboardInterrupt
+  original_popen = subprocess.Popen
+
+  def popen(command):
+    process = original_popen(command)
+    if 'fedgan_jax.main' in command[-1]:
+      process.poll = interrupt
+    return process
+  monkeypatch.setattr(subprocess, 'Popen', popen)
+  status, _ = run_real(tpu_vm, base_argv('all', repo_dir), monkeypatch)
+  assert status == 130
+  assert [kind(c) for c, _ in started][-2:] == ['ssh', 'delete']
+  assert 'interrupted' in capsys.readouterr().err
