@@ -49,6 +49,22 @@ def get_clinical_config() -> ml_collections.ConfigDict:
   ))
 
 
+def get_augment_config() -> ml_collections.ConfigDict:
+  """Augmentation of real images in [-1, 1] (see fedgan_jax/data/augment.py)."""
+  return ml_collections.ConfigDict(dict(
+      enabled=True,
+      max_rotation_deg=5.0,
+      max_scale_delta=0.05,         # Scale ~ U(0.95, 1.05).
+      max_translate_fraction=0.04,  # Shift ~ U(-4%, 4%) of the size, per axis.
+      horizontal_flip=False,        # A flip moves the heart to the right: off.
+      flip_probability=0.5,
+      max_brightness=0.05,          # In [-1, 1] units.
+      max_contrast_delta=0.1,
+      max_gamma_delta=0.1,
+      fill_value=-1.0,              # Black outside the film.
+  ))
+
+
 def get_data_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   """ChestX-ray14 loader settings; `runlocal` shrinks it for a laptop."""
   config = ml_collections.ConfigDict()
@@ -69,4 +85,5 @@ def get_data_config(runlocal: bool = False) -> ml_collections.ConfigDict:
       test_fraction=0.2))               # Patients held out when the split lists are absent.
   config.partition = get_partition_config(num_clients=2 if runlocal else 4)
   config.clinical = get_clinical_config()
+  config.augment = get_augment_config()
   return config

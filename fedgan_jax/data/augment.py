@@ -1,0 +1,122 @@
+"""Chest X-ray augmentation in pure JAX (jit-able, reproducible from the rng).
+
+`augment(images, rng, config)` takes float images `(B, H, W, C)` in [-1, 1] and
+applies, per image with its own random draw:
+  * one affine resample (bilinear) combining rotation, isotropic scaling,
+    translation and an optional horizontal flip, about the image center;
+  * intensity changes: contrast around the image's mean, brightness shift, gamma.
+
+Horizontal flips are off by default: a flipped chest film puts the heart on the
+right, which is a different (and rare) anatomy, not the same patient.
+
+Config fields (the `augment` section): enabled, max_rotation_deg,
+max_scale_delta (scale ~ U(1 - d, 1 + d)), max_translate_fraction (shift ~
+U(-f, f) * size per axis), horizontal_flip, flip_probability, max_brightness
+(shift ~ U(-b, b) in [-1, 1] units), max_contrast_delta (factor ~ U(1 - c, 1 + c)),
+max_gamma_delta (gamma ~ U(1 - g, 1 + g) on [0, 1] intensities), fill_value
+(for pixels that come from outside the image). A stage whose magnitudes are all
+zero is skipped at trace time, so a disabled or all-zero config returns the
+input unchanged, bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class AugmentParams(NamedTuple):
+  """Per-image draws `(B,)` (shift `(B, 2)` in pixels, (y, x)); None = stage off."""
+  angle: jax.Array | None = None     # Radians; positive turns the image counter-clockwise.
+  scale: jax.Array | None = None
+  shift: jax.Array | None = None
+  flip: jax.Array | None = None      # bool
+  contrast: jax.Array | None = None
+  brightness: jax.Array | None = None
+  gamma: jax.Array | None = None
+
+
+def _geometric(config) -> bool:
+  return bool(config.max_rotation_deg or config.max_scale_delta or config.max_translate_fraction
+              or config.horizontal_flip)
+
+
+def sample_params(rng: jax.Array, batch_size: int, height: int, width: int,
+                  config) -> AugmentParams:
+  """Draws the parameters of each active stage; stages with zero magnitude stay None."""
+  keys = jax.random.split(rng, 7)
+
+  def symmetric(key, magnitude):
+    return jax.random.uniform(key, (batch_size,), jnp.float32, -magnitude, magnitude)
+
+  params = {}
+  if _geometric(config):
+    params['angle'] = symmetric(keys[0], jnp.deg2rad(config.max_rotation_deg))
+    params['scale'] = 1.0 + symmetric(keys[1], config.max_scale_delta)
+    params['shift'] = jax.random.uniform(
+        keys[2], (batch_size, 2), jnp.float32, -1.0, 1.0) * (
+            config.max_translate_fraction * jnp.array([height, width], jnp.float32))
+    flip_probability = config.flip_probability if config.horizontal_flip else 0.0
+    params['flip'] = jax.random.bernoulli(keys[3], flip_probability, (batch_size,))
+  if config.max_contrast_delta:
+    params['contrast'] = 1.0 + symmetric(keys[4], config.max_contrast_delta)
+  if config.max_brightness:
+    params['brightness'] = symmetric(keys[5], config.max_brightness)
+  if config.max_gamma_delta:
+    params['gamma'] = 1.0 + symmetric(keys[6], config.max_gamma_delta)
+  return AugmentParams(**params)
+
+
+def _resample(image: jax.Array, angle, scale, shift, flip, fill_value: float) -> jax.Array:
+  """One image `(H, W, C)`: output pixel p reads input `A^-1 (p - center - shift) + center`."""
+  height, width = image.shape[:2]
+  center = jnp.array([(height - 1) / 2, (width - 1) / 2], jnp.float32)
+  ys, xs = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
+                        jnp.arange(width, dtype=jnp.float32), indexing='ij')
+  dy, dx = ys - center[0] - shift[0], xs - center[1] - shift[1]
+  # The inverse of a counter-clockwise turn as displayed (rows run downwards).
+  cos, sin = jnp.cos(angle), jnp.sin(angle)
+  source_y = (cos * dy + sin * dx) / scale
+  source_x = (cos * dx - sin * dy) / scale
+  source_x = jnp.where(flip, -source_x, source_x)
+  coordinates = [source_y + center[0], source_x + center[1]]
+  channels = [jax.scipy.ndimage.map_coordinates(image[..., c], coordinates, order=1,
+                                                mode='constant', cval=fill_value)
+              for c in range(image.shape[-1])]
+  return jnp.stack(channels, axis=-1)
+
+
+def apply_params(images: jax.Array, params: AugmentParams, fill_value: float = -1.0) -> jax.Array:
+  """Applies the stages present in `params` to `(B, H, W, C)` images in [-1, 1]."""
+  if params.angle is not None:
+    images = jax.vmap(_resample, in_axes=(0, 0, 0, 0, 0, None))(
+        images, params.angle, params.scale, params.shift, params.flip, fill_value)
+  per_image = lambda x: x[:, None, None, None]
+  intensity = False
+  if params.contrast is not None:
+    mean = images.mean(axis=(1, 2, 3), keepdims=True)
+    images = (images - mean) * per_image(params.contrast) + mean
+    intensity = True
+  if params.brightness is not None:
+    images = images + per_image(params.brightness)
+    intensity = True
+  if params.gamma is not None:
+    unit = jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
+    images = unit ** per_image(params.gamma) * 2.0 - 1.0
+    intensity = True
+  return jnp.clip(images, -1.0, 1.0) if intensity else images
+
+
+def augment(images: jax.Array, rng: jax.Array, config) -> jax.Array:
+  """Augments float images `(B, H, W, C)` in [-1, 1]; identity when `config.enabled` is False.
+
+  `config` is read at trace time: jit with it closed over (or static), e.g.
+  `jax.jit(functools.partial(augment, config=config))`.
+  """
+  if not config.enabled:
+    return images
+  batch_size, height, width = images.shape[:3]
+  params = sample_params(rng, batch_size, height, width, config)
+  return apply_params(images, params, config.fill_value)
