@@ -213,6 +213,9 @@ def build_federation(data_config, conditions_config: Sequence[Mapping[str, Any]]
     raise ValueError(f'conditions: features {absent} are not provided by ChestX-ray14 records '
                      f'{sorted(records)} nor declared in data.clinical.columns.')
 
+  if not len(records['image_index']):
+    raise ValueError(f'data.root: {csv_path} has a header but no rows.')
+  paths = find_images(root)
   split_rng, partition_rng = (np.random.default_rng([seed, stream]) for stream in (0, 1))
   train_rows, test_rows, split_info = split_rows(records, root, data_config.split.test_fraction,
                                                  split_rng)
@@ -231,7 +234,6 @@ def build_federation(data_config, conditions_config: Sequence[Mapping[str, Any]]
       train_rows = train_rows[keep]
 
   used = np.union1d(train_rows, test_rows)
-  paths = find_images(root)
   on_disk = np.asarray([n in paths for n in records['image_index'][used]], bool)
   if not on_disk.all():
     missing = records['image_index'][used][~on_disk]
