@@ -38,6 +38,9 @@ class AugmentParams(NamedTuple):
   gamma: jax.Array | None = None
 
 
+_COLUMNS = ('angle', 'scale', 'shift_y', 'shift_x', 'flip', 'contrast', 'brightness', 'gamma')
+
+
 def _geometric(config) -> bool:
   return bool(config.max_rotation_deg or config.max_scale_delta or config.max_translate_fraction
               or config.horizontal_flip)
@@ -46,26 +49,23 @@ def _geometric(config) -> bool:
 def sample_params(rng: jax.Array, batch_size: int, height: int, width: int,
                   config) -> AugmentParams:
   """Draws the parameters of each active stage; stages with zero magnitude stay None."""
-  keys = jax.random.split(rng, 7)
-
-  def symmetric(key, magnitude):
-    return jax.random.uniform(key, (batch_size,), jnp.float32, -magnitude, magnitude)
-
+  # One uniform draw for every stage: each threefry call costs seconds of XLA compile on CPU.
+  unit = jax.random.uniform(rng, (len(_COLUMNS), batch_size), jnp.float32, -1.0, 1.0)
+  draw = dict(zip(_COLUMNS, unit))
   params = {}
   if _geometric(config):
-    params['angle'] = symmetric(keys[0], jnp.deg2rad(config.max_rotation_deg))
-    params['scale'] = 1.0 + symmetric(keys[1], config.max_scale_delta)
-    params['shift'] = jax.random.uniform(
-        keys[2], (batch_size, 2), jnp.float32, -1.0, 1.0) * (
-            config.max_translate_fraction * jnp.array([height, width], jnp.float32))
+    params['angle'] = draw['angle'] * jnp.deg2rad(config.max_rotation_deg)
+    params['scale'] = 1.0 + draw['scale'] * config.max_scale_delta
+    params['shift'] = jnp.stack([draw['shift_y'] * height, draw['shift_x'] * width],
+                                axis=1) * config.max_translate_fraction
     flip_probability = config.flip_probability if config.horizontal_flip else 0.0
-    params['flip'] = jax.random.bernoulli(keys[3], flip_probability, (batch_size,))
+    params['flip'] = (draw['flip'] + 1.0) / 2.0 < flip_probability
   if config.max_contrast_delta:
-    params['contrast'] = 1.0 + symmetric(keys[4], config.max_contrast_delta)
+    params['contrast'] = 1.0 + draw['contrast'] * config.max_contrast_delta
   if config.max_brightness:
-    params['brightness'] = symmetric(keys[5], config.max_brightness)
+    params['brightness'] = draw['brightness'] * config.max_brightness
   if config.max_gamma_delta:
-    params['gamma'] = 1.0 + symmetric(keys[6], config.max_gamma_delta)
+    params['gamma'] = 1.0 + draw['gamma'] * config.max_gamma_delta
   return AugmentParams(**params)
 
 
