@@ -219,9 +219,11 @@ def _microbatched_clipped_sum(per_example_loss, params, batch, example_rngs, mas
                               microbatch_size):
   """`_clipped_sum` over chunks in a `lax.scan` carrying the running sum.
 
-  A scan (rather than an unrolled Python loop or `lax.map`) keeps one chunk's per-example
-  gradients and one accumulator live, and its compile time does not grow with the number of
-  chunks; see the module's report for the measurements behind this choice.
+  A scan carrying the sum keeps one chunk's per-example gradients and one accumulator live.
+  Measured on CPU (3-layer 256-wide MLP, 0.2M params, batch 128, chunks of 8; XLA temp
+  memory): unchunked 98 MiB, unrolled Python loop 130 MiB (XLA overlaps the chunks, so it
+  saves nothing and compiles 2-4x slower), `lax.map` 20 MiB (it stacks one sum per chunk),
+  this scan 8 MiB; run times were within noise of each other.
   """
   size = mask.shape[0]
   chunks = -(-size // microbatch_size)
