@@ -73,7 +73,8 @@ def test_records_map_to_the_condition_vector(flat):
       assert mask[schema.slice('age')] == 0 and values[schema.slice('age')] == 0
     else:
       assert values[schema.slice('age')][0] == pytest.approx((row['age'] - age.mean) / age.std)
-    np.testing.assert_array_equal(values[schema.slice('sex')], [row['sex'] == 'F', row['sex'] == 'M'])
+    np.testing.assert_array_equal(values[schema.slice('sex')],
+                                  [row['sex'] == 'F', row['sex'] == 'M'])
     np.testing.assert_array_equal(values[schema.slice('view')],
                                   [row['view'] == 'PA', row['view'] == 'AP'])
     expected_findings = [f in row['labels'].split('|') for f in cxr14.FINDINGS]
@@ -216,7 +217,8 @@ def test_missing_root_names_the_layout_and_the_publisher(tmp_path):
     _build('')
   (tmp_path / 'no_images').mkdir()
   csv_path = tmp_path / 'no_images' / cxr14.CSV_NAME
-  csv_path.write_text(data_fixtures.CXR14_HEADER + '\n00000001_000.png,Hernia,0,1,50,M,PA,1,1,1,1\n')
+  csv_path.write_text(
+      data_fixtures.CXR14_HEADER + '\n00000001_000.png,Hernia,0,1,50,M,PA,1,1,1,1\n')
   with pytest.raises(ValueError, match='no PNG images'):
     _build(tmp_path / 'no_images')
   csv_path.write_text(data_fixtures.CXR14_HEADER + '\n')

@@ -13,9 +13,11 @@ import data_fixtures
 
 tfds = pytest.importorskip('tensorflow_datasets', reason='tensorflow-datasets is not installed')
 # Imported after the skip: these modules import tensorflow_datasets themselves.
-from fedgan_jax.data.tfds_builders import cxr14 as cxr14_builder  # pylint: disable=g-import-not-at-top
-from fedgan_jax.data.tfds_builders import medmnist as medmnist_builder  # pylint: disable=g-import-not-at-top
-from fedgan_jax.data.tfds_builders import reader  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top
+from fedgan_jax.data.tfds_builders import cxr14 as cxr14_builder
+from fedgan_jax.data.tfds_builders import medmnist as medmnist_builder
+from fedgan_jax.data.tfds_builders import reader
+# pylint: enable=g-import-not-at-top
 
 
 def test_cxr14_tfds_gives_the_plain_loaders_images_and_records(tmp_path):

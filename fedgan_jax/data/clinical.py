@@ -164,7 +164,8 @@ def join_clinical(clinical_config, keys: Sequence[Any]) -> tuple[dict[str, np.nd
       unknown = sorted({t for t in parsed if t and t not in categories})
       if unknown:
         raise ValueError(f'data.clinical.path: {path} column {spec["column"]!r} has values '
-                         f'{unknown[:5]} outside data.clinical.columns[{spec["name"]!r}].categories '
+                         f'{unknown[:5]} outside data.clinical.columns[{spec["name"]!r}]'
+                         f'.categories '
                          f'{tuple(spec["categories"])}.')
       values = np.full(len(rows), '', dtype=object)
     values[matched] = parsed[rows[matched]]

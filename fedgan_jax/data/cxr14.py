@@ -251,7 +251,8 @@ def build_federation(data_config, conditions_config: Sequence[Mapping[str, Any]]
       sixteen_bit=data_config.sixteen_bit, workers=data_config.decode_workers,
       chunk_size=data_config.decode_chunk_size, on_bad_image=data_config.on_bad_image,
       max_in_memory_bytes=data_config.max_in_memory_bytes)
-  info.update(cache_info, bad_images=len(bad), bad_image_files=[str(names[i]) for i in sorted(bad)][:20])
+  info.update(cache_info, bad_images=len(bad),
+              bad_image_files=[str(names[i]) for i in sorted(bad)][:20])
   skipped = info['missing_images'] + len(bad)
   if skipped:
     warnings.warn(f'ChestX-ray14: skipped {info["missing_images"]} missing and {len(bad)} '

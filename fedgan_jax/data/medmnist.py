@@ -79,10 +79,11 @@ def build_federation(data_config, conditions_config: Sequence[Mapping[str, Any]]
   clinical_config = data_config.get('clinical')
   schema = conditions_lib.ConditionSchema.from_config(
       clinical.with_clinical_features(conditions_config, clinical_config))
+  needed = dict.fromkeys(tuple(data_config.train_splits) + (data_config.test_split,))
   with np.load(path) as npz:
     splits = {split: load_split(npz, task, split, data_config.image_size, data_config.resample,
                                 path)
-              for split in dict.fromkeys(tuple(data_config.train_splits) + (data_config.test_split,))}
+              for split in needed}
 
   def records_of(names: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     images = np.concatenate([splits[s][0] for s in names])

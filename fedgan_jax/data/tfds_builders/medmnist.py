@@ -1,4 +1,4 @@
-"""TFDS builder for MedMNIST (PneumoniaMNIST, ChestMNIST) npz files, resized like `data/medmnist.py`."""
+"""TFDS builder for MedMNIST npz files (PneumoniaMNIST, ChestMNIST), resized as the loader does."""
 
 from __future__ import annotations
 
