@@ -15,10 +15,10 @@ and built with `fedgan_jax.data.phantom.build_federation(config.data, config.con
 import ml_collections
 
 # Demographics measured ONCE by hand from /work/shared/data/cxr14/Data_Entry_2017_rows1-40000.csv
-# (ChestX-ray14 metadata, rows 1-40000, counted per image, 40,000 images): `Patient Age` histogram in
-# 10-year bins [0,10) ... [90,100) after dropping ages > 120 (known entry errors; none in these
-# rows), mean 47.2 and std 16.3 years; `Patient Gender` M 21,777 / F 18,223; `View Position`
-# PA 24,089 / AP 15,911. The library never reads that file.
+# (ChestX-ray14 metadata, rows 1-40000, counted per image, 40,000 images): `Patient Age`
+# histogram in 10-year bins [0,10) ... [90,100) after dropping ages > 120 (known entry errors;
+# none in these rows), mean 47.2 and std 16.3 years; `Patient Gender` M 21,777 / F 18,223;
+# `View Position` PA 24,089 / AP 15,911. The library never reads that file.
 CXR14_AGE_BIN_EDGES = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
 CXR14_AGE_BIN_COUNTS = (391, 2130, 3679, 5929, 8566, 10127, 6263, 2412, 479, 24)
 CXR14_AGE_MEAN = 47.2

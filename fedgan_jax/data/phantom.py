@@ -215,9 +215,9 @@ def _ramp(signed_distance, width):
 
 
 def _ellipse(x, y, cx, cy, rx, ry, edge):
-  """Soft mask of an ellipse; distance approximated from the implicit function."""
-  q = np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)
-  return _ramp((q - 1.0) * np.minimum(rx, ry), edge)
+  """Soft mask of an ellipse; (q^2 - 1) / 2 ~ q - 1 near the boundary, where the ramp acts."""
+  q_squared = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2
+  return _ramp((q_squared - 1.0) * (0.5 * np.minimum(rx, ry)), edge)
 
 
 def _draw_chunk(g: Mapping[str, np.ndarray], records, size: int, anatomy: Anatomy,
@@ -237,7 +237,7 @@ def _draw_chunk(g: Mapping[str, np.ndarray], records, size: int, anatomy: Anatom
   lung_ry = 0.64 * height
   # Hemidiaphragm domes peak mid-hemithorax; the right (image left) sits a little higher.
   dome_x = np.clip((ax - 0.42 * width) / (0.55 * width), -1, 1)
-  domes = diaphragm - p['dome'] * (1 - dome_x ** 2) - np.where(x < 0, 0.03, 0.0)
+  domes = diaphragm - p['dome'] * (1 - dome_x ** 2) - np.float32(0.03) * (x < 0)
   below_domes = _ramp(domes - y, edge)
 
   # Body: torso of the thorax width plus fat, sloping shoulders, and the neck above.
@@ -260,7 +260,7 @@ def _draw_chunk(g: Mapping[str, np.ndarray], records, size: int, anatomy: Anatom
   trachea = _ramp(ax - 0.035, edge) * _ramp(y - apex - 0.33 * height, 2 * edge)
   density += (a.mediastinum_density * mediastinum
               + a.heart_density * heart * (1 - below_domes) - a.trachea_air * trachea)
-  hilum = np.exp(-((ax - 0.22 * width) ** 2 + (y - apex - 0.45 * height) ** 2) / 0.02)
+  hilum = np.exp(-(ax - 0.22 * width) ** 2 / 0.02) * np.exp(-(y - apex - 0.45 * height) ** 2 / 0.02)
   # Lung markings: plane waves, cos(a + b) expanded so that only row and column vectors go
   # through the trigonometric functions.
   along_x = p['texture'][:, :, 0, None] * x[:, 0][:, None, :]  # (n, waves, W)
@@ -408,7 +408,12 @@ def render(records, image_size: int, hospital, rng: np.random.Generator,
     chunk_records = {k: np.asarray(records[k])[part] for k in RECORD_KEYS}
     density = _draw_chunk({k: v[part] for k, v in geometry.items()}, chunk_records, image_size,
                           anatomy_values, rng)
-    film = np.clip((density - low) / (high - low), 0.0, 1.0) ** float(style['gamma'])
+    film = density
+    film -= low
+    film *= 1.0 / (high - low)
+    np.clip(film, 0.0, 1.0, out=film)
+    if float(style['gamma']) != 1.0:
+      np.power(film, float(style['gamma']), out=film)
     if blur > 0:
       film = ndimage.gaussian_filter(film, sigma=(0, blur, blur), mode='nearest')
     film += float(style['noise_std']) * rng.standard_normal(film.shape, dtype=np.float32)

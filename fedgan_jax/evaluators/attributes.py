@@ -43,9 +43,9 @@ def image_features(images_uint8: np.ndarray, feature_size: int = 16,
   images = np.asarray(images_uint8)
   if images.ndim != 4 or images.shape[-1] != 1:
     raise ValueError(f'images must be (N, H, W, 1), got shape {images.shape}.')
-  rows = _area_matrix(images.shape[1], feature_size)
-  cols = _area_matrix(images.shape[2], feature_size)
-  small = np.einsum('ah,nhw,bw->nab', rows, images[..., 0].astype(np.float32) / 255.0, cols)
+  rows = _area_matrix(images.shape[1], feature_size).astype(np.float32)
+  cols = _area_matrix(images.shape[2], feature_size).astype(np.float32)
+  small = rows @ (images[..., 0].astype(np.float32) @ (cols.T / 255.0))
   features = small.reshape(len(images), -1)
   if normalize_per_image:
     features = features - features.mean(axis=1, keepdims=True)
