@@ -28,11 +28,12 @@ def test_cxr14_tfds_gives_the_plain_loaders_images_and_records(tmp_path):
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')
     federation = cxr14.build_federation(config, cxr14_config.get_conditions(), 0)
-  builder = reader.prepare(
-      cxr14_builder.Cxr14,
-      cxr14_builder.Cxr14Config(name='16px', image_size=16, decode_workers=1,
-                                cache_dir=str(tmp_path / 'tfds_cache')),
-      tmp_path / 'tfds', fixture.root)
+  with pytest.warns(UserWarning, match='1 undecodable'):
+    builder = reader.prepare(
+        cxr14_builder.Cxr14,
+        cxr14_builder.Cxr14Config(name='16px', image_size=16, decode_workers=1,
+                                  cache_dir=str(tmp_path / 'tfds_cache')),
+        tmp_path / 'tfds', fixture.root)
   plain = {'train': federation.pooled(), 'test': federation.test}
   for split, examples in plain.items():
     stored = reader.read_split(builder.data_dir, split)

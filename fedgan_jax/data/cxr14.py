@@ -180,6 +180,52 @@ def split_rows(records: Mapping[str, np.ndarray], root: pathlib.Path, test_fract
   return np.flatnonzero(in_train & ~in_test), np.flatnonzero(in_test), info
 
 
+def load_images(records: Mapping[str, np.ndarray], rows: np.ndarray, root: pathlib.Path,
+                paths: Mapping[str, str], settings, *, on_bad_image: str,
+                max_in_memory_bytes: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+  """Decodes the images of CSV `rows` into the cache, or reads them from it.
+
+  Args:
+    records: from `read_metadata`.
+    rows: CSV rows whose images are wanted.
+    root: the data set folder.
+    paths: image name -> file, from `find_images(root)`.
+    settings: has `image_size`, `resample`, `sixteen_bit`, `decode_workers`,
+      `decode_chunk_size` and `cache_dir` ('' = `<root>/fedgan_cache`).
+    on_bad_image: 'skip' (count, warn and leave out) or 'error' (raise naming the file).
+    max_in_memory_bytes: above it, `info['streaming']` is set.
+
+  Returns:
+    `(images, image_row, info)`: the cache memmap; for each CSV row its row in `images`,
+    or -1 when not requested, missing on disk or undecodable; and counts for reports.
+  """
+  on_disk = np.asarray([n in paths for n in records['image_index'][rows]], bool)
+  missing = records['image_index'][rows][~on_disk]
+  if len(missing) and on_bad_image == 'error':
+    raise ValueError(f'data.root: image {missing[0]} (listed in {CSV_NAME}) is not under '
+                     f'{root}/images or images_*/images; set data.on_bad_image="skip" to skip '
+                     f'the {len(missing)} missing images.')
+  rows = rows[on_disk]
+  names = records['image_index'][rows]
+  images, bad, info = image_io.cached_images(
+      [paths[n] for n in names], names,
+      cache_dir=settings.cache_dir or root / 'fedgan_cache', prefix='cxr14',
+      image_size=settings.image_size, resample=settings.resample,
+      sixteen_bit=settings.sixteen_bit, workers=settings.decode_workers,
+      chunk_size=settings.decode_chunk_size, on_bad_image=on_bad_image,
+      max_in_memory_bytes=max_in_memory_bytes)
+  info.update(missing_images=len(missing), bad_images=len(bad),
+              bad_image_files=[str(names[i]) for i in sorted(bad)][:20])
+  if len(missing) or bad:
+    warnings.warn(f'ChestX-ray14: skipped {len(missing)} missing and {len(bad)} undecodable '
+                  f'images (data.on_bad_image="skip"); first: '
+                  f'{(list(missing) + info["bad_image_files"])[:3]}.')
+  image_row = np.full(len(records['image_index']), -1, np.int64)
+  image_row[rows] = np.arange(len(rows))
+  image_row[rows[sorted(bad)]] = -1
+  return images, image_row, info
+
+
 def build_federation(data_config, conditions_config: Sequence[Mapping[str, Any]],
                      seed: int) -> dataset_lib.FederatedDataset:
   """Reads ChestX-ray14 under `data_config.root` into hospitals and a test split."""
@@ -219,6 +265,11 @@ def build_federation(data_config, conditions_config: Sequence[Mapping[str, Any]]
   split_rng, partition_rng = (np.random.default_rng([seed, stream]) for stream in (0, 1))
   train_rows, test_rows, split_info = split_rows(records, root, data_config.split.test_fraction,
                                                  split_rng)
+  # Decoded before dropping overlapping patients, so both settings share one cache.
+  images, image_row, image_info = load_images(
+      records, np.union1d(train_rows, test_rows), root, paths, data_config,
+      on_bad_image=data_config.on_bad_image, max_in_memory_bytes=data_config.max_in_memory_bytes)
+  info.update(image_info)
   overlap = split_info.pop('overlapping_patient_ids', np.array([], np.int64))
   info.update(split_info, overlapping_patients=len(overlap))
   if len(overlap):
@@ -233,46 +284,16 @@ def build_federation(data_config, conditions_config: Sequence[Mapping[str, Any]]
       info['dropped_overlapping_rows'] = int((~keep).sum())
       train_rows = train_rows[keep]
 
-  used = np.union1d(train_rows, test_rows)
-  on_disk = np.asarray([n in paths for n in records['image_index'][used]], bool)
-  if not on_disk.all():
-    missing = records['image_index'][used][~on_disk]
-    if data_config.on_bad_image == 'error':
-      raise ValueError(f'data.root: image {missing[0]} (listed in {CSV_NAME}) is not under '
-                       f'{root}/images or images_*/images; set data.on_bad_image="skip" to skip '
-                       f'the {len(missing)} missing images.')
-    used = used[on_disk]
-  info['missing_images'] = int((~on_disk).sum())
-  names = records['image_index'][used]
-  images, bad, cache_info = image_io.cached_images(
-      [paths[n] for n in names], names,
-      cache_dir=data_config.cache_dir or root / 'fedgan_cache', prefix='cxr14',
-      image_size=data_config.image_size, resample=data_config.resample,
-      sixteen_bit=data_config.sixteen_bit, workers=data_config.decode_workers,
-      chunk_size=data_config.decode_chunk_size, on_bad_image=data_config.on_bad_image,
-      max_in_memory_bytes=data_config.max_in_memory_bytes)
-  info.update(cache_info, bad_images=len(bad),
-              bad_image_files=[str(names[i]) for i in sorted(bad)][:20])
-  skipped = info['missing_images'] + len(bad)
-  if skipped:
-    warnings.warn(f'ChestX-ray14: skipped {info["missing_images"]} missing and {len(bad)} '
-                  f'undecodable images (data.on_bad_image="skip"); first: '
-                  f'{info["bad_image_files"][:3]}.')
-  # Row r of the cache holds CSV row used[r]; bad rows are zeros and are dropped here.
-  cache_row = np.full(len(records['image_index']), -1, np.int64)
-  cache_row[used] = np.arange(len(used))
-  cache_row[used[sorted(bad)]] = -1
-  train_rows, test_rows = (rows[cache_row[rows] >= 0] for rows in (train_rows, test_rows))
+  train_rows, test_rows = (rows[image_row[rows] >= 0] for rows in (train_rows, test_rows))
   schema = schema.fit_standardization({k: np.asarray(v)[train_rows] for k, v in records.items()})
 
   def examples(rows: np.ndarray, name: str) -> dataset_lib.ClientData:
     subset = {k: np.asarray(v)[rows] for k, v in records.items()}
     values, mask = schema.encode(subset)
-    image_rows = cache_row[rows]
     return dataset_lib.ClientData(
         name=name,
-        images=(image_io.RowView(images, image_rows) if cache_info['streaming']
-                else np.asarray(images[image_rows])),
+        images=(image_io.RowView(images, image_row[rows]) if info['streaming']
+                else np.asarray(images[image_row[rows]])),
         conditions=conditions_lib.model_condition(values, mask),
         abnormal=subset['findings'].any(axis=1), patient_ids=subset['patient_id'],
         records=subset)

@@ -240,9 +240,10 @@ def cached_images(paths: Sequence[str], names: Sequence[str], *, cache_dir: str 
   """Preprocessed images of `paths`, from the cache or decoded into it.
 
   Returns:
-    `(images, bad, info)`: uint8 `(N, S, S, 1)` (a read-only memmap when larger than
-    `max_in_memory_bytes`, else in memory), `{row: message}` of undecodable files
-    (their rows are zero), and `{'cache_path', 'cache_hit', 'streaming'}`.
+    `(images, bad, info)`: a read-only uint8 memmap `(N, S, S, 1)`, `{row: message}` of
+    undecodable files (their rows are zero), and `{'cache_path', 'cache_hit',
+    'streaming'}` where `streaming` says the cache is larger than `max_in_memory_bytes`
+    (so callers should keep it on disk, e.g. as `RowView`s, rather than read it whole).
   """
   cache_dir = pathlib.Path(cache_dir)
   try:
@@ -272,5 +273,5 @@ def cached_images(paths: Sequence[str], names: Sequence[str], *, cache_dir: str 
     raise ValueError(f'cannot decode image {paths[row]} ({bad[row]}, recorded in {index_path}); '
                      'fix or remove the file, or set data.on_bad_image="skip".')
   streaming = len(paths) * image_size * image_size > max_in_memory_bytes
-  images = np.load(array_path, mmap_mode='r' if streaming else None)
+  images = np.load(array_path, mmap_mode='r')
   return images, bad, {'cache_path': str(array_path), 'cache_hit': hit, 'streaming': streaming}

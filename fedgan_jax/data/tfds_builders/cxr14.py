@@ -4,7 +4,7 @@ Images are decoded, converted to gray and resized exactly as `data/cxr14.py` doe
 (through the same on-disk cache), then stored as PNG. Splits: 'train' and 'test'
 from the official lists (else a seeded patient-level split), with overlapping
 patients kept as listed (the federation builder decides whether to drop them).
-Undecodable or missing images are left out and logged.
+Undecodable or missing images are left out with a warning.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -78,30 +77,17 @@ class Cxr14(tfds.core.GeneratorBasedBuilder):
                                      max_images=config.max_images)
     train_rows, test_rows, _ = cxr14.split_rows(records, root, config.test_fraction,
                                                 np.random.default_rng([config.seed, 0]))
-    paths = cxr14.find_images(root)
-    used = np.asarray([r for r in np.union1d(train_rows, test_rows)
-                       if records['image_index'][r] in paths], np.int64)
-    names = records['image_index'][used]
-    images, bad, _ = image_io.cached_images(
-        [paths[n] for n in names], names, cache_dir=config.cache_dir or root / 'fedgan_cache',
-        prefix='cxr14', image_size=config.image_size, resample=config.resample,
-        sixteen_bit=config.sixteen_bit, workers=config.decode_workers,
-        chunk_size=config.decode_chunk_size, on_bad_image='skip',
-        max_in_memory_bytes=0)
-    if bad:
-      logging.warning('ChestX-ray14 TFDS: left out %d undecodable images, e.g. %s', len(bad),
-                      [names[i] for i in sorted(bad)[:3]])
-    cache_row = {int(r): i for i, r in enumerate(used) if i not in bad}
-    return {split: self._generate_examples(records, rows, images, cache_row)
+    images, image_row, _ = cxr14.load_images(
+        records, np.union1d(train_rows, test_rows), root, cxr14.find_images(root), config,
+        on_bad_image='skip', max_in_memory_bytes=0)
+    return {split: self._generate_examples(records, rows[image_row[rows] >= 0], images, image_row)
             for split, rows in (('train', train_rows), ('test', test_rows))}
 
-  def _generate_examples(self, records, rows, images, cache_row):
+  def _generate_examples(self, records, rows, images, image_row):
     for row in rows:
-      if int(row) not in cache_row:
-        continue
       name = str(records['image_index'][row])
       yield name, {
-          'image': image_io.encode_png(images[cache_row[int(row)]]),
+          'image': image_io.encode_png(images[image_row[row]]),
           'image_index': name,
           'patient_id': records['patient_id'][row],
           'age': np.float32(records['age'][row]),
