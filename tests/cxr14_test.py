@@ -122,9 +122,10 @@ def test_corrupt_png_is_skipped_and_counted(flat):
   assert len(used) == len(flat.rows) - 1 - federation.info['dropped_overlapping_rows']
 
 
-def test_corrupt_png_error_names_the_file(flat):
+def test_corrupt_png_error_names_the_file_and_leaves_no_partial_cache(flat):
   with pytest.raises(ValueError, match=flat.corrupt):
     _build(flat.root, on_bad_image='error')
+  assert not list((flat.root / 'fedgan_cache').glob('*.npy'))
 
 
 def test_corrupt_png_recorded_in_the_cache_still_errors_by_name(flat):
@@ -174,6 +175,7 @@ def test_streams_from_disk_when_larger_than_max_in_memory_bytes(flat):
   assert streamed.info['streaming'] and not in_memory.info['streaming']
   for a, b in zip(_all_examples(in_memory), _all_examples(streamed)):
     assert isinstance(b.images, image_io.RowView) and b.images.shape == a.images.shape
+    assert type(a.images) is np.ndarray
     np.testing.assert_array_equal(np.asarray(b.images), a.images)
     np.testing.assert_array_equal(b.images[[2, 0]], a.images[[2, 0]])
     np.testing.assert_array_equal(b.images[1], a.images[1])

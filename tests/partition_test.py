@@ -145,12 +145,15 @@ def test_federate_keeps_memmapped_images_on_disk_and_draws_normal_profiles(tmp_p
   pool = _pool(images, abnormal)
   schema = conditions_lib.ConditionSchema.from_config(
       [dict(name='findings', kind='multi_hot', categories=('x',))])
-  federation = partition.federate(pool, pool.subset(np.arange(2)), schema, _partition_config(),
-                                  np.random.default_rng(0))
-  for client in federation.clients:
-    assert isinstance(client.images, image_io.RowView)
+  on_disk, in_memory = (partition.federate(pool, pool.subset(np.arange(2)), schema,
+                                            _partition_config(), np.random.default_rng(0),
+                                            in_memory=flag) for flag in (False, True))
+  for client, loaded in zip(on_disk.clients, in_memory.clients):
+    assert isinstance(client.images, image_io.RowView) and type(loaded.images) is np.ndarray
     np.testing.assert_array_equal(np.asarray(client.images)[:, 0, 0, 0],
                                   np.flatnonzero(np.isin(pool.patient_ids, client.patient_ids)))
+    np.testing.assert_array_equal(loaded.images, np.asarray(client.images))
+  federation = on_disk
   np.testing.assert_array_equal(federation.normal_profiles(np.random.default_rng(0), 5),
                                 [[0.0, 1.0]] * 5)
   assert federation.info['partition']['client_sizes'] == [4, 4]

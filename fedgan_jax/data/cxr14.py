@@ -287,18 +287,20 @@ def build_federation(data_config, conditions_config: Sequence[Mapping[str, Any]]
   train_rows, test_rows = (rows[image_row[rows] >= 0] for rows in (train_rows, test_rows))
   schema = schema.fit_standardization({k: np.asarray(v)[train_rows] for k, v in records.items()})
 
-  def examples(rows: np.ndarray, name: str) -> dataset_lib.ClientData:
+  def examples(rows: np.ndarray, name: str, in_memory: bool) -> dataset_lib.ClientData:
     subset = {k: np.asarray(v)[rows] for k, v in records.items()}
     values, mask = schema.encode(subset)
+    view = image_io.RowView(images, image_row[rows])
     return dataset_lib.ClientData(
-        name=name,
-        images=(image_io.RowView(images, image_row[rows]) if info['streaming']
-                else np.asarray(images[image_row[rows]])),
+        name=name, images=np.asarray(view) if in_memory else view,
         conditions=conditions_lib.model_condition(values, mask),
         abnormal=subset['findings'].any(axis=1), patient_ids=subset['patient_id'],
         records=subset)
 
-  pool, test = examples(train_rows, 'train'), examples(test_rows, 'test')
+  # The pool stays on disk: `federate` reads each hospital's rows once.
+  in_memory = not info['streaming']
+  pool, test = examples(train_rows, 'train', False), examples(test_rows, 'test', in_memory)
   info.update(train_rows=len(pool), test_rows=len(test))
   logging.info('ChestX-ray14: %s', {k: v for k, v in info.items() if k != 'bad_image_files'})
-  return partition_lib.federate(pool, test, schema, data_config.partition, partition_rng, info)
+  return partition_lib.federate(pool, test, schema, data_config.partition, partition_rng, info,
+                                in_memory=in_memory)

@@ -260,10 +260,15 @@ def cached_images(paths: Sequence[str], names: Sequence[str], *, cache_dir: str 
     partial = cache_dir / f'{stem}.partial.npy'
     out = np.lib.format.open_memmap(partial, mode='w+', dtype=np.uint8,
                                     shape=(len(paths), image_size, image_size, 1))
-    bad = decode_into(paths, out, image_size=image_size, resample=resample,
-                      sixteen_bit=sixteen_bit, workers=workers, chunk_size=chunk_size,
-                      on_bad_image=on_bad_image)
-    out.flush()
+    try:
+      bad = decode_into(paths, out, image_size=image_size, resample=resample,
+                        sixteen_bit=sixteen_bit, workers=workers, chunk_size=chunk_size,
+                        on_bad_image=on_bad_image)
+      out.flush()
+    except BaseException:
+      del out
+      partial.unlink()
+      raise
     del out
     # The index is written last: a run killed mid-decode leaves no cache that looks complete.
     os.replace(partial, array_path)

@@ -195,11 +195,13 @@ class NormalProfiles:
 
 def federate(pool: dataset_lib.ClientData, test: dataset_lib.ClientData,
              schema: conditions_lib.ConditionSchema, partition_config, rng: np.random.Generator,
-             info: dict | None = None) -> dataset_lib.FederatedDataset:
+             info: dict | None = None, in_memory: bool = True) -> dataset_lib.FederatedDataset:
   """Partitions the training pool into hospitals `hospital_0, ...` and wraps the federation.
 
   Metadata for the partitioner: 'patient_id', 'abnormal' and every 1-D record.
-  Memory-mapped images stay on disk (each client holds an `image_io.RowView`).
+  Pool images on disk (a memmap or `image_io.RowView`) are read into memory client
+  by client when `in_memory`, so the pool is never held twice; otherwise each client
+  keeps a `RowView` and reads its rows when indexed.
   """
   metadata = {name: np.asarray(values) for name, values in pool.records.items()
               if np.ndim(values) == 1}
@@ -207,8 +209,11 @@ def federate(pool: dataset_lib.ClientData, test: dataset_lib.ClientData,
                   abnormal=np.asarray(pool.abnormal).astype(np.int64))
   clients = []
   for k, rows in enumerate(partition_from_config(metadata, partition_config, rng)):
+    images = image_io.take_rows(pool.images, rows)
+    if in_memory and isinstance(images, image_io.RowView):
+      images = np.asarray(images)
     clients.append(dataset_lib.ClientData(
-        name=f'hospital_{k}', images=image_io.take_rows(pool.images, rows),
+        name=f'hospital_{k}', images=images,
         conditions=pool.conditions[rows], abnormal=pool.abnormal[rows],
         patient_ids=pool.patient_ids[rows],
         records={name: np.asarray(values)[rows] for name, values in pool.records.items()}))
