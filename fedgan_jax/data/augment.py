@@ -16,7 +16,8 @@ U(-f, f) * size per axis), horizontal_flip, flip_probability, max_brightness
 max_gamma_delta (gamma ~ U(1 - g, 1 + g) on [0, 1] intensities), fill_value
 (for pixels that come from outside the image). A stage whose magnitudes are all
 zero is skipped at trace time, so a disabled or all-zero config returns the
-input unchanged, bit for bit.
+input unchanged, bit for bit. Everything is differentiable in the images, so the
+same call can augment real and generated images before the discriminator.
 """
 
 from __future__ import annotations
