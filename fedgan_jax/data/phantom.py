@@ -48,6 +48,9 @@ class Anatomy:
   female_width_scale: float = 0.91
   female_height_scale: float = 0.95
   shape_jitter: float = 0.03  # Relative std of individual thorax width/height.
+  position_jitter: float = 0.03  # Std of the patient's shift on the film.
+  apex_jitter: float = 0.02
+  dome_jitter: float = 0.15  # Relative std of the dome height.
   newborn_scale: float = 0.72  # Thorax size at birth relative to adult; grows until growth_age.
   growth_age: float = 18.0
   lung_apex: float = -0.72
@@ -71,26 +74,30 @@ class Anatomy:
   mediastinum_density: float = 0.2
   heart_density: float = 0.22
   cardiothoracic_ratio: float = 0.44
-  cardiomegaly_ratio: float = 0.66
+  cardiomegaly_ratio: float = 0.68
   ratio_jitter: float = 0.025
   ap_magnification: float = 1.13
   ap_clavicle_lift: float = 0.08
-  bone_density: float = 0.15  # Until bone_loss_age; then falls linearly with age.
+  bone_density: float = 0.11  # Until bone_loss_age; then falls linearly with age.
   bone_loss_age: float = 30.0
-  bone_loss_per_decade: float = 0.02
+  bone_loss_per_decade: float = 0.015
   bone_min: float = 0.04
-  bone_jitter: float = 0.01
+  bone_jitter: float = 0.007
   ribs_per_lung: float = 9.0
   rib_fraction: float = 0.42  # Share of the rib period that is bone.
-  texture_amplitude: float = 0.025
+  texture_amplitude: float = 0.012
+  texture_frequency: float = 5.0  # Std of the markings' spatial frequencies.
+  hilum_density: float = 0.07
   device_density: float = 0.9
-  pneumonia_density: float = 0.45
-  pneumonia_radius: tuple[float, float] = (0.2, 0.3)
+  pneumonia_density: float = 0.5
+  pneumonia_radius: tuple[float, float] = (0.24, 0.34)
+  pneumonia_patchiness: float = 14.0  # Std of the patches' spatial frequencies.
   nodule_density: float = 0.55
-  nodule_radius: tuple[float, float] = (0.05, 0.08)
+  nodule_radius: tuple[float, float] = (0.06, 0.09)
   max_nodules: int = 3
   effusion_level: tuple[float, float] = (0.25, 0.45)  # Fluid height as a fraction of lung height.
   effusion_density: float = 0.08
+  effusion_sides: tuple[float, float, float] = (0.4, 0.35, 0.25)  # P(right, left, both).
   edge_pixels: float = 1.0  # Width of anti-aliased edges.
 
 
@@ -188,8 +195,8 @@ def _patient_geometry(records, anatomy: Anatomy, rng: np.random.Generator) -> di
   lung_height = ((a.lung_height + a.lung_height_per_decade * (age - a.reference_age) / 10)
                  * growth * np.where(male, 1.0, a.female_height_scale) * jitter(a.shape_jitter))
   g['lung_height'] = lung_height * np.where(copd, a.copd_height_scale, 1.0)
-  g['apex'] = a.lung_apex * growth + 0.02 * rng.standard_normal(n)
-  g['dome'] = a.dome_height * np.where(copd, a.copd_dome_scale, 1.0) * jitter(0.15)
+  g['apex'] = a.lung_apex * growth + a.apex_jitter * rng.standard_normal(n)
+  g['dome'] = a.dome_height * np.where(copd, a.copd_dome_scale, 1.0) * jitter(a.dome_jitter)
   g['air'] = a.lung_air + np.where(copd, a.copd_extra_air, 0.0)
   g['soft'] = a.soft_tissue + a.soft_tissue_per_bmi * bmi_excess
   g['fat'] = np.clip(a.fat_thickness + a.fat_per_bmi * bmi_excess, 0.01, 0.4)
@@ -200,9 +207,9 @@ def _patient_geometry(records, anatomy: Anatomy, rng: np.random.Generator) -> di
   g['clavicle_lift'] = np.where(ap, a.ap_clavicle_lift, 0.0)
   bone = a.bone_density - a.bone_loss_per_decade * np.maximum(age - a.bone_loss_age, 0) / 10
   g['bone'] = np.maximum(bone + a.bone_jitter * rng.standard_normal(n), a.bone_min)
-  g['shift_x'] = 0.03 * rng.standard_normal(n)
-  g['shift_y'] = 0.03 * rng.standard_normal(n)
-  g['texture'] = rng.normal(0, 5.0, (n, 4, 2))  # Spatial frequencies of lung markings.
+  g['shift_x'] = a.position_jitter * rng.standard_normal(n)
+  g['shift_y'] = a.position_jitter * rng.standard_normal(n)
+  g['texture'] = rng.normal(0, a.texture_frequency, (n, 4, 2))  # Lung markings' frequencies.
   g['texture_phase'] = rng.uniform(0, 2 * np.pi, (n, 4))
   return g
 
@@ -267,7 +274,7 @@ def _draw_chunk(g: Mapping[str, np.ndarray], records, size: int, anatomy: Anatom
   along_y = p['texture'][:, :, 1, None] * y[:, :, 0][:, None, :] + p['texture_phase'][..., None]
   texture = np.matmul(np.concatenate([np.cos(along_y), -np.sin(along_y)], 1).transpose(0, 2, 1),
                       np.concatenate([np.cos(along_x), np.sin(along_x)], 1))
-  markings = 0.07 * hilum + a.texture_amplitude * texture
+  markings = a.hilum_density * hilum + a.texture_amplitude * texture
   air = p['air'] * (1 - 0.8 * np.maximum(heart, mediastinum))
   fluid = _effusion(records, x, y, p, edge, a, rng)
   density += lungs * (markings - air * (1 - fluid) + a.effusion_density * fluid)
@@ -302,7 +309,7 @@ def _effusion(records, x, y, p, edge, a: Anatomy, rng) -> np.ndarray:
   n = x.shape[0]
   has = np.asarray(records['findings'])[:, 2] == 1
   level = rng.uniform(*a.effusion_level, n)
-  sides = rng.choice(3, n, p=(0.4, 0.35, 0.25))  # Right, left or both.
+  sides = rng.choice(3, n, p=a.effusion_sides)  # Right (image left), left or both.
   fluid = np.zeros((n,) + np.broadcast_shapes(x.shape, y.shape)[1:], np.float32)
   idx = np.flatnonzero(has)
   if idx.size == 0:
@@ -325,7 +332,7 @@ def _add_findings(density, records, x, y, p, lungs, edge, a: Anatomy, rng) -> np
   zone = rng.choice(3, n)
   side = rng.choice((-1.0, 1.0), n)
   radius = rng.uniform(*a.pneumonia_radius, n)
-  patch_freq = rng.normal(0, 14.0, (n, 3, 2))
+  patch_freq = rng.normal(0, a.pneumonia_patchiness, (n, 3, 2))
   patch_phase = rng.uniform(0, 2 * np.pi, (n, 3))
   nodule_count = rng.integers(1, a.max_nodules + 1, n)
   nodule_xy = rng.uniform((0.3, 0.2), (0.75, 0.85), (n, a.max_nodules, 2))
@@ -371,7 +378,8 @@ def render(records, image_size: int, hospital, rng: np.random.Generator,
   """Draws one radiograph per record as seen by `hospital`'s scanner.
 
   Args:
-    records: from `sample_records` (only `RECORD_KEYS` are read).
+    records: from `sample_records` (only `RECORD_KEYS` are read; ages must be known, a missing
+      sex or view code (-1) draws as F or PA).
     image_size: height = width in pixels (28..256 tested).
     hospital: `window_low`, `window_high`, `gamma`, `noise_std`, `blur_sigma` (fraction of width).
     rng: the only source of randomness.
@@ -400,6 +408,8 @@ def render(records, image_size: int, hospital, rng: np.random.Generator,
     raise ValueError(f'hospital {_get(hospital, "name")!r}: window_high must exceed window_low.')
   blur = float(_get(hospital, 'blur_sigma', 0.0)) * image_size
   n = len(records['age'])
+  if not np.isfinite(np.asarray(records['age'], np.float64)).all():
+    raise ValueError('records["age"]: phantoms need every age (years); got missing values.')
   geometry = _patient_geometry(records, anatomy_values, rng)
   images = np.empty((n, image_size, image_size, 1), np.uint8)
   chunk = max(1, chunk_pixels // (image_size * image_size))
