@@ -63,8 +63,9 @@ def test_shapes_and_dtypes(small_federation):
 
 @pytest.mark.parametrize('size', [28, 100, 256])
 def test_render_any_size_and_chunking(size):
-  records = phantom.sample_records(5, np.random.default_rng(0), phantom_config._demographics(),
-                                   phantom_config.get_data_config().hospitals[0], 0.0)
+  config = phantom_config.get_data_config()
+  records = phantom.sample_records(5, np.random.default_rng(0), config.demographics,
+                                   config.hospitals[0], 0.0)
   whole = phantom.render(records, size, _noiseless(), np.random.default_rng(1))
   assert whole.shape == (5, size, size, 1) and whole.dtype == np.uint8
   assert 20 < whole.mean() < 200  # Neither blank nor saturated.
