@@ -174,6 +174,25 @@ class ConditionSchema:
         columns[self._slices[f.name]] = True
     return columns
 
+  def decode(self, condition: np.ndarray) -> dict[str, np.ndarray]:
+    """Model condition vectors `(N, model_dim)` -> records (inverse of `encode`).
+
+    Continuous features come back in their units (NaN where masked), categorical as
+    codes (-1 where masked), multi-hot as floats (NaN where masked).
+    """
+    values, mask = split_condition(np.asarray(condition, np.float64))
+    records = {}
+    for f in self.features:
+      cols = self._slices[f.name]
+      v, m = values[:, cols], mask[:, cols] > 0
+      if f.kind == 'continuous':
+        records[f.name] = np.where(m[:, 0], v[:, 0] * f.std + f.mean, np.nan)
+      elif f.kind == 'categorical':
+        records[f.name] = np.where(m.all(axis=1), np.argmax(v, axis=1), -1)
+      else:
+        records[f.name] = np.where(m, v, np.nan)
+    return records
+
   def decode_continuous(self, name: str, standardized: np.ndarray) -> np.ndarray:
     """Maps standardized values of a continuous feature back to its units."""
     f = self.feature(name)

@@ -1,6 +1,6 @@
 """F-Disc: `D(x, c)` -> real/fake logit with projection conditioning, plus `a(x)`.
 
-The trunk is a stack of stride-2 residual blocks ending in a globally summed
+The trunk is a stack of strided residual blocks ending in a globally averaged
 feature vector `h(x)`. The real/fake logit is `w . h(x) + <embed(c), h(x)>`
 (Miyato & Koyama 2018's projection discriminator), so D judges whether the image
 is plausible *for that patient*. The attribute head `a(x)` predicts the condition
@@ -15,16 +15,21 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fedgan_jax.models import generator as generator_lib
+
 
 class DownBlock(nn.Module):
-  """conv3x3 -> act -> conv3x3 -> avg-pool, with a pooled 1x1 shortcut."""
+  """Strided conv3x3 -> act -> conv3x3 at half resolution, plus a pooled 1x1 shortcut.
+
+  Striding the first convolution (rather than pooling after two full-resolution
+  convolutions) cuts the block's cost ~4x, which is most of D's cost on CPU.
+  """
   features: int
 
   @nn.compact
   def __call__(self, x):
-    h = nn.Conv(self.features, (3, 3))(nn.leaky_relu(x, 0.2))
+    h = nn.Conv(self.features, (3, 3), strides=(2, 2))(nn.leaky_relu(x, 0.2))
     h = nn.Conv(self.features, (3, 3))(nn.leaky_relu(h, 0.2))
-    h = nn.avg_pool(h, (2, 2), strides=(2, 2))
     shortcut = nn.avg_pool(x, (2, 2), strides=(2, 2))
     if shortcut.shape[-1] != self.features:
       shortcut = nn.Conv(self.features, (1, 1))(shortcut)
@@ -37,16 +42,21 @@ class Discriminator(nn.Module):
   Attributes:
     channels: widths of the downsampling blocks (each halves the resolution).
     value_dim: length of the condition *value* vector the attribute head predicts.
+    input_unshuffle: the image is first folded `input_unshuffle**2` pixels per position
+      (space-to-depth), so no convolution runs at full resolution with one channel.
   """
-  channels: Sequence[int] = (16, 32, 64, 128)
+  channels: Sequence[int] = (32, 64, 128)
   value_dim: int = 1
+  input_unshuffle: int = 2
 
   @nn.compact
   def __call__(self, images, condition):
+    images = generator_lib.space_to_depth(images, self.input_unshuffle)
     h = nn.Conv(self.channels[0], (3, 3))(images)
     for features in self.channels:
       h = DownBlock(features)(h)
-    h = jnp.sum(nn.leaky_relu(h, 0.2), axis=(1, 2))
+    # Mean (not sum) pooling keeps logits O(1) at any resolution without spectral norm.
+    h = jnp.mean(nn.leaky_relu(h, 0.2), axis=(1, 2))
     unconditional = nn.Dense(1)(h)[:, 0]
     projection = jnp.sum(nn.Dense(h.shape[-1], use_bias=False)(condition) * h, axis=-1)
     attributes = nn.Dense(self.value_dim, name='attribute_head')(h)

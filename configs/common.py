@@ -1,0 +1,57 @@
+"""Defaults shared by every experiment config: models, losses, FedAvg, checkpoints, F-AD.
+
+Experiment configs (`configs/phantom.py`, `configs/cxr14.py`, ...) start from
+`get_common_config()`, add a data section from `configs/data/`, and override what
+differs. Every number the code uses lives here or there.
+"""
+
+import ml_collections
+
+
+def get_common_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.generator = ml_collections.ConfigDict(dict(
+      seed_size=8, encoder_channels=(64, 128), decoder_channels=(32, 16), output_shuffle=2,
+      embedding_dim=128, z_dim=64))
+  config.model.discriminator = ml_collections.ConfigDict(dict(channels=(32, 64, 128),
+                                                              input_unshuffle=2))
+
+  config.loss = ml_collections.ConfigDict(dict(
+      gan='non_saturating',    # or 'hinge'.
+      cond_weight=1.0,         # lambda in L = L_GAN + lambda * L_cond.
+      attribute_weight=1.0))   # weight of the attribute head's loss on real images in D's loss.
+
+  config.fl = ml_collections.ConfigDict()
+  config.fl.num_rounds = 300
+  config.fl.clients_per_round = 0   # 0 = every client, every round.
+  config.fl.local_steps = 2         # D+G steps per client per round.
+  config.fl.batch_size = 16
+  config.fl.strategy = 'auto'       # 'vmap' | 'sequential' | 'auto' (fastest per backend).
+  config.fl.centralized = False     # True: one client holding all data (the baseline).
+  config.fl.client_optimizer = ml_collections.ConfigDict(dict(
+      name='sgd', d_learning_rate=0.02, g_learning_rate=0.02, momentum=0.9, nesterov=False,
+      b1=0.5, b2=0.999, eps=1e-8, alpha=1.0, beta=1.0))
+  config.fl.server_optimizer = ml_collections.ConfigDict(dict(
+      name='sgd', learning_rate=1.0, momentum=0.0, nesterov=False,
+      b1=0.9, b2=0.999, eps=1e-8, alpha=1.0, beta=1.0))
+
+  config.augment = ml_collections.ConfigDict(dict(enabled=False))
+
+  config.checkpoint = ml_collections.ConfigDict(dict(every_rounds=50, keep=3))
+  config.train = ml_collections.ConfigDict(dict(
+      log_every_rounds=10,
+      sample_every_rounds=100,
+      sample_columns=8,
+      max_abs_loss=1e4))   # a loss beyond this (or NaN/inf) stops the run as diverged.
+
+  config.anomaly = ml_collections.ConfigDict(dict(
+      num_synthetic=2000,
+      channels=(16, 32, 64), latent_dim=32,
+      steps=1500, batch_size=64, learning_rate=1e-3,
+      threshold_percentile=95.0,
+      generate_batch_size=256))
+  config.conditioning = ml_collections.ConfigDict(dict(num_generated=1000))
+  return config

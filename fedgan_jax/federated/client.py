@@ -1,0 +1,176 @@
+"""What a hospital runs each round: client init, K local D/G steps, client final.
+
+All functions are pure and take a `GanTask` (the static description of the models,
+losses and optimizers) as their first argument; callers bind it with
+`functools.partial` and jit at the call site. A local step is one discriminator
+update on a batch of the hospital's real images followed by one generator update;
+the generator only ever sees D's parameters, conditions and noise, never an image.
+
+Local steps are unrolled in Python rather than run in `lax.scan`: on XLA's CPU
+backend convolutions inside a loop body run ~19x slower (BENCHMARKS.md), and K is
+small.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fedgan_jax import losses
+from fedgan_jax.data import conditions as conditions_lib
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GanTask:
+  """Everything static about a local update (closed over, never traced).
+
+  Hashed by identity, so jit caches compiled functions per task object.
+  """
+  generator: nn.Module
+  discriminator: nn.Module
+  z_dim: int
+  continuous_columns: np.ndarray
+  gan_loss: str
+  cond_weight: float
+  attribute_weight: float
+  d_optimizer: optax.GradientTransformation
+  g_optimizer: optax.GradientTransformation
+  # `augment(images, rng) -> images`, applied to real and fake images alike before D
+  # (differentiable, so G is not taught to produce augmented images). None = off.
+  augment: Callable[[jnp.ndarray, jax.Array], jnp.ndarray] | None = None
+  # `discriminator_gradient(loss_fn, d_params, batch, rng) -> (grads, metrics)` replaces
+  # the plain mean gradient of D's loss (example-level DP-SGD plugs in here). None = plain.
+  discriminator_gradient: Callable[..., Any] | None = None
+
+
+@flax.struct.dataclass
+class ClientState:
+  params: Params  # {'generator': ..., 'discriminator': ...}
+  d_opt_state: Any
+  g_opt_state: Any
+
+
+def images_to_float(images):
+  """uint8 batches travel to the device (4x less traffic) and become [-1, 1] here."""
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / 127.5 - 1.0
+  return images
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def init_params(task: GanTask, rng: jax.Array, image_shape, condition_dim: int) -> Params:
+  g_rng, d_rng = jax.random.split(rng)
+  condition = jnp.zeros((1, condition_dim), jnp.float32)
+  z = jnp.zeros((1, task.z_dim), jnp.float32)
+  images = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  return {'generator': task.generator.init(g_rng, condition, z)['params'],
+          'discriminator': task.discriminator.init(d_rng, images, condition)['params']}
+
+
+def generate(task: GanTask, g_params, condition, rng):
+  z = jax.random.normal(rng, (condition.shape[0], task.z_dim), jnp.float32)
+  return task.generator.apply({'params': g_params}, condition, z)
+
+
+def discriminator_loss(task: GanTask, d_params, g_params, batch, rng):
+  """Per-example D loss `(B,)` (GAN loss on a real/fake pair + attribute loss on the real)."""
+  z_rng, real_rng, fake_rng = jax.random.split(rng, 3)
+  condition = batch['condition']
+  real = images_to_float(batch['image'])
+  fake = jax.lax.stop_gradient(generate(task, g_params, condition, z_rng))
+  if task.augment is not None:
+    real, fake = task.augment(real, real_rng), task.augment(fake, fake_rng)
+  outputs = task.discriminator.apply({'params': d_params}, jnp.concatenate([real, fake]),
+                                     jnp.concatenate([condition, condition]))
+  real_logits, fake_logits = jnp.split(outputs['logit'], 2)
+  real_attributes = jnp.split(outputs['attributes'], 2)[0]
+  values, mask = conditions_lib.split_condition(condition)
+  gan = losses.discriminator_gan_loss(real_logits, fake_logits, task.gan_loss)
+  attribute = losses.attribute_loss(real_attributes, values, mask, task.continuous_columns)
+  aux = {'d_gan_loss': gan, 'attribute_loss': attribute,
+         'd_real': jax.nn.sigmoid(real_logits), 'd_fake': jax.nn.sigmoid(fake_logits)}
+  return gan + task.attribute_weight * attribute, aux
+
+
+def generator_loss(task: GanTask, g_params, d_params, condition, rng):
+  """Mean G loss: GAN loss + lambda * L_cond. Touches no real image, by construction."""
+  z_rng, augment_rng = jax.random.split(rng)
+  fake = generate(task, g_params, condition, z_rng)
+  if task.augment is not None:
+    fake = task.augment(fake, augment_rng)
+  outputs = task.discriminator.apply({'params': d_params}, fake, condition)
+  values, mask = conditions_lib.split_condition(condition)
+  predicted = losses.attribute_prediction(outputs['attributes'], task.continuous_columns)
+  cond = losses.cosine_condition_loss(predicted, values, mask)
+  gan = losses.generator_gan_loss(outputs['logit'], task.gan_loss)
+  loss = jnp.mean(gan + task.cond_weight * cond)
+  return loss, {'g_gan_loss': jnp.mean(gan), 'cond_loss': jnp.mean(cond)}
+
+
+def client_init(task: GanTask, server_params: Params) -> ClientState:
+  return ClientState(params=server_params,
+                     d_opt_state=task.d_optimizer.init(server_params['discriminator']),
+                     g_opt_state=task.g_optimizer.init(server_params['generator']))
+
+
+def client_step(task: GanTask, state: ClientState, batch, rng):
+  """One D update on the real batch, then one G update. Returns `(state, metrics)`."""
+  d_rng, g_rng = jax.random.split(rng)
+  g_params, d_params = state.params['generator'], state.params['discriminator']
+
+  def mean_d_loss(params, batch, rng):
+    per_example, aux = discriminator_loss(task, params, g_params, batch, rng)
+    return jnp.mean(per_example), jax.tree.map(jnp.mean, aux)
+
+  if task.discriminator_gradient is None:
+    d_grads, d_metrics = jax.grad(mean_d_loss, has_aux=True)(d_params, batch, d_rng)
+  else:
+    per_example = lambda p, b, r: discriminator_loss(task, p, g_params, b, r)
+    d_grads, d_metrics = task.discriminator_gradient(per_example, d_params, batch, d_rng)
+  d_updates, d_opt_state = task.d_optimizer.update(d_grads, state.d_opt_state, d_params)
+  d_params = optax.apply_updates(d_params, d_updates)
+
+  (g_loss, g_metrics), g_grads = jax.value_and_grad(
+      lambda p: generator_loss(task, p, d_params, batch['condition'], g_rng), has_aux=True)(g_params)
+  g_updates, g_opt_state = task.g_optimizer.update(g_grads, state.g_opt_state, g_params)
+  g_params = optax.apply_updates(g_params, g_updates)
+
+  metrics = dict(d_metrics, **g_metrics)
+  metrics['d_loss'] = metrics['d_gan_loss'] + task.attribute_weight * metrics['attribute_loss']
+  metrics['g_loss'] = g_loss
+  new_state = ClientState(params={'generator': g_params, 'discriminator': d_params},
+                          d_opt_state=d_opt_state, g_opt_state=g_opt_state)
+  return new_state, metrics
+
+
+def client_final(state: ClientState, server_params: Params) -> Params:
+  """The only thing that leaves the hospital: the parameter delta."""
+  return jax.tree.map(jnp.subtract, state.params, server_params)
+
+
+def local_update(task: GanTask, server_params: Params, batches, rng):
+  """client_init, K unrolled client steps, client_final.
+
+  Args:
+    batches: `{'image': (K, B, H, W, 1), 'condition': (K, B, C)}`, K = local steps.
+  Returns:
+    `(delta, metrics)`, metrics averaged over the K steps.
+  """
+  state = client_init(task, server_params)
+  step_metrics = []
+  for step in range(batches['condition'].shape[0]):
+    batch = jax.tree.map(lambda x, s=step: x[s], batches)
+    state, metrics = client_step(task, state, batch, jax.random.fold_in(rng, step))
+    step_metrics.append(metrics)
+  metrics = jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *step_metrics)
+  return client_final(state, server_params), metrics

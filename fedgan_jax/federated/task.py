@@ -1,0 +1,53 @@
+"""Builds the `GanTask` (models, losses, client optimizers) from a config."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedgan_jax import losses
+from fedgan_jax.data import conditions as conditions_lib
+from fedgan_jax.federated import client as client_lib
+from fedgan_jax.federated import optimizers
+from fedgan_jax.models import discriminator as discriminator_lib
+from fedgan_jax.models import generator as generator_lib
+
+
+def build_generator(model_config, image_shape) -> generator_lib.Generator:
+  g = model_config.generator
+  return generator_lib.Generator(
+      image_size=image_shape[0], seed_size=g.seed_size, encoder_channels=tuple(g.encoder_channels),
+      decoder_channels=tuple(g.decoder_channels), embedding_dim=g.embedding_dim,
+      channels=image_shape[-1], output_shuffle=g.output_shuffle)
+
+
+def build_discriminator(model_config, schema: conditions_lib.ConditionSchema):
+  d = model_config.discriminator
+  return discriminator_lib.Discriminator(channels=tuple(d.channels), value_dim=schema.value_dim,
+                                         input_unshuffle=d.input_unshuffle)
+
+
+def build_augment(augment_config):
+  """`augment(images, rng)` from `config.augment`, or None when disabled."""
+  if augment_config is None or not augment_config.get('enabled', False):
+    return None
+  from fedgan_jax.data import augment as augment_lib  # pylint: disable=g-import-not-at-top
+  return lambda images, rng: augment_lib.augment(images, rng, augment_config)
+
+
+def build_task(config, schema: conditions_lib.ConditionSchema, image_shape,
+               discriminator_gradient=None) -> client_lib.GanTask:
+  if config.loss.gan not in losses.GAN_LOSSES:
+    raise ValueError(f'loss.gan: {config.loss.gan!r} is not one of {losses.GAN_LOSSES}.')
+  d_optimizer, g_optimizer = optimizers.build_client_optimizers(config.fl.client_optimizer)
+  return client_lib.GanTask(
+      generator=build_generator(config.model, image_shape),
+      discriminator=build_discriminator(config.model, schema),
+      z_dim=config.model.generator.z_dim,
+      continuous_columns=np.asarray(schema.continuous_columns()),
+      gan_loss=config.loss.gan,
+      cond_weight=float(config.loss.cond_weight),
+      attribute_weight=float(config.loss.attribute_weight),
+      d_optimizer=d_optimizer,
+      g_optimizer=g_optimizer,
+      augment=build_augment(config.get('augment')),
+      discriminator_gradient=discriminator_gradient)

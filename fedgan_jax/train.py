@@ -1,0 +1,184 @@
+"""The main job: federated GAN training, then F-AD and conditioning on the result.
+
+`train_and_evaluate(config, workdir)` builds the federation, runs FedAvg rounds
+(resuming from the latest checkpoint in `workdir`), then synthesizes normal
+images for profiles drawn from the federation's demographics, trains the anomaly
+detector on them alone, scores the real test split and writes
+`workdir/results.json` and `workdir/roc.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from fedgan_jax import checkpointing
+from fedgan_jax import metrics_log
+from fedgan_jax import plots
+from fedgan_jax import synthesis
+from fedgan_jax.data import dataset as dataset_lib
+from fedgan_jax.data import registry
+from fedgan_jax.evaluators import anomaly as anomaly_lib
+from fedgan_jax.evaluators import attributes as attributes_lib
+from fedgan_jax.federated import algorithm
+from fedgan_jax.federated import client as client_lib
+from fedgan_jax.federated import optimizers
+from fedgan_jax.federated import sampling
+from fedgan_jax.federated import task as task_lib
+
+
+class TrainingDivergedError(RuntimeError):
+  pass
+
+
+def check_finite(row: dict, max_abs_loss: float) -> None:
+  """Raises when a loss is NaN/inf or beyond `max_abs_loss`."""
+  for key, value in row.items():
+    if key.endswith('loss') and not (np.isfinite(value) and abs(value) <= max_abs_loss):
+      raise TrainingDivergedError(
+          f'round {row["round"]}: {key} = {value} (limit train.max_abs_loss={max_abs_loss}). '
+          'Training stopped; the last good checkpoint is kept. Lower '
+          'fl.client_optimizer.d_learning_rate / g_learning_rate or the server learning rate, '
+          'then rerun with the same --workdir to resume from it.')
+
+
+def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
+              task: client_lib.GanTask) -> algorithm.ServerState:
+  """Runs `fl.num_rounds` FedAvg rounds, checkpointing and resuming in `workdir`."""
+  fl = config.fl
+  server_optimizer = optimizers.build_server_optimizer(fl.server_optimizer)
+  # Initialization draws with the 'rbg' generator: XLA compiles the many threefry
+  # draws of a network's init ~4x slower on CPU. Training keys stay threefry, whose
+  # vmapped draws equal looped ones (so the execution strategies agree exactly).
+  params = client_lib.init_params(task, jax.random.key(config.seed, impl='rbg'),
+                                  tuple(federation.image_shape), federation.schema.model_dim)
+  root_rng = jax.random.key(config.seed)
+  state = algorithm.server_init(params, server_optimizer)
+  train_rng = jax.random.fold_in(root_rng, 1)
+
+  checkpoint_manager = checkpointing.manager(workdir, config.checkpoint.keep)
+  latest = checkpoint_manager.latest_step()
+  if latest is not None:
+    state, _ = checkpointing.restore_server_state(checkpoint_manager, latest, state, config)
+    logging.info('Resumed from the checkpoint of round %d in %s.', latest, workdir)
+  start_round = int(state.round)
+  log = metrics_log.MetricsLog(os.path.join(workdir, 'metrics.jsonl'))
+  log.truncate_after(start_round)
+
+  strategy = algorithm.resolve_strategy(fl.strategy)
+  mesh = algorithm.client_mesh() if strategy == 'vmap' else None
+  round_fn = algorithm.make_round_fn(task, server_optimizer, strategy, mesh)
+  pad = mesh.size if mesh is not None else 1
+  clients = federation.clients
+  logging.info('Training %d rounds (from %d) over %d clients, %s per round, strategy %s on %s.',
+               fl.num_rounds, start_round, len(clients), fl.clients_per_round or 'all', strategy,
+               jax.default_backend())
+  progress = metrics_log.Progress(fl.num_rounds, start_round)
+  samples_dir = os.path.join(workdir, 'samples')
+  for round_index in range(start_round, fl.num_rounds):
+    client_ids = sampling.sample_clients(config.seed, round_index, len(clients),
+                                         fl.clients_per_round)
+    batches, weights, ids = sampling.round_inputs(
+        clients, client_ids, config.seed, round_index, fl.local_steps, fl.batch_size, pad)
+    started = time.perf_counter()
+    state, metrics = round_fn(state, batches, weights, ids,
+                              jax.random.fold_in(train_rng, round_index))
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    seconds = time.perf_counter() - started
+    examples = len(client_ids) * fl.local_steps * fl.batch_size
+    row = {'round': round_index + 1, **metrics, 'clients': len(client_ids),
+           'round_time_s': seconds, 'examples_per_s': examples / seconds}
+    log.append(row)
+    try:
+      check_finite(row, config.train.max_abs_loss)
+    except TrainingDivergedError:
+      checkpoint_manager.wait_until_finished()
+      raise
+    done = round_index + 1
+    progress.update(done, seconds)
+    if done % config.checkpoint.every_rounds == 0 or done == fl.num_rounds:
+      checkpointing.save(checkpoint_manager, done, state, config)
+    if done % config.train.log_every_rounds == 0 or done == fl.num_rounds:
+      logging.info('%s | d_loss %.3f g_loss %.3f cond %.3f', progress.line(), row['d_loss'],
+                   row['g_loss'], row['cond_loss'])
+    if done % config.train.sample_every_rounds == 0 or done == fl.num_rounds:
+      os.makedirs(samples_dir, exist_ok=True)
+      grid = synthesis.sample_grid(task, state.params['generator'], federation.schema,
+                                   config.train.profiles, config.train.sample_columns, config.seed)
+      plots.save_image_grid(os.path.join(samples_dir, f'round_{done:06d}.png'), grid)
+  checkpoint_manager.wait_until_finished()
+  checkpoint_manager.close()
+  return state
+
+
+def evaluate_generator(config, workdir: str, federation: dataset_lib.FederatedDataset,
+                       task: client_lib.GanTask, g_params) -> dict:
+  """F-AD on synthetic normal images, scored on the real test split; conditioning fidelity."""
+  anomaly_config = config.anomaly
+  rng = np.random.default_rng([config.seed, 99])
+  normal_conditions = federation.normal_profiles(rng, anomaly_config.num_synthetic)
+  synthetic = synthesis.synthesize(task, g_params, normal_conditions, config.seed + 1,
+                                   anomaly_config.generate_batch_size)
+  detector = anomaly_lib.train_autoencoder(synthetic, anomaly_config, config.seed)
+  synthetic_errors = anomaly_lib.reconstruction_errors(detector, synthetic)
+  test_errors = anomaly_lib.reconstruction_errors(detector, federation.test.images)
+  anomaly = anomaly_lib.detection_report(synthetic_errors, test_errors, federation.test.abnormal,
+                                         anomaly_config.threshold_percentile)
+  roc = anomaly.pop('roc')
+  plots.save_roc_png(os.path.join(workdir, 'roc.png'),
+                     {'F-AD (synthetic normals)': (np.array(roc['fpr']), np.array(roc['tpr']),
+                                                   anomaly['auc'])},
+                     title='anomaly detection, real test split')
+  return {'anomaly': anomaly,
+          'conditioning': conditioning_fidelity(config, federation, task, g_params)}
+
+
+def conditioning_fidelity(config, federation, task, g_params) -> dict:
+  """Attributes read back from generated images by a model fitted on real training images."""
+  wanted = config.conditioning
+  continuous = tuple(wanted.get('continuous', ('age',)))
+  binary = tuple(wanted.get('binary', ('sex',)))
+  if not continuous and not binary:
+    return {}
+  pooled = federation.pooled()
+  reader = attributes_lib.AttributeModel.fit(pooled.images, pooled.records, continuous, binary,
+                                             seed=config.seed)
+  rng = np.random.default_rng([config.seed, 98])
+  conditions = federation.normal_profiles(rng, wanted.num_generated)
+  generated = synthesis.synthesize(task, g_params, conditions, config.seed + 2,
+                                   config.anomaly.generate_batch_size)
+  report = attributes_lib.conditioning_report(reader, generated,
+                                              federation.schema.decode(conditions))
+  real = attributes_lib.conditioning_report(reader, federation.test.images, federation.test.records)
+  report.update({f'real_test_{k}': v for k, v in real.items()})
+  return report
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """The whole pipeline; returns (and writes) `results.json`'s content."""
+  started = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  federation = registry.load_federation(config)
+  rows = [dataset_lib.client_summary(c) for c in federation.clients]
+  with open(os.path.join(workdir, 'clients.json'), 'w') as f:
+    json.dump(rows, f, indent=1)
+  for row in rows:
+    logging.info('client %s', row)
+  task = task_lib.build_task(config, federation.schema, federation.image_shape)
+  state = train_gan(config, workdir, federation, task)
+  results = evaluate_generator(config, workdir, federation, task, state.params['generator'])
+  results.update(rounds=int(state.round), wall_time_s=time.time() - started,
+                 config=json.loads(config.to_json_best_effort()))
+  path = os.path.join(workdir, 'results.json')
+  with open(path + '.tmp', 'w') as f:
+    json.dump(results, f, indent=1)
+  os.replace(path + '.tmp', path)
+  logging.info('anomaly AUC %.3f, conditioning %s; wrote %s', results['anomaly']['auc'],
+               results['conditioning'], path)
+  return results
