@@ -1,0 +1,69 @@
+"""The `eval` section of every experiment config: what `python -m fedgan_jax.eval` computes.
+
+Attached by `configs/common.py` as `config.eval = eval_common.get_eval_config()`; a
+`runlocal` variant shrinks the encoder training for smoke tests. Evaluators are picked by
+name (`fedgan_jax.evaluation.EVALUATORS`), so adding one never edits the binary:
+
+    python -m fedgan_jax.eval --config=configs/phantom.py --workdir=/tmp/fedgan_phantom \
+        --config.eval.inception_weights=/data/fid_inception.npz
+
+Generated images are compared with the real images of `eval.reference` ('test' or
+'train'), one generated image per real one, generated for that real image's condition
+vector, so both sets have the same mix of patients and findings.
+"""
+
+import ml_collections
+
+EVALUATORS = ('inception_fid', 'domain_quality', 'conditioning', 'anomaly', 'personalized')
+
+
+def get_eval_config(runlocal: bool = False) -> ml_collections.ConfigDict:
+  """Defaults sized for the phantom default (64x64, 1000 test images) on 2 CPU cores."""
+  config = ml_collections.ConfigDict()
+  config.evaluators = EVALUATORS
+  config.reference = 'test'           # Real images the generated ones are compared with.
+  config.generate_batch_size = 256
+  config.sample_columns = 8           # Columns of eval/samples.png (one row per train.profiles).
+
+  # Inception-v3 FID (pytorch-fid's network). '' skips it, saying how to enable it; a path that
+  # does not hold a converted npz is an error naming the convert command.
+  config.inception_weights = ''
+  config.inception_batch_size = 50
+
+  # KID and k-NN metrics, in the domain feature space (and Inception's when weights are given).
+  config.kid_subsets = 50
+  config.kid_subset_size = 500        # At most; smaller reference sets use all their images.
+  config.nearest_neighbours = 5       # k of precision/recall and density/coverage.
+
+  # The domain encoder: a small CNN trained on the real training images to predict the
+  # condition vector (attributes and findings); its penultimate layer is the feature space.
+  config.domain_features = ml_collections.ConfigDict(dict(
+      channels=(16, 32, 64), feature_dim=64, steps=400, batch_size=64, learning_rate=1e-3,
+      feature_batch_size=256))
+
+  # Conditioning fidelity: the attribute model fitted on real training images reads back every
+  # schema feature (or those listed) from images generated for the reference conditions.
+  config.conditioning = ml_collections.ConfigDict(dict(
+      features=(),                    # () = every feature of the schema.
+      min_class_examples=5))          # A binary column needs this many of each class to be fit.
+
+  # Anomaly detection on the real test split (the detector follows `config.anomaly`).
+  config.findings_feature = 'findings'  # Multi-hot feature holding per-finding labels.
+
+  # Personalization ablation: detectors that use the patient's own PD/CD.
+  config.personalized = ml_collections.ConfigDict(dict(
+      methods=('conditional_ae', 'generator_distance'),
+      # Features that are the label itself: replaced by their value in normal profiles
+      # (no findings) before conditioning, so a detector never reads the answer.
+      label_features=('findings',),
+      expected_normal_samples=8))     # z draws averaged into G's expected normal image.
+
+  if runlocal:
+    config.kid_subsets = 10
+    config.kid_subset_size = 32
+    config.domain_features.update(channels=(8, 16), feature_dim=16, steps=30, batch_size=32,
+                                  feature_batch_size=64)
+    config.generate_batch_size = 64
+    config.sample_columns = 4
+    config.personalized.expected_normal_samples = 2
+  return config

@@ -1,0 +1,173 @@
+"""Renders evaluation results: JSON-safe values and markdown tables to paste into a paper.
+
+`results_markdown(results)` turns `evaluation.evaluate_checkpoint`'s dict into
+`results.md`; `comparison_markdown(rows, columns)` renders the one-row-per-method table
+of `benchmarks/compare_baselines.py`. Missing or undefined numbers print as an em dash.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+DOMAIN_NOTE = ('Domain features: penultimate layer of a small CNN trained on the real training '
+               'images to predict their attributes and findings. FID in this space is NOT '
+               'comparable to ImageNet-Inception FID, nor across datasets or encoder configs.')
+
+
+def jsonable(value: Any) -> Any:
+  """Nested dicts/lists of plain Python values; non-finite floats become None (valid JSON)."""
+  if isinstance(value, Mapping):
+    return {str(k): jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [jsonable(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return jsonable(value.tolist())
+  if isinstance(value, (np.integer, bool, np.bool_)):
+    return value.item() if hasattr(value, 'item') else value
+  if isinstance(value, (float, np.floating)):
+    return float(value) if math.isfinite(value) else None
+  return value
+
+
+def number(value: Any, digits: int = 3) -> str:
+  """A table cell: fixed digits, an em dash for missing/NaN, scientific for tiny values."""
+  if value is None or isinstance(value, str):
+    return value or '—'
+  value = float(value)
+  if not math.isfinite(value):
+    return '—' if math.isnan(value) else ('∞' if value > 0 else '-∞')
+  if value != 0 and abs(value) < 10 ** -digits:
+    return f'{value:.2e}'
+  return f'{value:.{digits}f}'
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(str(cell) for cell in row) + ' |' for row in rows]
+  return '\n'.join(lines)
+
+
+def headline(name: str, result: Mapping[str, Any]) -> str:
+  """One log line per evaluator."""
+  if 'skipped' in result:
+    return 'skipped: ' + result['skipped']
+  keys = {'inception_fid': ('fid', 'kid_mean'), 'domain_quality': ('fid', 'kid_mean', 'precision',
+                                                                   'recall'),
+          'anomaly': ('auc', 'sensitivity', 'specificity')}.get(name)
+  if keys:
+    return ', '.join(f'{k} {number(result.get(k))}' for k in keys)
+  if name == 'conditioning':
+    return f'cond cosine {number(result["generated"].get("cond_cosine"))}'
+  if name == 'personalized':
+    return ', '.join(f'{k} AUC {number(v.get("auc"))}' for k, v in result.items()
+                     if isinstance(v, Mapping) and 'auc' in v)
+  return ''
+
+
+def _conditioning_rows(result: Mapping[str, Any]) -> list[list[str]]:
+  rows = []
+  generated, real = result['generated'], result['real_reference']
+  for feature, entry in generated.items():
+    if not isinstance(entry, Mapping):
+      continue
+    if entry['kind'] == 'continuous':
+      rows.append([feature, 'Pearson r', number(entry['pearson_r']),
+                   number(real[feature]['pearson_r'])])
+    elif 'auc' in entry and not isinstance(entry['auc'], Mapping):
+      rows.append([feature, 'AUC', number(entry['auc']), number(real[feature]['auc'])])
+    elif entry['kind'] == 'categorical':
+      rows.append([feature, 'accuracy', number(entry['accuracy']),
+                   number(real[feature]['accuracy'])])
+    else:
+      for category, auc in entry['auc'].items():
+        rows.append([f'{feature}: {category}', 'AUC', number(auc),
+                     number(real[feature]['auc'][category])])
+  rows.append(['all (1 − L_cond)', 'mean cosine', number(generated['cond_cosine']),
+               number(real['cond_cosine'])])
+  return rows
+
+
+def _detection_row(label: str, entry: Mapping[str, Any]) -> list[str]:
+  return [label, number(entry['auc']), number(entry['sensitivity']),
+          number(entry['specificity']), number(entry['threshold'], 4)]
+
+
+def results_markdown(results: Mapping[str, Any]) -> str:
+  """`results.md`: one section per evaluator that ran."""
+  parts = [f'# Evaluation of `{results["workdir"]}` at round {results["step"]}', '',
+           f'Data: {results["data"]}; generated images are compared with the real '
+           f'{results["reference"]} split, one per real image, for its condition vector.', '']
+  privacy = results['privacy']
+  if privacy.get('mode', 'none') == 'none':
+    parts += ['Privacy: ' + privacy.get('note', 'DP was off.'), '']
+  else:
+    parts += ['Privacy: ' + ', '.join(f'{k} = {number(v) if isinstance(v, float) else v}'
+                                      for k, v in privacy.items()), '']
+  quality_rows = []
+  for name, label in (('inception_fid', 'Inception-v3 (pytorch-fid)'),
+                      ('domain_quality', 'domain features')):
+    entry = results.get(name)
+    if entry is None:
+      continue
+    if 'skipped' in entry:
+      parts += [f'Inception FID not computed: {entry["skipped"]}', '']
+      continue
+    quality_rows.append([label, number(entry['fid']),
+                         f'{number(entry["kid_mean"], 4)} ± {number(entry["kid_std"], 4)}',
+                         number(entry.get('precision')), number(entry.get('recall')),
+                         number(entry.get('density')), number(entry.get('coverage'))])
+  if quality_rows:
+    parts += ['## Sample quality', '', table(
+        ['feature space', 'FID', 'KID', 'precision', 'recall', 'density', 'coverage'],
+        quality_rows), '']
+    domain = results.get('domain_quality')
+    if domain and 'fid_real_train_vs_test' in domain:
+      parts += [f'Real training vs real test images in the same space: FID '
+                f'{number(domain["fid_real_train_vs_test"])} (the floor).', '']
+    if domain:
+      parts += [DOMAIN_NOTE, '']
+  if 'conditioning' in results:
+    parts += ['## Conditioning fidelity', '',
+              'Attributes read back by a model fitted on real training images, from images '
+              'generated for the reference conditions and (ceiling) from the real images.', '',
+              table(['attribute', 'metric', 'generated', 'real'],
+                    _conditioning_rows(results['conditioning'])), '']
+    if results['conditioning']['not_fitted']:
+      parts += ['Not read (too few training labels): ' + ', '.join(
+          sorted(results['conditioning']['not_fitted'])), '']
+  detections = []
+  if 'anomaly' in results:
+    detections.append(('F-AD: AE on synthetic normals', results['anomaly']))
+  personalized = results.get('personalized', {})
+  for method, label in (('conditional_ae', 'personalized: conditional AE (PD/CD)'),
+                        ('generator_distance', 'personalized: distance to G(c) normal')):
+    if method in personalized:
+      detections.append((label, personalized[method]))
+  if 'anomaly' not in results and 'unconditioned' in personalized:
+    detections.insert(0, ('F-AD: AE on synthetic normals', personalized['unconditioned']))
+  if detections:
+    parts += ['## Anomaly detection (real test split)', '', table(
+        ['detector', 'AUC', 'sensitivity', 'specificity', 'threshold'],
+        [_detection_row(label, entry) for label, entry in detections]), '']
+    findings = [(label, entry['per_finding_auc']) for label, entry in detections
+                if 'per_finding_auc' in entry]
+    if findings:
+      names = list(findings[0][1])
+      parts += ['Per-finding AUC (each finding vs normal images):', '', table(
+          ['detector'] + names, [[label] + [number(auc[n]) for n in names]
+                                 for label, auc in findings]), '']
+  timing = results.get('timing_s', {})
+  if timing:
+    parts += ['Evaluation time: ' + ', '.join(f'{k} {v:.1f} s' for k, v in timing.items()), '']
+  return '\n'.join(parts)
+
+
+def comparison_markdown(rows: Sequence[Mapping[str, Any]],
+                        columns: Sequence[tuple[str, str]]) -> str:
+  """A method-per-row table; `columns` are `(key, header)` pairs, the first one a label."""
+  return table([header for _, header in columns],
+               [[row.get(key, '—') if i == 0 else number(row.get(key))
+                 for i, (key, _) in enumerate(columns)] for row in rows])

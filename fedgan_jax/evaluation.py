@@ -1,0 +1,357 @@
+"""Evaluating a trained generator from its checkpoint: evaluator registry and driver.
+
+`evaluate_checkpoint(config, workdir, step)` restores only the G/D parameters of a
+checkpoint (refusing one made with an incompatible config, naming the field), rebuilds
+the federation the config describes, runs the evaluators named in `config.eval.evaluators`
+and writes `workdir/eval/results.{json,md}`, `roc.png` and sample grids. It never writes
+into `workdir/checkpoints`.
+
+Evaluators are functions `fn(context) -> dict` registered by name in `EVALUATORS`; what
+several of them need (images generated for the reference conditions, synthetic normal
+images, the domain encoder, the attribute model) is computed once per run by
+`EvalContext`, and what depends only on the real data lives in `SharedModels`, which
+`benchmarks/compare_baselines.py` reuses across methods so every method is scored by the
+very same encoder and attribute model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+from absl import logging
+import jax
+import numpy as np
+
+from fedgan_jax import checkpointing
+from fedgan_jax import eval_report
+from fedgan_jax import plots
+from fedgan_jax import synthesis
+from fedgan_jax.data import dataset as dataset_lib
+from fedgan_jax.data import registry
+from fedgan_jax.evaluators import anomaly as anomaly_lib
+from fedgan_jax.evaluators import domain_features
+from fedgan_jax.evaluators import personalized as personalized_lib
+from fedgan_jax.evaluators import schema_attributes
+from fedgan_jax.federated import client as client_lib
+from fedgan_jax.federated import task as task_lib
+
+REFERENCES = ('test', 'train')
+
+
+class SharedModels:
+  """Models fitted on the real training data only, reusable by every method on that data."""
+
+  def __init__(self):
+    self._key = None
+    self._models: dict[str, Any] = {}
+
+  def get(self, name: str, key: str, build: Callable[[], Any]) -> Any:
+    """`build()` once per data key; a different key (other data or seed) is refused."""
+    if self._key is None:
+      self._key = key
+    elif key != self._key:
+      raise ValueError('SharedModels: reused with another data config or seed (its models were '
+                       'fitted on other images); use one SharedModels per dataset.')
+    if name not in self._models:
+      self._models[name] = build()
+    return self._models[name]
+
+
+@dataclasses.dataclass
+class EvalContext:
+  """Everything an evaluator reads, with lazily computed, cached intermediate results."""
+  config: Any
+  federation: dataset_lib.FederatedDataset
+  task: client_lib.GanTask
+  g_params: Any
+  out_dir: str
+  shared: SharedModels
+  roc_curves: dict = dataclasses.field(default_factory=dict)
+  _cache: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def eval_config(self):
+    return self.config.eval
+
+  @property
+  def seed(self) -> int:
+    return int(self.config.seed)
+
+  def _cached(self, name: str, build: Callable[[], Any]) -> Any:
+    if name not in self._cache:
+      self._cache[name] = build()
+    return self._cache[name]
+
+  def _shared(self, name: str, build: Callable[[], Any]) -> Any:
+    key = json.dumps({'data': self.config.data.to_dict(), 'seed': self.seed,
+                      'conditions': list(self.config.conditions), 'eval': self.eval_config.to_dict()},
+                     sort_keys=True, default=str)
+    return self.shared.get(name, key, build)
+
+  def reference(self) -> dataset_lib.ClientData:
+    """The real images generated ones are compared with (`eval.reference`)."""
+    name = self.eval_config.reference
+    if name not in REFERENCES:
+      raise ValueError(f'eval.reference: {name!r} is not one of {REFERENCES}.')
+    return self.federation.test if name == 'test' else self.federation.pooled()
+
+  def generated_reference(self) -> np.ndarray:
+    """One generated image per reference image, for that image's condition vector."""
+    return self._cached('generated_reference', lambda: synthesis.synthesize(
+        self.task, self.g_params, self.reference().conditions, self.seed + 2,
+        self.eval_config.generate_batch_size))
+
+  def synthetic_normals(self) -> tuple[np.ndarray, np.ndarray]:
+    """`(images, conditions)` of synthetic normal patients, drawn as training's F-AD does."""
+    def build():
+      anomaly_config = self.config.anomaly
+      rng = np.random.default_rng([self.seed, 99])
+      conditions = self.federation.normal_profiles(rng, anomaly_config.num_synthetic)
+      images = synthesis.synthesize(self.task, self.g_params, conditions, self.seed + 1,
+                                    anomaly_config.generate_batch_size)
+      return images, conditions
+    return self._cached('synthetic_normals', build)
+
+  def domain_encoder(self) -> domain_features.FittedEncoder:
+    def build():
+      pooled = self.federation.pooled()
+      return domain_features.train_domain_encoder(
+          pooled.images, pooled.conditions, self.federation.schema.continuous_columns(),
+          self.eval_config.domain_features, self.seed)
+    return self._shared('domain_encoder', build)
+
+  def domain_features_of(self, name: str, images: np.ndarray) -> np.ndarray:
+    batch_size = self.eval_config.domain_features.feature_batch_size
+    return self._cached(f'domain_features/{name}',
+                        lambda: self.domain_encoder().features(images, batch_size))
+
+  def attribute_reader(self) -> schema_attributes.SchemaReader:
+    def build():
+      pooled = self.federation.pooled()
+      return schema_attributes.SchemaReader.fit(
+          self.federation.schema, pooled.images, pooled.conditions,
+          self.eval_config.conditioning.features,
+          self.eval_config.conditioning.min_class_examples, self.seed)
+    return self._shared('attribute_reader', build)
+
+  def unconditioned_detection(self) -> dict:
+    """F-AD: the plain AE on synthetic normals, scored on the real test split."""
+    def build():
+      synthetic, _ = self.synthetic_normals()
+      detector = anomaly_lib.train_autoencoder(synthetic, self.config.anomaly, self.seed)
+      return {'synthetic_scores': anomaly_lib.reconstruction_errors(detector, synthetic),
+              'test_scores': anomaly_lib.reconstruction_errors(detector, self.federation.test.images),
+              'final_loss': detector.final_loss}
+    return self._cached('unconditioned_detection', build)
+
+  def detection_summary(self, label: str, synthetic_scores, test_scores) -> dict:
+    """Threshold/AUC/sensitivity/specificity, per-finding AUC; adds the ROC to the plot."""
+    test = self.federation.test
+    report = anomaly_lib.detection_report(synthetic_scores, test_scores, test.abnormal,
+                                          self.config.anomaly.threshold_percentile)
+    roc = report.pop('roc')
+    self.roc_curves[label] = (np.array(roc['fpr']), np.array(roc['tpr']), report['auc'])
+    findings = self.eval_config.findings_feature
+    schema = self.federation.schema
+    if findings and findings in {f.name for f in schema.features}:
+      labels = schema.decode(test.conditions)[findings]
+      report['per_finding_auc'] = personalized_lib.per_finding_auc(
+          test_scores, labels, test.abnormal, schema.feature(findings).categories)
+    return report
+
+
+def inception_fid(context: EvalContext) -> dict:
+  """FID and KID with pytorch-fid's Inception-v3 (needs `eval.inception_weights`)."""
+  from fedgan_jax.evaluators import fid  # pylint: disable=g-import-not-at-top
+  from fedgan_jax.evaluators import inception  # pylint: disable=g-import-not-at-top
+  from fedgan_jax.evaluators import sample_quality  # pylint: disable=g-import-not-at-top
+  eval_config = context.eval_config
+  if not eval_config.inception_weights:
+    return {'skipped': 'eval.inception_weights is unset. Convert pytorch-fid\'s weights once with '
+                       '`python -m fedgan_jax.tools.convert_inception --input=pt_inception-2015-'
+                       '12-05-6726825d.pth --output=PATH` and pass '
+                       '--config.eval.inception_weights=PATH.'}
+  apply_fn, variables = inception.load_inception(eval_config.inception_weights)
+  batch_size = eval_config.inception_batch_size
+  real = fid.inception_features(apply_fn, variables, context.reference().images, batch_size)
+  fake = fid.inception_features(apply_fn, variables, context.generated_reference(), batch_size)
+  subset = min(eval_config.kid_subset_size, len(real), len(fake))
+  kid_mean, kid_std = sample_quality.kid(real, fake, eval_config.kid_subsets, subset, context.seed)
+  return {'fid': fid.fid_from_features(real, fake), 'kid_mean': kid_mean, 'kid_std': kid_std,
+          'kid_subset_size': subset, 'real_images': len(real), 'generated_images': len(fake)}
+
+
+def domain_quality(context: EvalContext) -> dict:
+  """FID, KID, precision/recall and density/coverage in the domain encoder's feature space."""
+  from fedgan_jax.evaluators import fid  # pylint: disable=g-import-not-at-top
+  from fedgan_jax.evaluators import sample_quality  # pylint: disable=g-import-not-at-top
+  eval_config = context.eval_config
+  encoder = context.domain_encoder()
+  real = context.domain_features_of('reference', context.reference().images)
+  fake = context.domain_features_of('generated_reference', context.generated_reference())
+  subset = min(eval_config.kid_subset_size, len(real), len(fake))
+  kid_mean, kid_std = sample_quality.kid(real, fake, eval_config.kid_subsets, subset, context.seed)
+  k = eval_config.nearest_neighbours
+  precision, recall = sample_quality.precision_recall(real, fake, k)
+  density, coverage = sample_quality.density_coverage(real, fake, k)
+  report = {'fid': fid.fid_from_features(real, fake), 'kid_mean': kid_mean, 'kid_std': kid_std,
+            'kid_subset_size': subset, 'precision': precision, 'recall': recall,
+            'density': density, 'coverage': coverage, 'nearest_neighbours': k,
+            'encoder_initial_loss': encoder.initial_loss, 'encoder_final_loss': encoder.final_loss}
+  if eval_config.reference == 'test':
+    # Real training vs real test images: the floor no generator can go below (hospital mix
+    # and sampling noise), to read the generated numbers against.
+    train = context.domain_features_of('train', context.federation.pooled().images)
+    report['fid_real_train_vs_test'] = fid.fid_from_features(train, real)
+  return report
+
+
+def conditioning(context: EvalContext) -> dict:
+  """Attributes read back from generated images by a model fitted on real training images."""
+  reader = context.attribute_reader()
+  reference = context.reference()
+  return {'generated': reader.report(context.generated_reference(), reference.conditions),
+          'real_reference': reader.report(reference.images, reference.conditions),
+          'not_fitted': dict(reader.not_fitted)}
+
+
+def anomaly(context: EvalContext) -> dict:
+  """F-AD: AE trained on synthetic normal images only, scored on the real test split."""
+  detection = context.unconditioned_detection()
+  report = context.detection_summary('F-AD (unconditioned AE)', detection['synthetic_scores'],
+                                     detection['test_scores'])
+  report['autoencoder_final_loss'] = detection['final_loss']
+  return report
+
+
+def personalized(context: EvalContext) -> dict:
+  """The personalization ablation against the unconditioned detector, same test split."""
+  settings = context.eval_config.personalized
+  unknown = set(settings.methods) - set(personalized_lib.METHODS)
+  if unknown:
+    raise ValueError(f'eval.personalized.methods: unknown {sorted(unknown)}; expected some of '
+                     f'{personalized_lib.METHODS}.')
+  schema, test = context.federation.schema, context.federation.test
+  synthetic, synthetic_conditions = context.synthetic_normals()
+  test_conditions = personalized_lib.with_normal_labels(
+      test.conditions, schema, synthetic_conditions, settings.label_features)
+  baseline = context.unconditioned_detection()
+  percentile = context.config.anomaly.threshold_percentile
+  report = {'unconditioned': anomaly_lib.detection_report(
+      baseline['synthetic_scores'], baseline['test_scores'], test.abnormal, percentile)}
+  report['unconditioned'].pop('roc')
+  for method in settings.methods:
+    if method == 'conditional_ae':
+      synthetic_scores, test_scores, _ = personalized_lib.conditional_ae_scores(
+          synthetic, synthetic_conditions, test.images, test_conditions, context.config.anomaly,
+          context.seed)
+      label = 'personalized: conditional AE'
+    else:
+      synthetic_scores, test_scores = personalized_lib.generator_distance_scores(
+          context.task, context.g_params, synthetic, synthetic_conditions, test.images,
+          test_conditions, settings.expected_normal_samples, context.seed + 3,
+          context.eval_config.generate_batch_size)
+      label = 'personalized: distance to G(c) normal'
+    report[method] = context.detection_summary(label, synthetic_scores, test_scores)
+    report[method]['auc_minus_unconditioned'] = (report[method]['auc']
+                                                 - report['unconditioned']['auc'])
+  report['label_features'] = list(settings.label_features)
+  return report
+
+
+EVALUATORS: dict[str, Callable[[EvalContext], dict]] = {
+    'inception_fid': inception_fid,
+    'domain_quality': domain_quality,
+    'conditioning': conditioning,
+    'anomaly': anomaly,
+    'personalized': personalized,
+}
+
+
+def privacy_report(meta: dict) -> dict:
+  """The privacy spend the checkpoint recorded, or that DP was off."""
+  privacy = meta.get('privacy')
+  if not privacy or (isinstance(privacy, dict) and privacy.get('mode', 'none') == 'none'):
+    return {'mode': 'none', 'note': 'DP was off: the checkpoint records no privacy spend.'}
+  return dict(privacy) if isinstance(privacy, dict) else {'recorded': privacy}
+
+
+def abstract_params(task: client_lib.GanTask, image_shape, condition_dim: int):
+  """Shapes/dtypes of G and D params without running (or compiling) an initialization."""
+  return jax.eval_shape(lambda: client_lib.init_params(
+      task, jax.random.key(0, impl='rbg'), tuple(image_shape), condition_dim))
+
+
+def evaluate_checkpoint(config, workdir: str, step: int | None = None,
+                        shared: SharedModels | None = None) -> dict:
+  """Restores a checkpoint's params, runs `config.eval.evaluators`, writes `workdir/eval/`.
+
+  Args:
+    config: the experiment config (the one it was trained with, or compatible in the
+      fields of `checkpointing.SHAPE_FIELDS`), with an `eval` section.
+    workdir: the training workdir holding `checkpoints/`.
+    step: checkpoint round to evaluate; None = the latest.
+    shared: models fitted on the real data, to reuse across methods (see `SharedModels`).
+
+  Returns:
+    The content of `results.json`.
+  """
+  if 'eval' not in config:
+    raise ValueError('the config has no `eval` section; add `config.eval = '
+                     'eval_common.get_eval_config()` (configs/eval_common.py) to it.')
+  unknown = [name for name in config.eval.evaluators if name not in EVALUATORS]
+  if unknown:
+    raise ValueError(f'eval.evaluators: unknown {unknown}; expected some of {sorted(EVALUATORS)}.')
+  started = time.perf_counter()
+  federation = registry.load_federation(config)
+  task = task_lib.build_task(config, federation.schema, federation.image_shape)
+  template = abstract_params(task, federation.image_shape, federation.schema.model_dim)
+  params, meta, step = checkpointing.restore_params(workdir, config, template, step)
+  out_dir = os.path.join(workdir, 'eval')
+  os.makedirs(out_dir, exist_ok=True)
+  context = EvalContext(config=config, federation=federation, task=task,
+                        g_params=params['generator'], out_dir=out_dir,
+                        shared=shared if shared is not None else SharedModels())
+  timing = {'setup': time.perf_counter() - started}
+  results = {'workdir': os.path.abspath(workdir), 'step': int(step),
+             'data': federation.info.get('source', config.data.name),
+             'reference': config.eval.reference, 'privacy': privacy_report(meta),
+             'evaluators': list(config.eval.evaluators)}
+  for name in config.eval.evaluators:
+    evaluator_started = time.perf_counter()
+    results[name] = EVALUATORS[name](context)
+    timing[name] = time.perf_counter() - evaluator_started
+    logging.info('eval %s (%.1f s): %s', name, timing[name], eval_report.headline(name,
+                                                                                  results[name]))
+  _write_figures(context)
+  timing['total'] = time.perf_counter() - started
+  results['timing_s'] = timing
+  _write_atomic(os.path.join(out_dir, 'results.json'),
+                json.dumps(eval_report.jsonable(results), indent=1))
+  _write_atomic(os.path.join(out_dir, 'results.md'), eval_report.results_markdown(results))
+  return results
+
+
+def _write_figures(context: EvalContext) -> None:
+  if context.roc_curves:
+    plots.save_roc_png(os.path.join(context.out_dir, 'roc.png'), context.roc_curves,
+                       title='anomaly detection, real test split')
+  config = context.config
+  profiles = config.train.get('profiles') or [{}]
+  grid = synthesis.sample_grid(context.task, context.g_params, context.federation.schema,
+                               profiles, config.eval.sample_columns, context.seed)
+  plots.save_image_grid(os.path.join(context.out_dir, 'samples.png'), grid)
+  # Real reference images above images generated for their conditions.
+  columns = min(config.eval.sample_columns, len(context.reference()))
+  pairs = np.stack([context.reference().images[:columns], context.generated_reference()[:columns]])
+  plots.save_image_grid(os.path.join(context.out_dir, 'real_vs_generated.png'), pairs)
+
+
+def _write_atomic(path: str, text: str) -> None:
+  with open(path + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)

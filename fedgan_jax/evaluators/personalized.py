@@ -1,0 +1,145 @@
+"""The personalization ablation: anomaly detectors that use the patient's own PD/CD.
+
+The design claims that knowing who the patient is (age, sex, view, body habitus,
+clinical data) makes anomaly detection better, because a deviation the record explains
+(an old patient's wider heart shadow, an AP film's magnified mediastinum) is no longer
+scored as an anomaly. Two personalized scores, each against the same real test split as
+the unconditioned F-AD autoencoder:
+
+  * `conditional_ae`: an autoencoder whose decoder is FiLM-modulated by the condition
+    vector (`Autoencoder(conditional=True)`), trained on the same synthetic normal images
+    with the conditions they were generated for; score = reconstruction error given the
+    patient's condition.
+  * `generator_distance`: no second model; score = mean squared distance between the image
+    and G's expected normal image for the patient (the mean of `G(c, z)` over a few z).
+
+A test patient's condition vector holds the label itself (the findings); those features
+(`label_features`) are replaced by their value in normal profiles before any detector
+sees them, i.e. each detector asks "how far is this image from THIS patient's normal?".
+Thresholds are the configured percentile of the score on synthetic normal images, as for
+the unconditioned detector; no real image sets them.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from sklearn import metrics as sk_metrics
+
+from fedgan_jax import synthesis
+from fedgan_jax.data import conditions as conditions_lib
+from fedgan_jax.evaluators import anomaly as anomaly_lib
+
+METHODS = ('conditional_ae', 'generator_distance')
+
+
+def with_normal_labels(conditions: np.ndarray, schema: conditions_lib.ConditionSchema,
+                       normal_conditions: np.ndarray, label_features: Sequence[str]) -> np.ndarray:
+  """Copies of `conditions` whose `label_features` take their normal-profile value.
+
+  The normal value of a feature is, over `normal_conditions`, the most common row of its
+  columns (values and mask together): for findings, "known, none present".
+
+  Args:
+    conditions: `(N, model_dim)` model condition vectors of the patients to score.
+    schema: the schema that encoded them.
+    normal_conditions: `(M, model_dim)` condition vectors of normal profiles.
+    label_features: names of the features to replace.
+  """
+  values, mask = (np.array(part) for part in conditions_lib.split_condition(
+      np.asarray(conditions, np.float32)))
+  normal_values, normal_mask = conditions_lib.split_condition(
+      np.asarray(normal_conditions, np.float32))
+  if len(normal_values) == 0:
+    raise ValueError('personalized: no normal profiles to take the normal label values from.')
+  for name in label_features:
+    columns = schema.slice(name)
+    rows = np.concatenate([normal_values[:, columns], normal_mask[:, columns]], axis=1)
+    unique, counts = np.unique(rows, axis=0, return_counts=True)
+    mode = unique[np.argmax(counts)]
+    width = columns.stop - columns.start
+    values[:, columns], mask[:, columns] = mode[:width], mode[width:]
+  return conditions_lib.model_condition(values, mask)
+
+
+def expected_normal_images(task, g_params, conditions: np.ndarray, num_samples: int, seed: int,
+                           batch_size: int) -> np.ndarray:
+  """G's expected image per condition: the mean of `num_samples` draws, float32 in [-1, 1]."""
+  if num_samples < 1:
+    raise ValueError(f'eval.personalized.expected_normal_samples must be >= 1, got {num_samples}.')
+  repeated = np.repeat(np.asarray(conditions, np.float32), num_samples, axis=0)
+  images = synthesis.synthesize(task, g_params, repeated, seed, batch_size)
+  images = images.reshape((len(conditions), num_samples) + images.shape[1:])
+  return images.astype(np.float32).mean(axis=1) / 127.5 - 1.0
+
+
+def distance_to_expected(images_uint8: np.ndarray, expected: np.ndarray) -> np.ndarray:
+  """Per-image mean squared difference `(N,)` in [-1, 1] units."""
+  images = np.asarray(images_uint8, np.float32) / 127.5 - 1.0
+  if images.shape != expected.shape:
+    raise ValueError(f'personalized: images {images.shape} and expected normals {expected.shape} '
+                     'differ in shape.')
+  return np.mean(np.square(images - expected), axis=tuple(range(1, images.ndim)))
+
+
+def per_finding_auc(scores: np.ndarray, findings: np.ndarray, abnormal: np.ndarray,
+                    names: Sequence[str]) -> dict[str, float]:
+  """AUC of each finding against the normal images: positives = images with that finding.
+
+  Args:
+    scores: `(N,)` anomaly scores (higher = more anomalous).
+    findings: `(N, K)` 0/1 (NaN = unknown) finding labels.
+    abnormal: bool `(N,)`, True for images with any finding (the negatives are the rest).
+    names: the K finding names.
+
+  Returns:
+    `{name: auc}`; NaN for a finding without positives or when there are no normals.
+  """
+  scores, findings = np.asarray(scores, np.float64), np.asarray(findings, np.float64)
+  normal = ~np.asarray(abnormal, bool)
+  if findings.ndim != 2 or findings.shape != (len(scores), len(names)):
+    raise ValueError(f'per_finding_auc: findings must be ({len(scores)}, {len(names)}) for '
+                     f'{list(names)}, got {findings.shape}.')
+  report = {}
+  for index, name in enumerate(names):
+    positive = findings[:, index] == 1
+    if not positive.any() or not normal.any():
+      report[name] = float('nan')
+      continue
+    labels = np.concatenate([np.ones(positive.sum()), np.zeros(normal.sum())])
+    report[name] = float(sk_metrics.roc_auc_score(
+        labels, np.concatenate([scores[positive], scores[normal]])))
+  return report
+
+
+def conditional_ae_scores(synthetic: np.ndarray, synthetic_conditions: np.ndarray,
+                          test_images: np.ndarray, test_conditions: np.ndarray, anomaly_config,
+                          seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+  """Trains the conditional AE on synthetic normals; returns their and the test's errors.
+
+  Returns:
+    `(synthetic_errors, test_errors, final_training_loss)`.
+  """
+  detector = anomaly_lib.train_autoencoder(synthetic, anomaly_config, seed,
+                                           conditions=synthetic_conditions)
+  return (anomaly_lib.reconstruction_errors(detector, synthetic, synthetic_conditions),
+          anomaly_lib.reconstruction_errors(detector, test_images, test_conditions),
+          detector.final_loss)
+
+
+def generator_distance_scores(task, g_params, synthetic: np.ndarray,
+                              synthetic_conditions: np.ndarray, test_images: np.ndarray,
+                              test_conditions: np.ndarray, num_samples: int, seed: int,
+                              batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Distances of synthetic normals and of test images to G's expected normal for them.
+
+  The synthetic normals were drawn with other noise than the expectation's (`seed` must
+  differ from theirs), so their distances are what a normal patient scores.
+  """
+  synthetic_expected = expected_normal_images(task, g_params, synthetic_conditions, num_samples,
+                                              seed, batch_size)
+  test_expected = expected_normal_images(task, g_params, test_conditions, num_samples, seed + 1,
+                                         batch_size)
+  return (distance_to_expected(synthetic, synthetic_expected),
+          distance_to_expected(test_images, test_expected))
