@@ -1,0 +1,160 @@
+"""A hospital's Flower client: the simulation's local update on this site's data only.
+
+    python -m fedgan_jax.deploy.hospital --config=configs/phantom.py --site=general \
+        --data=/data/general.npz --server=fedgan.example.org:8080 \
+        --root_certificates=certs/ca.crt --private_key=keys/general.key
+
+The data file is read from this hospital's own disk (`common.load_site_data`) and never
+leaves it. For each round the server sends the global params and the round index; the
+hospital draws its batches with `sampling.client_batches(data, seed, round, client_id)`
+and its key as `fold_in(fold_in(fold_in(key(seed), 1), round), client_id)`, runs
+`client_init`, K `client_step`s and `client_final` (as the simulation's sequential
+strategy does, each jitted once for the life of the process) and replies with the
+parameter delta, its example count and its mean losses, signed with its private key.
+The site's global client id is its position in the roster (`config.deploy.sites`).
+
+`--exit_at_round=R` makes the process die after receiving round R's params, before
+replying: a hospital dropping out mid-round, for fault-tolerance tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import flwr
+import jax
+import numpy as np
+from ml_collections import config_flags
+
+from fedgan_jax.data import conditions as conditions_lib
+from fedgan_jax.data import dataset as dataset_lib
+from fedgan_jax.deploy import common
+from fedgan_jax.deploy import security
+from fedgan_jax.deploy import settings
+from fedgan_jax.federated import client as client_lib
+from fedgan_jax.federated import sampling
+from fedgan_jax.federated import task as task_lib
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (the same '
+                                          'as the server\'s).', lock_config=True)
+_SITE = flags.DEFINE_string('site', None, 'This hospital\'s name on the roster.')
+_DATA = flags.DEFINE_string('data', None, 'This hospital\'s npz (see common.export_site_data).')
+_SERVER = flags.DEFINE_string('server', None, 'Server host:port.')
+_ROOT_CERTIFICATES = flags.DEFINE_string('root_certificates', None,
+                                         'CA certificate (PEM) that signed the server\'s.')
+_PRIVATE_KEY = flags.DEFINE_string('private_key', None, 'This site\'s Ed25519 key (PEM).')
+_INSECURE = flags.DEFINE_bool('insecure', False, 'No TLS and unsigned messages: tests on '
+                              'loopback only.')
+_EXIT_AT_ROUND = flags.DEFINE_integer('exit_at_round', -1, 'Testing: die mid-round at this '
+                                      '0-based round index (-1 = never).')
+_COMPILATION_CACHE = flags.DEFINE_string(
+    'compilation_cache', os.path.join(os.path.expanduser('~'), '.cache', 'fedgan_jax', 'xla'),
+    'Persistent XLA compilation cache directory ("" disables it).')
+flags.mark_flags_as_required(['config', 'site', 'data', 'server'])
+
+
+class LocalTrainer:
+  """`client_init`, K `client_step`s, `client_final`, each jitted once (as `SequentialRound`)."""
+
+  def __init__(self, task: client_lib.GanTask):
+    self._init = jax.jit(functools.partial(client_lib.client_init, task))
+    self._step = jax.jit(functools.partial(client_lib.client_step, task))
+    self._final = jax.jit(client_lib.client_final)
+    self._fold_in = jax.jit(jax.random.fold_in)
+
+  def __call__(self, server_params, batches, rng):
+    """Returns `(delta, mean losses over the K steps)`."""
+    state = self._init(server_params)
+    step_metrics = []
+    for step in range(batches['condition'].shape[0]):
+      batch = {k: v[step] for k, v in batches.items()}
+      state, metrics = self._step(state, batch, self._fold_in(rng, step))
+      step_metrics.append(metrics)
+    delta = self._final(state, server_params)
+    step_metrics = jax.device_get(step_metrics)
+    losses = {k: float(np.mean([m[k] for m in step_metrics])) for k in step_metrics[0]}
+    return delta, losses
+
+
+class Hospital(flwr.client.NumPyClient):
+  """Answers the server: who it is (signed), and each round's local update (signed)."""
+
+  def __init__(self, config, site: str, data: dataset_lib.ClientData,
+               private_key=None, exit_at_round: int = -1):
+    self._config = config
+    self._site = site
+    self._client_id = settings.client_id(config, site)
+    self._data = data
+    self._key = private_key
+    self._exit_at_round = exit_at_round
+    schema = conditions_lib.ConditionSchema.from_config(config.conditions)
+    task = task_lib.build_task(config, schema, data.images.shape[1:])
+    self._template = jax.eval_shape(lambda: client_lib.init_params(
+        task, jax.random.key(0, impl='rbg'), tuple(data.images.shape[1:]), schema.model_dim))
+    self._train = LocalTrainer(task)
+
+  def get_properties(self, config):
+    digest = security.properties_digest(config['nonce'], self._site, self._client_id)
+    return {'site': self._site, 'client_id': self._client_id,
+            'signature': security.sign(self._key, digest)}
+
+  def local_update(self, server_params, round_index: int):
+    """The pure local update of round `round_index` (no Flower involved)."""
+    fl = self._config.fl
+    batches = sampling.client_batches(self._data, self._config.seed, round_index,
+                                      self._client_id, fl.local_steps, fl.batch_size)
+    rng = common.client_round_rng(self._config.seed, round_index, self._client_id)
+    return self._train(server_params, batches, rng)
+
+  def fit(self, parameters, config):
+    round_index = int(config['round'])
+    if round_index == self._exit_at_round:
+      logging.warning('--exit_at_round=%d: dying mid-round.', round_index)
+      os._exit(3)  # pylint: disable=protected-access
+    server_params = common.arrays_to_params(parameters, self._template)
+    delta, losses = self.local_update(server_params, round_index)
+    arrays = common.params_to_arrays(delta)
+    digest = security.reply_digest(config['nonce'], self._site, self._client_id, round_index,
+                                   arrays, len(self._data), losses)
+    metrics = {'site': self._site, 'client_id': self._client_id, 'round': round_index,
+               'signature': security.sign(self._key, digest), **losses}
+    logging.info('Round %d done: %s', round_index + 1,
+                 ' '.join(f'{k} {v:.3f}' for k, v in losses.items()))
+    return arrays, len(self._data), metrics
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  config = _CONFIG.value
+  if _COMPILATION_CACHE.value:
+    jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
+  if _INSECURE.value:
+    security.warn_insecure('fedgan_jax.deploy.hospital')
+    private_key, root_certificates = None, None
+  else:
+    if not _ROOT_CERTIFICATES.value or not _PRIVATE_KEY.value:
+      raise app.UsageError('TLS and authentication are on by default: set --root_certificates '
+                           '(the consortium CA) and --private_key (this site\'s key), or '
+                           '--insecure for a loopback test.')
+    private_key = security.load_private_key(_PRIVATE_KEY.value)
+    with open(_ROOT_CERTIFICATES.value, 'rb') as f:
+      root_certificates = f.read()
+  schema = conditions_lib.ConditionSchema.from_config(config.conditions)
+  data = common.load_site_data(_DATA.value, _SITE.value, schema)
+  hospital = Hospital(config, _SITE.value, data, private_key, _EXIT_AT_ROUND.value)
+  deploy = settings.deploy_config(config)
+  logging.info('Site %s (client %d, %d examples) connecting to %s.', _SITE.value,
+               settings.client_id(config, _SITE.value), len(data), _SERVER.value)
+  flwr.client.start_client(
+      server_address=_SERVER.value, client=hospital.to_client(), insecure=_INSECURE.value,
+      root_certificates=root_certificates, grpc_max_message_length=int(deploy.max_message_bytes),
+      max_wait_time=float(deploy.hospital_max_wait_s))
+
+
+if __name__ == '__main__':
+  app.run(main)
