@@ -56,7 +56,10 @@ def get_eval_config(runlocal: bool = False) -> ml_collections.ConfigDict:
       # Features that are the label itself: replaced by their value in normal profiles
       # (no findings) before conditioning, so a detector never reads the answer.
       label_features=('findings',),
-      expected_normal_samples=8))     # z draws averaged into G's expected normal image.
+      expected_normal_samples=4,      # z draws averaged into G's expected normal image.
+      # Synthetic normals whose distance to G's expected normal sets that detector's threshold
+      # (each costs expected_normal_samples generations; the percentile is stable well before).
+      threshold_samples=500))
 
   if runlocal:
     config.kid_subsets = 10
@@ -65,5 +68,5 @@ def get_eval_config(runlocal: bool = False) -> ml_collections.ConfigDict:
                                   feature_batch_size=64)
     config.generate_batch_size = 64
     config.sample_columns = 4
-    config.personalized.expected_normal_samples = 2
+    config.personalized.update(expected_normal_samples=2, threshold_samples=32)
   return config

@@ -25,6 +25,7 @@ from typing import Any, Callable
 from absl import logging
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from fedgan_jax import checkpointing
 from fedgan_jax import eval_report
@@ -88,7 +89,9 @@ class EvalContext:
 
   def _shared(self, name: str, build: Callable[[], Any]) -> Any:
     key = json.dumps({'data': self.config.data.to_dict(), 'seed': self.seed,
-                      'conditions': list(self.config.conditions), 'eval': self.eval_config.to_dict()},
+                      'conditions': list(self.config.conditions),
+                      'domain_features': self.eval_config.domain_features.to_dict(),
+                      'conditioning': self.eval_config.conditioning.to_dict()},
                      sort_keys=True, default=str)
     return self.shared.get(name, key, build)
 
@@ -251,9 +254,10 @@ def personalized(context: EvalContext) -> dict:
           context.seed)
       label = 'personalized: conditional AE'
     else:
+      count = settings.threshold_samples
       synthetic_scores, test_scores = personalized_lib.generator_distance_scores(
-          context.task, context.g_params, synthetic, synthetic_conditions, test.images,
-          test_conditions, settings.expected_normal_samples, context.seed + 3,
+          context.task, context.g_params, synthetic[:count], synthetic_conditions[:count],
+          test.images, test_conditions, settings.expected_normal_samples, context.seed + 3,
           context.eval_config.generate_batch_size)
       label = 'personalized: distance to G(c) normal'
     report[method] = context.detection_summary(label, synthetic_scores, test_scores)
@@ -286,8 +290,23 @@ def abstract_params(task: client_lib.GanTask, image_shape, condition_dim: int):
       task, jax.random.key(0, impl='rbg'), tuple(image_shape), condition_dim))
 
 
+def checkpoint_meta(workdir: str, step: int | None = None) -> tuple[int, dict]:
+  """`(step, meta)` of the latest (or given) checkpoint, read without restoring arrays."""
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'no checkpoints under {directory}; train first with '
+                            f'`python -m fedgan_jax.main --workdir={workdir} ...`.')
+  with ocp.CheckpointManager(directory) as checkpoint_manager:
+    steps = sorted(checkpoint_manager.all_steps())
+    step = steps[-1] if step is None and steps else step
+    if step is None or step not in steps:
+      raise FileNotFoundError(f'checkpoint step {step} not found in {directory}; have {steps}.')
+    return int(step), checkpointing.restore_meta(checkpoint_manager, step)
+
+
 def evaluate_checkpoint(config, workdir: str, step: int | None = None,
-                        shared: SharedModels | None = None) -> dict:
+                        shared: SharedModels | None = None,
+                        federation: dataset_lib.FederatedDataset | None = None) -> dict:
   """Restores a checkpoint's params, runs `config.eval.evaluators`, writes `workdir/eval/`.
 
   Args:
@@ -296,6 +315,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None,
     workdir: the training workdir holding `checkpoints/`.
     step: checkpoint round to evaluate; None = the latest.
     shared: models fitted on the real data, to reuse across methods (see `SharedModels`).
+    federation: `registry.load_federation(config)` when the caller already built it.
 
   Returns:
     The content of `results.json`.
@@ -307,7 +327,13 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None,
   if unknown:
     raise ValueError(f'eval.evaluators: unknown {unknown}; expected some of {sorted(EVALUATORS)}.')
   started = time.perf_counter()
-  federation = registry.load_federation(config)
+  # Refuse an incompatible checkpoint before building anything from the config: a changed
+  # image size or schema would otherwise fail in model code with a less helpful message.
+  step, meta = checkpoint_meta(workdir, step)
+  checkpointing.check_compatible(meta, config, checkpointing.SHAPE_FIELDS,
+                                 where=f'{os.path.join(workdir, "checkpoints")} step {step}')
+  if federation is None:
+    federation = registry.load_federation(config)
   task = task_lib.build_task(config, federation.schema, federation.image_shape)
   template = abstract_params(task, federation.image_shape, federation.schema.model_dim)
   params, meta, step = checkpointing.restore_params(workdir, config, template, step)

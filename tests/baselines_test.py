@@ -1,0 +1,118 @@
+"""Tests for the baselines: FedAvg loop, AE on real normals, FedAvg classifier, local GANs."""
+
+import os
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import baselines as baselines_config
+from configs import phantom
+from fedgan_jax.baselines import autoencoder as autoencoder_baseline
+from fedgan_jax.baselines import classifier
+from fedgan_jax.baselines import fedavg
+from fedgan_jax.baselines import local_gan
+from fedgan_jax.data import registry
+
+jax.config.update('jax_compilation_cache_dir',
+                  os.path.join(tempfile.gettempdir(), 'fedgan_jax_test_xla'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+
+SGD_HALF = dict(name='sgd', learning_rate=0.5, momentum=0.0, nesterov=False)
+
+
+def _mean_squared_distance(params, batch):
+  return 0.5 * jnp.mean(jnp.square(params['w'] - batch['x']))
+
+
+def test_fedavg_matches_hand_computed_weighted_average():
+  # One hospital with a single example 2, one with three examples equal to 6. From w = 0, one
+  # SGD step (lr 0.5) on 0.5 (w - x)^2 gives w - 0.5 (w - x): 1 and 3. Weighted by example
+  # counts: (1 * 1 + 3 * 3) / 4 = 2.5. Round two from 2.5: 2.25 and 4.25 -> (2.25 + 3 * 4.25) / 4.
+  trainer = fedavg.FedAvgTrainer(_mean_squared_distance, SGD_HALF)
+  clients = [{'x': np.array([2.0], np.float32)}, {'x': np.full(3, 6.0, np.float32)}]
+  params, losses = trainer.train({'w': jnp.zeros(())}, clients, rounds=1, local_steps=1,
+                                 batch_size=1, seed=0)
+  assert float(params['w']) == pytest.approx(2.5)
+  # The round's loss is each hospital's last-step loss (0.5 * 4 and 0.5 * 36), weighted 1:3.
+  assert losses == [pytest.approx((2.0 + 3 * 18.0) / 4)]
+  params, _ = trainer.train({'w': jnp.zeros(())}, clients, rounds=2, local_steps=1, batch_size=1,
+                            seed=0)
+  assert float(params['w']) == pytest.approx((2.25 + 3 * 4.25) / 4)
+
+
+def test_fedavg_with_one_hospital_is_plain_training():
+  trainer = fedavg.FedAvgTrainer(_mean_squared_distance, SGD_HALF)
+  # Three local steps toward 4 from 0: 2, 3, 3.5.
+  params, _ = trainer.train({'w': jnp.zeros(())}, [{'x': np.full(5, 4.0, np.float32)}], rounds=1,
+                            local_steps=3, batch_size=2, seed=0)
+  assert float(params['w']) == pytest.approx(3.5)
+
+
+def test_batch_indices_sample_with_replacement_only_when_needed():
+  rng = np.random.default_rng(0)
+  assert len(set(fedavg.batch_indices(rng, 10, 10).tolist())) == 10
+  small = fedavg.batch_indices(rng, 3, 8)
+  assert len(small) == 8 and set(small.tolist()) <= {0, 1, 2}
+  with pytest.raises(ValueError, match='hospital 1'):
+    fedavg.FedAvgTrainer(_mean_squared_distance, SGD_HALF).train(
+        {'w': jnp.zeros(())}, [{'x': np.ones(2)}, {'x': np.ones(0)}], 1, 1, 1, 0)
+
+
+def test_classifier_metrics_match_hand_counts():
+  probabilities = np.array([0.9, 0.6, 0.4, 0.2, 0.7])
+  abnormal = np.array([True, True, True, False, False])
+  report = classifier.evaluate(probabilities, abnormal, 0.5)
+  # Pairs (abnormal > normal): 0.9 beats 0.2 and 0.7; 0.6 and 0.4 beat only 0.2 -> 4 / 6.
+  assert report['auc'] == pytest.approx(4 / 6)
+  assert report['sensitivity'] == pytest.approx(2 / 3)  # 0.9, 0.6 >= 0.5.
+  assert report['specificity'] == pytest.approx(1 / 2)  # 0.2 < 0.5, 0.7 is not.
+
+
+@pytest.fixture(scope='module')
+def tiny_federation():
+  return registry.load_federation(phantom.get_config('runlocal'))
+
+
+def test_fedavg_classifier_learns_on_phantom_hospitals(tiny_federation):
+  settings = baselines_config.get_baselines_config(runlocal=True).classifier
+  settings.update(rounds=6, local_steps=3, batch_size=16)
+  model, params, losses = classifier.train(tiny_federation, settings, seed=0)
+  probabilities = classifier.predict(model, params, tiny_federation.test.images, 32)
+  assert probabilities.shape == (len(tiny_federation.test),)
+  assert ((probabilities > 0) & (probabilities < 1)).all()
+  assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_real_normal_autoencoders_train_and_threshold_on_training_normals(tiny_federation):
+  config = phantom.get_config('runlocal')
+  settings = baselines_config.get_baselines_config(runlocal=True).autoencoder
+  federated = autoencoder_baseline.train_federated(tiny_federation, config.anomaly, settings, 0)
+  centralized = autoencoder_baseline.train_centralized(tiny_federation, config.anomaly, 0)
+  for detector in (federated, centralized):
+    report = autoencoder_baseline.evaluate(detector, tiny_federation, 90.0)
+    assert 0.0 <= report['auc'] <= 1.0 and report['threshold_percentile'] == 90.0
+    normals = autoencoder_baseline.normal_images(tiny_federation.pooled())
+    training_errors = autoencoder_baseline.anomaly_lib.reconstruction_errors(detector, normals)
+    assert report['threshold'] == pytest.approx(np.percentile(training_errors, 90.0), rel=1e-6)
+    assert report['test_scores'].shape == (len(tiny_federation.test),)
+
+
+def test_single_hospital_keeps_the_shared_test_split(tiny_federation):
+  local = local_gan.single_hospital(tiny_federation, 1)
+  assert [c.name for c in local.clients] == [tiny_federation.clients[1].name]
+  assert local.test is tiny_federation.test
+  assert local.info['local_only'] == tiny_federation.clients[1].name
+  with pytest.raises(IndexError, match='out of range'):
+    local_gan.single_hospital(tiny_federation, len(tiny_federation.clients))
+  assert local_gan.workdir_name('St. Mary / ICU') == 'St._Mary_ICU'
+
+
+def test_baselines_config_sizes_ae_like_the_centralized_detector():
+  config = baselines_config.get_baselines_config()
+  anomaly_steps = phantom.get_config().anomaly.steps
+  assert config.autoencoder.rounds * config.autoencoder.local_steps == anomaly_steps
+  assert isinstance(config, ml_collections.ConfigDict)

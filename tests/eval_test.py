@@ -1,0 +1,215 @@
+"""End-to-end tests of the eval binary on a tiny trained workdir, and its small helpers."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import jax
+import numpy as np
+import pytest
+
+from configs import eval_common
+from configs import phantom
+from fedgan_jax import checkpointing
+from fedgan_jax import eval_report
+from fedgan_jax import evaluation
+from fedgan_jax import train
+from fedgan_jax.data import conditions as conditions_lib
+from fedgan_jax.evaluators import schema_attributes
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPILATION_CACHE = os.path.join(tempfile.gettempdir(), 'fedgan_jax_test_xla')
+jax.config.update('jax_compilation_cache_dir', COMPILATION_CACHE)
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+
+
+def _config():
+  config = phantom.get_config('runlocal')
+  if 'eval' not in config:
+    config.eval = eval_common.get_eval_config(runlocal=True)
+  return config
+
+
+def _checkpoint_files(workdir):
+  """Every file under checkpoints/ with its size and modification time."""
+  listing = {}
+  for root, _, files in os.walk(os.path.join(workdir, 'checkpoints')):
+    for name in files:
+      stat = os.stat(os.path.join(root, name))
+      listing[os.path.relpath(os.path.join(root, name), workdir)] = (stat.st_size, stat.st_mtime_ns)
+  return listing
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """A runlocal training run (checkpoints at rounds 2 and 4) and its results.json."""
+  workdir = str(tmp_path_factory.mktemp('trained'))
+  results = train.train_and_evaluate(_config(), workdir)
+  return workdir, results
+
+
+@pytest.fixture(scope='module')
+def binary_run(trained):
+  """Runs `python -m fedgan_jax.eval` once; returns what it wrote and the checkpoints around it."""
+  workdir, _ = trained
+  before = _checkpoint_files(workdir)
+  subprocess.run([sys.executable, '-m', 'fedgan_jax.eval', '--config=configs/phantom.py:runlocal',
+                  f'--workdir={workdir}', f'--compilation_cache={COMPILATION_CACHE}'],
+                 cwd=REPO_ROOT, check=True, capture_output=True)
+  out = os.path.join(workdir, 'eval')
+  with open(os.path.join(out, 'results.json')) as f:
+    results = json.load(f)
+  with open(os.path.join(out, 'results.md')) as f:
+    markdown = f.read()
+  return {'results': results, 'markdown': markdown, 'files': sorted(os.listdir(out)),
+          'before': before, 'after': _checkpoint_files(workdir)}
+
+
+def test_binary_writes_results_plots_and_never_touches_checkpoints(binary_run):
+  assert {'results.json', 'results.md', 'roc.png', 'samples.png',
+          'real_vs_generated.png'} <= set(binary_run['files'])
+  assert binary_run['after'] == binary_run['before']
+  results = binary_run['results']
+  assert results['step'] == 4  # The latest checkpoint.
+  assert results['privacy']['mode'] == 'none' and 'DP was off' in results['privacy']['note']
+  assert 'convert_inception' in results['inception_fid']['skipped']
+  for name in ('domain_quality', 'conditioning', 'anomaly', 'personalized'):
+    assert name in results and results['timing_s'][name] >= 0
+  quality = results['domain_quality']
+  assert quality['kid_subset_size'] == 32 and 0 <= quality['precision'] <= 1
+  assert set(results['personalized']) >= {'unconditioned', 'conditional_ae', 'generator_distance'}
+  assert set(results['anomaly']['per_finding_auc']) == {'pneumonia', 'nodule', 'effusion',
+                                                        'cardiomegaly'}
+
+
+def test_results_md_tables_show_the_json_numbers(binary_run):
+  results, markdown = binary_run['results'], binary_run['markdown']
+  anomaly = results['anomaly']
+  row = (f'| F-AD: AE on synthetic normals | {anomaly["auc"]:.3f} | '
+         f'{anomaly["sensitivity"]:.3f} | {anomaly["specificity"]:.3f} |')
+  assert row in markdown
+  quality = results['domain_quality']
+  assert f'| domain features | {eval_report.number(quality["fid"])} |' in markdown
+  assert '| attribute | metric | generated | real |' in markdown
+  age = results['conditioning']['generated']['age']['pearson_r']
+  assert re.search(rf'\| age \| Pearson r \| {eval_report.number(age)} \|', markdown)
+  # Every table row has as many cells as its header.
+  for block in re.findall(r'((?:^\|.*\|\n)+)', markdown, flags=re.M):
+    widths = {line.count('|') for line in block.strip().splitlines()}
+    assert len(widths) == 1, block
+
+
+def test_step_selection_and_missing_step(trained):
+  workdir, _ = trained
+  config = _config()
+  config.eval.evaluators = ('anomaly',)
+  results = evaluation.evaluate_checkpoint(config, workdir, step=2)
+  assert results['step'] == 2
+  with open(os.path.join(workdir, 'eval', 'results.json')) as f:
+    assert json.load(f)['step'] == 2
+  with pytest.raises(FileNotFoundError, match=r'\[2, 4\]'):
+    evaluation.evaluate_checkpoint(config, workdir, step=3)
+
+
+def test_anomaly_evaluator_reproduces_the_training_pipeline(trained):
+  workdir, training_results = trained
+  config = _config()
+  config.eval.evaluators = ('anomaly',)
+  results = evaluation.evaluate_checkpoint(config, workdir)
+  # Same synthetic normals, detector and test split as `train.evaluate_generator`.
+  assert results['anomaly']['auc'] == pytest.approx(training_results['anomaly']['auc'], abs=1e-6)
+  assert results['anomaly']['threshold'] == pytest.approx(
+      training_results['anomaly']['threshold'], rel=1e-5)
+
+
+@pytest.mark.parametrize('field, value', [('model.generator.z_dim', 4),
+                                          ('data.image_size', 16)])
+def test_refuses_a_checkpoint_of_an_incompatible_config(trained, field, value):
+  workdir, _ = trained
+  config = _config()
+  section, _, leaf = field.rpartition('.')
+  node = config
+  for part in section.split('.'):
+    node = node[part]
+  node[leaf] = value
+  with pytest.raises(checkpointing.IncompatibleCheckpointError, match=re.escape(field)):
+    evaluation.evaluate_checkpoint(config, workdir)
+
+
+def test_unknown_evaluator_and_missing_section_are_named():
+  config = _config()
+  config.eval.evaluators = ('anomaly', 'fid_typo')
+  with pytest.raises(ValueError, match='fid_typo'):
+    evaluation.evaluate_checkpoint(config, '/nonexistent')
+  bare = phantom.get_config('runlocal')
+  if 'eval' in bare:
+    del bare['eval']
+  with pytest.raises(ValueError, match='eval_common.get_eval_config'):
+    evaluation.evaluate_checkpoint(bare, '/nonexistent')
+
+
+def test_privacy_report_reads_the_checkpoint_meta():
+  spent = {'mode': 'example', 'epsilon': 3.2, 'delta': 1e-5}
+  assert evaluation.privacy_report({'privacy': spent}) == spent
+  assert evaluation.privacy_report({})['mode'] == 'none'
+  assert evaluation.privacy_report({'privacy': {'mode': 'none', 'epsilon': float('inf')}})[
+      'mode'] == 'none'
+
+
+def test_shared_models_refuse_other_data():
+  shared = evaluation.SharedModels()
+  calls = []
+  assert shared.get('encoder', 'data A', lambda: calls.append(1) or 'fitted') == 'fitted'
+  assert shared.get('encoder', 'data A', lambda: calls.append(1) or 'refitted') == 'fitted'
+  assert calls == [1]
+  with pytest.raises(ValueError, match='another data config'):
+    shared.get('encoder', 'data B', lambda: 'other')
+
+
+def test_cosine_similarity_is_one_minus_l_cond_on_present_entries():
+  predicted = np.array([[1.0, 0.0, 5.0], [0.0, 0.0, 1.0]])
+  values = np.array([[1.0, 1.0, -3.0], [1.0, 1.0, 0.0]])
+  mask = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+  # Row 0: masked vectors [1, 0] and [1, 1] -> cos 1/sqrt(2). Row 1: [0, 0, 1] vs [1, 1, 0]
+  # -> 0. Mean (1/sqrt(2) + 0) / 2.
+  assert schema_attributes.cosine_similarity(predicted, values, mask) == pytest.approx(
+      (1 / np.sqrt(2)) / 2, rel=1e-6)
+  # A row with nothing to compare is left out rather than counted as a perfect match.
+  mask[1] = 0.0
+  assert schema_attributes.cosine_similarity(predicted, values, mask) == pytest.approx(
+      1 / np.sqrt(2), rel=1e-6)
+
+
+def test_schema_reader_reads_a_binary_and_a_continuous_feature():
+  schema = conditions_lib.ConditionSchema.from_config([
+      dict(name='level', kind='continuous', mean=0.0, std=1.0),
+      dict(name='sex', kind='categorical', categories=('F', 'M')),
+      dict(name='rare', kind='multi_hot', categories=('x',))])
+  rng = np.random.default_rng(0)
+  level, sex = rng.normal(size=200), rng.integers(0, 2, 200)
+  rare = np.zeros((200, 1))
+  rare[:2] = 1.0
+  images = 100 + 10 * rng.standard_normal((200, 12, 12))
+  images[:, :, :6] += 25 * level[:, None, None]
+  images[:, :4, 8:] += 60 * sex[:, None, None]
+  images = np.clip(images, 0, 255).astype(np.uint8)[..., None]
+  values, mask = schema.encode({'level': level, 'sex': sex, 'rare': rare})
+  conditions = conditions_lib.model_condition(values, mask)
+  reader = schema_attributes.SchemaReader.fit(schema, images[:150], conditions[:150],
+                                              min_class_examples=5)
+  assert list(reader.not_fitted) == ['rare[0]']  # 2 positives < 5.
+  report = reader.report(images[150:], conditions[150:])
+  assert report['level']['pearson_r'] > 0.9
+  assert report['sex']['auc'] > 0.95 and report['sex']['accuracy'] > 0.9
+  assert np.isnan(report['rare']['auc']['x'])
+  assert report['cond_cosine'] > 0.8
+
+
+def test_number_and_jsonable_render_missing_values():
+  assert eval_report.number(float('nan')) == '—' and eval_report.number(None) == '—'
+  assert eval_report.number(0.12345) == '0.123' and eval_report.number(2e-5) == '2.00e-05'
+  assert eval_report.jsonable({'a': np.float32(0.5), 'b': [float('nan'), np.int64(3)]}) == {
+      'a': 0.5, 'b': [None, 3]}
