@@ -15,9 +15,10 @@ def get_common_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.generator = ml_collections.ConfigDict(dict(
       seed_size=8, encoder_channels=(64, 128), decoder_channels=(32, 16), output_shuffle=2,
+      output_blur=True,
       embedding_dim=128, z_dim=64))
-  config.model.discriminator = ml_collections.ConfigDict(dict(channels=(32, 64, 128),
-                                                              input_unshuffle=2))
+  config.model.discriminator = ml_collections.ConfigDict(dict(
+      channels=(32, 64, 128), input_unshuffle=2, minibatch_std_group=4))
 
   config.loss = ml_collections.ConfigDict(dict(
       gan='non_saturating',    # or 'hinge'.
@@ -32,7 +33,7 @@ def get_common_config() -> ml_collections.ConfigDict:
   config.fl.strategy = 'auto'       # 'vmap' | 'sequential' | 'auto' (fastest per backend).
   config.fl.centralized = False     # True: one client holding all data (the baseline).
   config.fl.client_optimizer = ml_collections.ConfigDict(dict(
-      name='sgd', d_learning_rate=0.02, g_learning_rate=0.02, momentum=0.9, nesterov=False,
+      name='adam', d_learning_rate=2e-4, g_learning_rate=2e-4, momentum=0.9, nesterov=False,
       b1=0.5, b2=0.999, eps=1e-8, alpha=1.0, beta=1.0))
   config.fl.server_optimizer = ml_collections.ConfigDict(dict(
       name='sgd', learning_rate=1.0, momentum=0.0, nesterov=False,
@@ -49,7 +50,8 @@ def get_common_config() -> ml_collections.ConfigDict:
 
   config.anomaly = ml_collections.ConfigDict(dict(
       num_synthetic=2000,
-      channels=(16, 32, 64), latent_dim=32,
+      architecture='dense',     # or 'conv' (slower on CPU).
+      hidden=(512,), channels=(32, 64), latent_dim=32, pixel_shuffle=2,
       steps=1500, batch_size=64, learning_rate=1e-3,
       threshold_percentile=95.0,
       generate_batch_size=256))

@@ -35,7 +35,7 @@ def get_config(arg: str | None = None):
     config.train.log_every_rounds = 1
     config.train.sample_every_rounds = 2
     config.train.sample_columns = 4
-    config.anomaly.update(num_synthetic=64, steps=20, batch_size=16, channels=(8, 16),
-                          latent_dim=8)
+    config.anomaly.update(num_synthetic=64, steps=20, batch_size=16, hidden=(32,),
+                          channels=(8, 16), latent_dim=8)
     config.conditioning.num_generated = 64
   return config

@@ -29,3 +29,29 @@ def cxr14_csv_path() -> pathlib.Path:
     pytest.skip(f'real ChestX-ray14 metadata not found at {path} (set FEDGAN_SHARED_DATA to the '
                 'folder holding cxr14/Data_Entry_2017_rows1-40000.csv)')
   return path
+
+
+@pytest.fixture(scope='session')
+def runlocal_config():
+  from configs import phantom  # pylint: disable=g-import-not-at-top
+  return phantom.get_config('runlocal')
+
+
+@pytest.fixture(scope='session')
+def runlocal_federation(runlocal_config):
+  from fedgan_jax.data import registry  # pylint: disable=g-import-not-at-top
+  return registry.load_federation(runlocal_config)
+
+
+@pytest.fixture(scope='session')
+def runlocal_task(runlocal_config, runlocal_federation):
+  """One task object for the session, so jitted steps compile once across tests."""
+  from fedgan_jax.federated import task as task_lib  # pylint: disable=g-import-not-at-top
+  return task_lib.build_task(runlocal_config, runlocal_federation.schema,
+                             runlocal_federation.image_shape)
+
+
+@pytest.fixture(scope='session')
+def compilation_cache_dir(tmp_path_factory):
+  """A persistent XLA cache shared by the subprocess tests of one session."""
+  return str(tmp_path_factory.mktemp('xla_cache'))

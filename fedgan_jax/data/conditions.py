@@ -161,7 +161,7 @@ class ConditionSchema:
       elif v in lookup:
         codes[i] = lookup[v]
       else:
-        raise ValueError(f'conditions.{f.name}: unknown category {v!r}; expected one of '
+        raise ValueError(f'conditions.{f.name}: unknown category {str(v)!r}; expected one of '
                          f'{f.categories} (or empty for missing).')
     return codes
 

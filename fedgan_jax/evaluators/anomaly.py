@@ -24,14 +24,27 @@ from fedgan_jax.models import autoencoder as autoencoder_lib
 
 @dataclasses.dataclass
 class Detector:
-  model: autoencoder_lib.Autoencoder
+  model: autoencoder_lib.Autoencoder | autoencoder_lib.DenseAutoencoder
   params: dict
   final_loss: float
 
 
-def build_autoencoder(anomaly_config, conditional: bool = False) -> autoencoder_lib.Autoencoder:
-  return autoencoder_lib.Autoencoder(channels=tuple(anomaly_config.channels),
-                                     latent_dim=anomaly_config.latent_dim, conditional=conditional)
+ARCHITECTURES = ('dense', 'conv')
+
+
+def build_autoencoder(anomaly_config, conditional: bool = False):
+  """`anomaly.architecture`: 'dense' (fast on CPU, the default) or 'conv'."""
+  if anomaly_config.architecture == 'dense':
+    return autoencoder_lib.DenseAutoencoder(hidden=tuple(anomaly_config.hidden),
+                                            latent_dim=anomaly_config.latent_dim,
+                                            conditional=conditional)
+  if anomaly_config.architecture == 'conv':
+    return autoencoder_lib.Autoencoder(channels=tuple(anomaly_config.channels),
+                                       latent_dim=anomaly_config.latent_dim,
+                                       conditional=conditional,
+                                       pixel_shuffle=anomaly_config.pixel_shuffle)
+  raise ValueError(f'anomaly.architecture: {anomaly_config.architecture!r} is not one of '
+                   f'{ARCHITECTURES}.')
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

@@ -17,13 +17,15 @@ def build_generator(model_config, image_shape) -> generator_lib.Generator:
   return generator_lib.Generator(
       image_size=image_shape[0], seed_size=g.seed_size, encoder_channels=tuple(g.encoder_channels),
       decoder_channels=tuple(g.decoder_channels), embedding_dim=g.embedding_dim,
-      channels=image_shape[-1], output_shuffle=g.output_shuffle)
+      channels=image_shape[-1], output_shuffle=g.output_shuffle,
+      output_blur=g.output_blur)
 
 
 def build_discriminator(model_config, schema: conditions_lib.ConditionSchema):
   d = model_config.discriminator
   return discriminator_lib.Discriminator(channels=tuple(d.channels), value_dim=schema.value_dim,
-                                         input_unshuffle=d.input_unshuffle)
+                                         input_unshuffle=d.input_unshuffle,
+                                         minibatch_std_group=d.minibatch_std_group)
 
 
 def build_augment(augment_config):

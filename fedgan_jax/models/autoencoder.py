@@ -27,16 +27,20 @@ class Autoencoder(nn.Module):
     channels: encoder widths, each stage halving the resolution (mirrored by the decoder).
     latent_dim: bottleneck width.
     conditional: when True the decoder takes a condition vector.
+    pixel_shuffle: the image is folded `pixel_shuffle**2` pixels per position on the way in
+      and unfolded on the way out, so no convolution runs at full resolution with a handful
+      of channels (the slowest operation on CPU).
   """
-  channels: Sequence[int] = (16, 32, 64)
+  channels: Sequence[int] = (32, 64)
   latent_dim: int = 32
   conditional: bool = False
+  pixel_shuffle: int = 2
 
   @nn.compact
   def __call__(self, images, condition=None):
     if self.conditional and condition is None:
       raise ValueError('a conditional autoencoder needs the condition vector.')
-    h = images
+    h = generator_lib.space_to_depth(images, self.pixel_shuffle)
     for features in self.channels:
       h = nn.leaky_relu(nn.Conv(features, (3, 3), strides=(2, 2))(h), 0.2)
     spatial = h.shape[1:]
@@ -53,4 +57,38 @@ class Autoencoder(nn.Module):
       if embedding is not None:
         h = generator_lib.FiLM(features)(h, embedding)
       h = nn.leaky_relu(h, 0.2)
-    return jnp.tanh(nn.Conv(images.shape[-1], (3, 3))(h))
+    h = nn.Conv(images.shape[-1] * self.pixel_shuffle ** 2, (3, 3))(h)
+    return jnp.tanh(generator_lib.depth_to_space(h, self.pixel_shuffle))
+
+
+class DenseAutoencoder(nn.Module):
+  """`AE(x[, c])` over flattened pixels: a nonlinear PCA with a narrow bottleneck.
+
+  Its matrix products run near the CPU's peak, where small convolutions do not
+  (BENCHMARKS.md), so it trains in seconds on a laptop; anomalies still stand out
+  because a 32-d code cannot carry a nodule or an opacity it never saw.
+
+  Attributes:
+    hidden: widths of the encoder's hidden layers (mirrored by the decoder).
+    latent_dim: bottleneck width.
+    conditional: when True the decoder's hidden layers are FiLM-modulated by `c`.
+  """
+  hidden: Sequence[int] = (512,)
+  latent_dim: int = 32
+  conditional: bool = False
+
+  @nn.compact
+  def __call__(self, images, condition=None):
+    if self.conditional and condition is None:
+      raise ValueError('a conditional autoencoder needs the condition vector.')
+    h = images.reshape(images.shape[0], -1)
+    for features in self.hidden:
+      h = nn.leaky_relu(nn.Dense(features)(h), 0.2)
+    h = nn.Dense(self.latent_dim)(h)
+    embedding = nn.leaky_relu(nn.Dense(64)(condition), 0.2) if self.conditional else None
+    for features in reversed(self.hidden):
+      h = nn.Dense(features)(h)
+      if embedding is not None:
+        h = generator_lib.FiLM(features)(h[:, None, None, :], embedding)[:, 0, 0, :]
+      h = nn.leaky_relu(h, 0.2)
+    return jnp.tanh(nn.Dense(images[0].size)(h)).reshape(images.shape)

@@ -36,6 +36,19 @@ class DownBlock(nn.Module):
     return shortcut + h
 
 
+def minibatch_std(h: jnp.ndarray, group: int) -> jnp.ndarray:
+  """Appends one channel: the mean std of features across each group of examples."""
+  n = h.shape[0]
+  group = min(group, n)
+  if n % group:
+    raise ValueError(f'model.discriminator.minibatch_std_group={group} must divide the batch '
+                     f'({n}); change one of them or set it to 0.')
+  grouped = h.reshape((n // group, group) + h.shape[1:])
+  spread = jnp.mean(jnp.sqrt(jnp.var(grouped, axis=1) + 1e-8), axis=(1, 2, 3))
+  spread = jnp.broadcast_to(jnp.repeat(spread, group)[:, None, None, None], h.shape[:3] + (1,))
+  return jnp.concatenate([h, spread], axis=-1)
+
+
 class Discriminator(nn.Module):
   """Returns `{'logit': (B,), 'attributes': (B, value_dim)}`.
 
@@ -44,10 +57,16 @@ class Discriminator(nn.Module):
     value_dim: length of the condition *value* vector the attribute head predicts.
     input_unshuffle: the image is first folded `input_unshuffle**2` pixels per position
       (space-to-depth), so no convolution runs at full resolution with one channel.
+    minibatch_std_group: size of the groups whose feature spread D sees (Karras et al.
+      2018), which lets it notice a generator that ignores its noise; 0 turns it off (it
+      couples the examples of a group, so per-example DP-SGD needs it off). Groups are
+      consecutive examples: real and fake halves of a batch never share a group as long
+      as the group size divides the half.
   """
   channels: Sequence[int] = (32, 64, 128)
   value_dim: int = 1
   input_unshuffle: int = 2
+  minibatch_std_group: int = 4
 
   @nn.compact
   def __call__(self, images, condition):
@@ -55,6 +74,8 @@ class Discriminator(nn.Module):
     h = nn.Conv(self.channels[0], (3, 3))(images)
     for features in self.channels:
       h = DownBlock(features)(h)
+    if self.minibatch_std_group:
+      h = nn.Conv(self.channels[-1], (3, 3))(minibatch_std(h, self.minibatch_std_group))
     # Mean (not sum) pooling keeps logits O(1) at any resolution without spectral norm.
     h = jnp.mean(nn.leaky_relu(h, 0.2), axis=(1, 2))
     unconditional = nn.Dense(1)(h)[:, 0]

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -47,6 +48,18 @@ def space_to_depth(x: jnp.ndarray, factor: int) -> jnp.ndarray:
   b, h, w, c = x.shape
   x = x.reshape(b, h // factor, factor, w // factor, factor, c)
   return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // factor, w // factor, factor * factor * c)
+
+
+def blur(x: jnp.ndarray) -> jnp.ndarray:
+  """Separable [1, 2, 1] / 4 blur with edge padding (adds and shifts, no convolution)."""
+  def along(x, axis):
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (1, 1)
+    p = jnp.pad(x, pad, mode='edge')
+    size = x.shape[axis]
+    take = lambda start: jax.lax.slice_in_dim(p, start, start + size, axis=axis)
+    return 0.25 * take(0) + 0.5 * take(1) + 0.25 * take(2)
+  return along(along(x, 1), 2)
 
 
 def downsample_average(x: jnp.ndarray) -> jnp.ndarray:
@@ -97,6 +110,8 @@ class Generator(nn.Module):
     embedding_dim: width of the (c, z) embedding that drives FiLM.
     channels: image channels (1 for radiographs).
     output_shuffle: the final convolution predicts `output_shuffle**2` pixels per position.
+    output_blur: smooth the shuffled output with a fixed [1, 2, 1] blur, which removes the
+      2-pixel checkerboard a pixel shuffle starts with.
   """
   image_size: int = 64
   seed_size: int = 16
@@ -105,6 +120,7 @@ class Generator(nn.Module):
   embedding_dim: int = 128
   channels: int = 1
   output_shuffle: int = 2
+  output_blur: bool = True
 
   @nn.compact
   def __call__(self, condition, z):
@@ -142,4 +158,7 @@ class Generator(nn.Module):
     h = nn.GroupNorm(num_groups=min(8, h.shape[-1]))(h)
     h = nn.leaky_relu(h, 0.2)
     h = nn.Conv(self.channels * self.output_shuffle ** 2, (3, 3))(h)
-    return jnp.tanh(depth_to_space(h, self.output_shuffle))
+    h = depth_to_space(h, self.output_shuffle)
+    if self.output_blur and self.output_shuffle > 1:
+      h = blur(h)
+    return jnp.tanh(h)

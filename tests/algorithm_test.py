@@ -1,0 +1,150 @@
+"""FedAvg aggregation, server optimizers and execution strategies.
+
+Aggregation and server updates are checked against hand-computed numbers; a full
+round against the same round assembled by hand from per-client local updates; the
+`vmap` strategy on 1 device, on 4 forced CPU devices, and the `sequential` strategy
+against each other (in a subprocess, since the device count is fixed at start-up).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fedgan_jax.federated import algorithm
+from fedgan_jax.federated import client as client_lib
+from fedgan_jax.federated import optimizers
+from fedgan_jax.federated import sampling
+
+from conftest import REPO_ROOT
+
+
+def test_fedavg_aggregate_weights_by_example_count():
+  deltas = {'w': jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])}
+  average = algorithm.fedavg_aggregate(deltas, jnp.array([1.0, 1.0, 2.0]))
+  # (1 + 3 + 2*5) / 4 = 3.5 and (2 + 4 + 2*6) / 4 = 4.5.
+  np.testing.assert_allclose(average['w'], [3.5, 4.5])
+
+
+def test_zero_weight_padding_clients_change_nothing():
+  deltas = {'w': jnp.array([[1.0], [3.0], [100.0]])}
+  average = algorithm.fedavg_aggregate(deltas, jnp.array([1.0, 3.0, 0.0]))
+  np.testing.assert_allclose(average['w'], [2.5])
+
+
+def test_fedavg_server_adds_the_average_delta():
+  optimizer = optimizers.build_server_optimizer({'name': 'fedavg', 'learning_rate': 1.0})
+  state = algorithm.server_init({'w': jnp.array([1.0, -1.0])}, optimizer)
+  state = algorithm.server_update(optimizer, state, {'w': jnp.array([0.5, 0.25])})
+  np.testing.assert_allclose(state.params['w'], [1.5, -0.75])
+  assert int(state.round) == 1
+
+
+def test_server_momentum_matches_hand_computation():
+  optimizer = optimizers.build_server_optimizer(
+      {'name': 'sgd', 'learning_rate': 0.5, 'momentum': 0.9})
+  state = algorithm.server_init({'w': jnp.array([0.0])}, optimizer)
+  state = algorithm.server_update(optimizer, state, {'w': jnp.array([1.0])})
+  state = algorithm.server_update(optimizer, state, {'w': jnp.array([2.0])})
+  # Pseudo-gradients g1 = -1, g2 = -2; v1 = -1, v2 = 0.9 * -1 - 2 = -2.9;
+  # w = 0 - 0.5 * (-1) - 0.5 * (-2.9) = 1.95.
+  np.testing.assert_allclose(state.params['w'], [1.95], rtol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['adam', 'optimistic', 'fedavg', 'sgd'])
+def test_every_server_optimizer_builds_and_steps(name):
+  optimizer = optimizers.build_server_optimizer(
+      {'name': name, 'learning_rate': 0.1, 'momentum': 0.9})
+  state = algorithm.server_init({'w': jnp.zeros(3)}, optimizer)
+  state = algorithm.server_update(optimizer, state, {'w': jnp.ones(3)})
+  assert np.all(np.asarray(state.params['w']) > 0)
+
+
+def test_unknown_optimizer_names_the_config_field():
+  with pytest.raises(ValueError, match='fl.server_optimizer.name'):
+    optimizers.build_server_optimizer({'name': 'lamb', 'learning_rate': 1.0})
+  with pytest.raises(ValueError, match='fl.strategy'):
+    algorithm.resolve_strategy('pmap')
+
+
+def test_auto_strategy_is_sequential_on_cpu_and_vmap_on_accelerators():
+  assert algorithm.resolve_strategy('auto', 'cpu') == 'sequential'
+  assert algorithm.resolve_strategy('auto', 'gpu') == 'vmap'
+  assert algorithm.resolve_strategy('auto', 'tpu') == 'vmap'
+
+
+def test_round_equals_hand_assembled_fedavg(runlocal_task, runlocal_federation):
+  task, federation = runlocal_task, runlocal_federation
+  server_optimizer = optax.sgd(1.0)  # Plain FedAvg: params + weighted average delta.
+  params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
+                                  tuple(federation.image_shape), federation.schema.model_dim)
+  state = algorithm.server_init(params, server_optimizer)
+  ids = np.array([0, 2])  # Partial participation, clients of unequal size.
+  batches, weights, ids = sampling.round_inputs(federation.clients, ids, 0, 5, 2, 8)
+  round_rng = jax.random.key(3)
+  new_state, metrics = algorithm.make_round_fn(task, server_optimizer, 'sequential')(
+      state, batches, weights, ids, round_rng)
+
+  local = jax.jit(lambda p, b, r: client_lib.local_update(task, p, b, r))
+  deltas = [local(params, jax.tree.map(lambda x, i=i: x[i], batches),
+                  jax.random.fold_in(round_rng, ids[i]))[0] for i in range(2)]
+  sizes = [len(federation.clients[0]), len(federation.clients[2])]
+  assert list(weights) == sizes
+  expected = jax.tree.map(
+      lambda p, d0, d1: p + (sizes[0] * d0 + sizes[1] * d1) / sum(sizes), params, *deltas)
+  for got, want in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
+
+
+_STRATEGY_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import jax, numpy as np
+    from configs import phantom
+    from fedgan_jax.data import registry
+    from fedgan_jax.federated import algorithm, client as client_lib, optimizers, sampling
+    from fedgan_jax.federated import task as task_lib
+    assert jax.device_count() == 4, jax.devices()
+    config = phantom.get_config('runlocal')
+    config.fl.server_optimizer.momentum = 0.9
+    federation = registry.load_federation(config)
+    task = task_lib.build_task(config, federation.schema, federation.image_shape)
+    server_optimizer = optimizers.build_server_optimizer(config.fl.server_optimizer)
+    params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
+                                    tuple(federation.image_shape), federation.schema.model_dim)
+    results = {}
+    for name, strategy, devices in [('sequential', 'sequential', None),
+                                    ('vmap_1_device', 'vmap', jax.devices()[:1]),
+                                    ('vmap_4_devices', 'vmap', jax.devices())]:
+      mesh = algorithm.client_mesh(devices) if devices else None
+      round_fn = algorithm.make_round_fn(task, server_optimizer, strategy, mesh)
+      state = algorithm.server_init(params, server_optimizer)
+      for r in range(2):
+        ids = sampling.sample_clients(0, r, 3, 0)
+        batches, weights, ids = sampling.round_inputs(
+            federation.clients, ids, 0, r, 2, 8, mesh.size if mesh else 1)
+        state, _ = round_fn(state, batches, weights, ids, jax.random.key(r))
+      results[name] = np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.params)])
+    np.savez(sys.argv[1], **results)
+''')
+
+
+def test_vmap_on_1_and_4_devices_and_sequential_agree(tmp_path):
+  out = tmp_path / 'params.npz'
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             PYTHONPATH=str(REPO_ROOT))
+  subprocess.run([sys.executable, '-c', _STRATEGY_SCRIPT, str(out)], cwd=REPO_ROOT, env=env,
+                 check=True, timeout=900)
+  results = np.load(out)
+  np.testing.assert_allclose(results['vmap_1_device'], results['vmap_4_devices'], rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(results['sequential'], results['vmap_1_device'], rtol=1e-5,
+                             atol=1e-6)
+  assert not np.allclose(results['sequential'], 0.0)

@@ -1,0 +1,63 @@
+"""Losses against hand-computed values."""
+
+import numpy as np
+import pytest
+
+from fedgan_jax import losses
+
+
+def test_non_saturating_losses_match_softplus_formulas():
+  real, fake = np.array([0.0, 2.0]), np.array([0.0, -1.0])
+  d = losses.discriminator_gan_loss(real, fake, 'non_saturating')
+  # softplus(-0) + softplus(0) = 2 log 2; softplus(-2) + softplus(-1).
+  expected = [2 * np.log(2), np.log1p(np.exp(-2)) + np.log1p(np.exp(-1))]
+  np.testing.assert_allclose(d, expected, rtol=1e-6)
+  g = losses.generator_gan_loss(np.array([0.0, 1.0]), 'non_saturating')
+  np.testing.assert_allclose(g, [np.log(2), np.log1p(np.exp(-1))], rtol=1e-6)
+
+
+def test_hinge_losses():
+  d = losses.discriminator_gan_loss(np.array([0.5, 2.0]), np.array([-2.0, 0.5]), 'hinge')
+  np.testing.assert_allclose(d, [0.5 + 0.0, 0.0 + 1.5])
+  np.testing.assert_allclose(losses.generator_gan_loss(np.array([0.5]), 'hinge'), [-0.5])
+
+
+def test_unknown_gan_loss_names_the_field():
+  with pytest.raises(ValueError, match='loss.gan'):
+    losses.discriminator_gan_loss(np.zeros(1), np.zeros(1), 'wasserstein')
+
+
+def test_cosine_condition_loss_ignores_masked_entries():
+  predicted = np.array([[1.0, 0.0, 5.0], [1.0, 1.0, 0.0]])
+  values = np.array([[1.0, 0.0, -3.0], [1.0, 0.0, 0.0]])
+  mask = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+  loss = losses.cosine_condition_loss(predicted, values, mask)
+  # Row 0: the third entry is missing, so predicted == values on what remains: loss 0.
+  # Row 1: cos([1,1,0], [1,0,0]) = 1/sqrt(2).
+  np.testing.assert_allclose(loss, [0.0, 1 - 1 / np.sqrt(2)], atol=1e-6)
+
+
+def test_cosine_condition_loss_is_zero_not_nan_without_present_entries():
+  loss = losses.cosine_condition_loss(np.ones((1, 2)), np.ones((1, 2)), np.zeros((1, 2)))
+  np.testing.assert_allclose(loss, [0.0])
+
+
+def test_attribute_loss_mixes_mse_and_bce_over_present_entries():
+  raw = np.array([[2.0, 0.0, 3.0]])
+  values = np.array([[1.0, 1.0, 0.0]])
+  mask = np.array([[1.0, 1.0, 0.0]])
+  continuous = np.array([True, False, False])
+  loss = losses.attribute_loss(raw, values, mask, continuous)
+  # (2-1)^2 = 1 and BCE(logit 0, target 1) = log 2, averaged over the 2 present entries.
+  np.testing.assert_allclose(loss, [(1 + np.log(2)) / 2], rtol=1e-6)
+
+
+def test_attribute_prediction_applies_sigmoid_to_indicator_columns():
+  out = losses.attribute_prediction(np.array([[2.0, 0.0]]), np.array([True, False]))
+  np.testing.assert_allclose(out, [[2.0, 0.5]])
+
+
+def test_reconstruction_error_is_per_image_mse():
+  a = np.zeros((2, 2, 2, 1))
+  b = np.stack([np.zeros((2, 2, 1)), np.ones((2, 2, 1)) * 2])
+  np.testing.assert_allclose(losses.reconstruction_error(a, b), [0.0, 4.0])
