@@ -3,39 +3,27 @@
     python benchmarks/compare_baselines.py --config=configs/phantom.py --workdir=/tmp/compare
     python benchmarks/compare_baselines.py --config=configs/phantom.py:runlocal --workdir=/tmp/c
 
-Methods (`baselines.methods`): the federated GAN; the centralized GAN (`fl.centralized`,
-one client holding all data); local-only GANs (each hospital alone); the F-AD autoencoder
-trained on real normal images, centralized and FedAvg; and a FedAvg supervised
-normal-vs-abnormal classifier. GANs are trained by the engine (`train.train_gan`, resuming
-from `WORKDIR/<method>` when rerun) and scored by `evaluation.evaluate_checkpoint` with one
-shared domain encoder and attribute model, so their numbers are comparable. Writes
-`WORKDIR/comparison.json` and `WORKDIR/comparison.md`.
+Adds the default `eval` and `baselines` sections when the config lacks them (the
+`runlocal` variant gets their small sizes), then runs `fedgan_jax.baselines.compare`:
+`WORKDIR/comparison.md` and `comparison.json`, one row per method with FID (domain), KID,
+precision, recall, AUC and train/eval time. Rerunning resumes trained GANs.
 """
 
-import json
 import os
 import sys
-import time
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import baselines as baselines_config
 from configs import eval_common
 from fedgan_jax import eval_report
-from fedgan_jax import evaluation
-from fedgan_jax import train
-from fedgan_jax.baselines import autoencoder as autoencoder_baseline
-from fedgan_jax.baselines import classifier as classifier_baseline
-from fedgan_jax.baselines import local_gan
-from fedgan_jax.data import registry
-from fedgan_jax.federated import task as task_lib
+from fedgan_jax.baselines import compare
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
@@ -45,14 +33,6 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     'compilation_cache', os.path.join(os.path.expanduser('~'), '.cache', 'fedgan_jax', 'xla'),
     'Persistent XLA compilation cache directory ("" disables it).')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-COLUMNS = (('method', 'method'), ('fid', 'FID (domain)'), ('kid_mean', 'KID (domain)'),
-           ('precision', 'precision'), ('recall', 'recall'), ('auc', 'AUC'),
-           ('auc_conditional_ae', 'AUC personalized (cond. AE)'),
-           ('auc_generator_distance', 'AUC personalized (G distance)'),
-           ('sensitivity', 'sensitivity'), ('specificity', 'specificity'),
-           ('train_time_s', 'train time (s)'), ('eval_time_s', 'eval time (s)'))
-SUPERVISED_METHODS = ('ae_real_centralized', 'ae_real_federated', 'fedavg_classifier')
 
 
 def with_sections(config, runlocal: bool):
@@ -64,147 +44,6 @@ def with_sections(config, runlocal: bool):
   return config
 
 
-def gan_row(method: str, results: dict, train_time_s: float) -> dict:
-  quality = results.get('domain_quality', {})
-  detection = results.get('anomaly') or results.get('personalized', {}).get('unconditioned', {})
-  personalized = results.get('personalized', {})
-  return {'method': method, 'fid': quality.get('fid'), 'kid_mean': quality.get('kid_mean'),
-          'kid_std': quality.get('kid_std'), 'precision': quality.get('precision'),
-          'recall': quality.get('recall'), 'density': quality.get('density'),
-          'coverage': quality.get('coverage'), 'auc': detection.get('auc'),
-          'sensitivity': detection.get('sensitivity'),
-          'specificity': detection.get('specificity'),
-          'auc_conditional_ae': personalized.get('conditional_ae', {}).get('auc'),
-          'auc_generator_distance': personalized.get('generator_distance', {}).get('auc'),
-          'train_time_s': train_time_s, 'eval_time_s': results['timing_s']['total'],
-          'workdir': results['workdir'], 'step': results['step']}
-
-
-def detector_row(method: str, report: dict, train_time_s: float, eval_time_s: float) -> dict:
-  return {'method': method, 'auc': report['auc'], 'sensitivity': report['sensitivity'],
-          'specificity': report['specificity'], 'threshold': report['threshold'],
-          'train_time_s': train_time_s, 'eval_time_s': eval_time_s}
-
-
-def run_gan(method, config, workdir, federation, eval_federation, shared, evaluators):
-  """Trains (or resumes) one GAN and evaluates its last checkpoint."""
-  task = task_lib.build_task(config, federation.schema, federation.image_shape)
-  started = time.perf_counter()
-  train.train_gan(config, workdir, federation, task)
-  train_time = time.perf_counter() - started
-  eval_config = config.copy_and_resolve_references()
-  eval_config.eval.evaluators = tuple(evaluators)
-  results = evaluation.evaluate_checkpoint(eval_config, workdir, shared=shared,
-                                           federation=eval_federation)
-  return gan_row(method, results, train_time)
-
-
-def compare(config, workdir: str) -> dict:
-  """Runs `config.baselines.methods`; returns (and writes) the comparison."""
-  os.makedirs(workdir, exist_ok=True)
-  methods = tuple(config.baselines.methods)
-  known = ('federated_gan', 'centralized_gan', 'local_gans') + SUPERVISED_METHODS
-  unknown = set(methods) - set(known)
-  if unknown:
-    raise ValueError(f'baselines.methods: unknown {sorted(unknown)}; expected some of {known}.')
-  federation = registry.load_federation(_federated(config))
-  shared = evaluation.SharedModels()
-  gan_evaluators = tuple(config.baselines.gan_evaluators)
-  seed, anomaly = int(config.seed), config.anomaly
-  rows = []
-  if 'federated_gan' in methods:
-    rows.append(run_gan('federated GAN', config, os.path.join(workdir, 'federated_gan'),
-                        federation, federation, shared, config.eval.evaluators))
-  if 'centralized_gan' in methods:
-    centralized = config.copy_and_resolve_references()
-    centralized.fl.centralized = True
-    rows.append(run_gan('centralized GAN', centralized, os.path.join(workdir, 'centralized_gan'),
-                        registry.load_federation(centralized), federation, shared,
-                        gan_evaluators))
-  if 'local_gans' in methods:
-    local_rows = []
-    for index, client in enumerate(federation.clients):
-      local_workdir = os.path.join(workdir, 'local_gans', local_gan.workdir_name(client.name))
-      local_rows.append(run_gan(f'local GAN: {client.name}', config, local_workdir,
-                                local_gan.single_hospital(federation, index), federation, shared,
-                                gan_evaluators))
-    rows += local_rows
-    rows.append(mean_row('local GANs (mean over hospitals)', local_rows))
-  if 'ae_real_centralized' in methods:
-    started = time.perf_counter()
-    detector = autoencoder_baseline.train_centralized(federation, anomaly, seed)
-    trained = time.perf_counter()
-    report = autoencoder_baseline.evaluate(detector, federation, anomaly.threshold_percentile)
-    rows.append(detector_row('AE on real normals (centralized)', report, trained - started,
-                             time.perf_counter() - trained))
-  if 'ae_real_federated' in methods:
-    started = time.perf_counter()
-    detector = autoencoder_baseline.train_federated(federation, anomaly,
-                                                    config.baselines.autoencoder, seed)
-    trained = time.perf_counter()
-    report = autoencoder_baseline.evaluate(detector, federation, anomaly.threshold_percentile)
-    rows.append(detector_row('AE on real normals (FedAvg)', report, trained - started,
-                             time.perf_counter() - trained))
-  if 'fedavg_classifier' in methods:
-    settings = config.baselines.classifier
-    started = time.perf_counter()
-    model, params, _ = classifier_baseline.train(federation, settings, seed)
-    trained = time.perf_counter()
-    probabilities = classifier_baseline.predict(model, params, federation.test.images,
-                                                settings.predict_batch_size)
-    report = classifier_baseline.evaluate(probabilities, federation.test.abnormal,
-                                          settings.decision_threshold)
-    rows.append(detector_row('FedAvg classifier (supervised)', report, trained - started,
-                             time.perf_counter() - trained))
-  comparison = {'config': json.loads(config.to_json_best_effort()), 'rows': rows,
-                'targets': targets(rows), 'backend': jax.default_backend()}
-  with open(os.path.join(workdir, 'comparison.json'), 'w') as f:
-    json.dump(eval_report.jsonable(comparison), f, indent=1)
-  markdown = '\n'.join([
-      f'# Federated GAN vs baselines ({config.data.name}, seed {seed})', '',
-      eval_report.comparison_markdown(rows, COLUMNS), '', eval_report.DOMAIN_NOTE, '',
-      'AUC: anomaly detection on the real test split (GANs: the F-AD autoencoder trained on '
-      'their synthetic normals; personalized columns: the ablation detectors using the '
-      'patient\'s PD/CD). Sensitivity/specificity at each detector\'s own threshold.', '',
-      'Targets: ' + ', '.join(f'{k} = {v}' for k, v in comparison['targets'].items()), ''])
-  with open(os.path.join(workdir, 'comparison.md'), 'w') as f:
-    f.write(markdown)
-  return comparison
-
-
-def _federated(config):
-  """The federation with one client per hospital, whatever `fl.centralized` says."""
-  federated = config.copy_and_resolve_references()
-  federated.fl.centralized = False
-  return federated
-
-
-def mean_row(method: str, rows: list[dict]) -> dict:
-  """Column-wise mean of numeric entries (times summed: all hospitals train)."""
-  mean = {'method': method}
-  for key in rows[0]:
-    values = [row.get(key) for row in rows]
-    if all(isinstance(v, (int, float)) and v is not None for v in values) and key != 'step':
-      summed = key.endswith('time_s')
-      mean[key] = float(np.sum(values) if summed else np.mean(values))
-  return mean
-
-
-def targets(rows: list[dict]) -> dict:
-  """The issue's targets, checked on these rows (None where a method did not run)."""
-  by_method = {row['method']: row for row in rows}
-  federated, centralized = by_method.get('federated GAN'), by_method.get('centralized GAN')
-  report = {}
-  if federated and centralized and federated.get('fid') and centralized.get('fid'):
-    report['fid_federated_over_centralized'] = federated['fid'] / centralized['fid']
-    report['fid_within_1.2x_centralized'] = bool(federated['fid'] <= 1.2 * centralized['fid'])
-  for method in ('conditional_ae', 'generator_distance'):
-    if federated and federated.get(f'auc_{method}') is not None and federated.get('auc'):
-      report[f'{method}_auc_at_least_unconditioned'] = bool(
-          federated[f'auc_{method}'] >= federated['auc'])
-  return report
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -213,8 +52,8 @@ def main(argv):
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   argument = config_flags.get_config_filename(flags.FLAGS['config'])
   config = with_sections(_CONFIG.value, 'runlocal' in argument.partition(':')[2].split(','))
-  comparison = compare(config, _WORKDIR.value)
-  print(eval_report.comparison_markdown(comparison['rows'], COLUMNS))
+  comparison = compare.compare(config, _WORKDIR.value)
+  print(eval_report.comparison_markdown(comparison['rows'], compare.COLUMNS))
   logging.info('Wrote %s', os.path.join(_WORKDIR.value, 'comparison.md'))
 
 

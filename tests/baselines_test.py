@@ -1,5 +1,6 @@
 """Tests for the baselines: FedAvg loop, AE on real normals, FedAvg classifier, local GANs."""
 
+import json
 import os
 import tempfile
 
@@ -116,3 +117,39 @@ def test_baselines_config_sizes_ae_like_the_centralized_detector():
   anomaly_steps = phantom.get_config().anomaly.steps
   assert config.autoencoder.rounds * config.autoencoder.local_steps == anomaly_steps
   assert isinstance(config, ml_collections.ConfigDict)
+
+
+def test_compare_writes_one_table_for_the_supervised_baselines(tmp_path):
+  from configs import eval_common  # pylint: disable=g-import-not-at-top
+  from fedgan_jax.baselines import compare  # pylint: disable=g-import-not-at-top
+  config = phantom.get_config('runlocal')
+  if 'eval' not in config:
+    config.eval = eval_common.get_eval_config(runlocal=True)
+  config.baselines = baselines_config.get_baselines_config(runlocal=True)
+  config.baselines.methods = ('ae_real_federated', 'fedavg_classifier')
+  comparison = compare.compare(config, str(tmp_path))
+  assert [row['method'] for row in comparison['rows']] == [
+      'AE on real normals (FedAvg)', 'FedAvg classifier (supervised)']
+  with open(tmp_path / 'comparison.json') as f:
+    assert len(json.load(f)['rows']) == 2
+  markdown = (tmp_path / 'comparison.md').read_text()
+  auc = comparison['rows'][1]['auc']
+  assert f'| FedAvg classifier (supervised) | — | — | — | — | {auc:.3f} |' in markdown
+  config.baselines.methods = ('fedavg_classifier', 'typo_gan')
+  with pytest.raises(ValueError, match='typo_gan'):
+    compare.compare(config, str(tmp_path))
+
+
+def test_targets_and_mean_rows_follow_the_issue():
+  from fedgan_jax.baselines import compare  # pylint: disable=g-import-not-at-top
+  rows = [{'method': 'federated GAN', 'fid': 11.0, 'auc': 0.7, 'auc_conditional_ae': 0.72,
+           'auc_generator_distance': 0.65},
+          {'method': 'centralized GAN', 'fid': 10.0, 'auc': 0.75}]
+  targets = compare.targets(rows)
+  assert targets['fid_federated_over_centralized'] == pytest.approx(1.1)
+  assert targets['fid_within_1.2x_centralized'] is True
+  assert targets['conditional_ae_auc_at_least_unconditioned'] is True
+  assert targets['generator_distance_auc_at_least_unconditioned'] is False
+  mean = compare.mean_row('mean', [{'method': 'a', 'fid': 1.0, 'train_time_s': 2.0, 'step': 4},
+                                   {'method': 'b', 'fid': 3.0, 'train_time_s': 5.0, 'step': 4}])
+  assert mean == {'method': 'mean', 'fid': 2.0, 'train_time_s': 7.0}
