@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
+import time
 
 from absl import app
 from absl import flags
@@ -127,6 +129,23 @@ class Hospital(flwr.client.NumPyClient):
     return arrays, len(self._data), metrics
 
 
+def wait_for_server(address: str, max_wait_s: float, poll_s: float) -> None:
+  """Blocks until `address` accepts TCP connections: Flower's legacy client gives up at once
+  on a refused connection, and hospitals may well start before the server."""
+  host, _, port = address.rpartition(':')
+  host = host.strip('[]')
+  deadline = time.monotonic() + max_wait_s
+  while True:
+    try:
+      with socket.create_connection((host, int(port)), timeout=poll_s):
+        return
+    except OSError as error:
+      if time.monotonic() > deadline:
+        raise ConnectionError(f'--server={address}: no server after {max_wait_s} s '
+                              f'(deploy.hospital_max_wait_s): {error}') from error
+      time.sleep(poll_s)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -150,6 +169,7 @@ def main(argv):
   deploy = settings.deploy_config(config)
   logging.info('Site %s (client %d, %d examples) connecting to %s.', _SITE.value,
                settings.client_id(config, _SITE.value), len(data), _SERVER.value)
+  wait_for_server(_SERVER.value, float(deploy.hospital_max_wait_s), float(deploy.hospital_poll_s))
   flwr.client.start_client(
       server_address=_SERVER.value, client=hospital.to_client(), insecure=_INSECURE.value,
       root_certificates=root_certificates, grpc_max_message_length=int(deploy.max_message_bytes),

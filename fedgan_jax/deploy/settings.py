@@ -24,7 +24,8 @@ def get_deploy_config() -> ml_collections.ConfigDict:
       accept_failures=True,           # False: any hospital failing in a round stops the run.
       round_timeout_s=3600.0,         # Longest wait for a round's replies.
       connect_timeout_s=3600.0,       # Longest wait for hospitals to connect before a round.
-      hospital_max_wait_s=600.0,      # A hospital retries connecting to the server this long.
+      hospital_max_wait_s=600.0,      # A hospital retries connecting to the server this long,
+      hospital_poll_s=1.0,            # every this many seconds.
       max_message_bytes=536_870_912,  # gRPC message limit, both ends (Flower's default).
   ))
 
