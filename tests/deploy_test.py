@@ -42,6 +42,9 @@ from fedgan_jax.deploy import settings
 
 def get_config(arg=None):
   config = phantom.get_config('runlocal')
+  # The smallest valid networks: 4 processes compile the client step on 2 shared cores.
+  config.model.generator.update(seed_size=16, encoder_channels=(8,), decoder_channels=())
+  config.model.discriminator.channels = (8,)
   config.deploy = settings.get_deploy_config()
   config.deploy.update(hospital_max_wait_s=60.0, connect_timeout_s=60.0, round_timeout_s=60.0)
   return config
@@ -144,36 +147,7 @@ def test_site_data_round_trip_and_schema_check(tmp_path):
     common.load_site_data(str(tmp_path / 'bad.npz'), 'x', federation.schema)
 
 
-# ---------------------------------------------------------- simulation reference (shared)
-
-
-@pytest.fixture(scope='module')
-def reference(tmp_path_factory):
-  """Site files, a warm XLA cache, and the simulation's params after rounds 1..3."""
-  root = tmp_path_factory.mktemp('deploy')
-  cache = root / 'xla_cache'
-  previous = jax.config.jax_compilation_cache_dir
-  jax.config.update('jax_compilation_cache_dir', str(cache))
-  config = make_config()
-  federation = registry.load_federation(config)
-  for client in federation.clients:
-    common.export_site_data(client, str(root / f'{client.name}.npz'))
-  (root / 'config.py').write_text(CONFIG_SOURCE)
-  task = coordinator_lib.build_task(config)
-  server_optimizer = optimizers.build_server_optimizer(config.fl.server_optimizer)
-  state = algorithm.server_init(coordinator_lib.initial_params(config, task), server_optimizer)
-  round_fn = algorithm.make_round_fn(task, server_optimizer, 'sequential')
-  train_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
-  states = [state]
-  for round_index in range(REFERENCE_ROUNDS):
-    batches, weights, ids = sampling.round_inputs(
-        federation.clients, np.arange(len(SITES)), config.seed, round_index,
-        config.fl.local_steps, config.fl.batch_size)
-    state, _ = round_fn(state, batches, weights, ids, jax.random.fold_in(train_rng, round_index))
-    states.append(state)
-  yield dict(root=root, cache=cache, config=config, federation=federation, task=task,
-             round_fn=round_fn, train_rng=train_rng, states=states)
-  jax.config.update('jax_compilation_cache_dir', previous)
+# ------------------------------------------------------- the server update, by hand
 
 
 def _assert_params_close(actual, expected):
@@ -182,8 +156,8 @@ def _assert_params_close(actual, expected):
                                err_msg=jax.tree_util.keystr(path))
 
 
-def test_coordinator_applies_weighted_fedavg_by_hand(reference, tmp_path):
-  coordinator = coordinator_lib.Coordinator(reference['config'], str(tmp_path))
+def test_coordinator_applies_weighted_fedavg_by_hand(tmp_path):
+  coordinator = coordinator_lib.Coordinator(make_config(), str(tmp_path))
   start = jax.device_get(coordinator.state.params)
   ones = [np.ones(shape, np.float32) for shape, _ in coordinator.specs]
   replies = [coordinator_lib.Reply(2, 30, [2 * a for a in ones], {'d_loss': 1.0}),
@@ -197,7 +171,7 @@ def test_coordinator_applies_weighted_fedavg_by_hand(reference, tmp_path):
   assert row['sites'] == ['general', 'geriatric'] and int(coordinator.state.round) == 1
 
 
-def test_coordinator_client_dp_clips_and_divides_by_expected_clients(reference, tmp_path):
+def test_coordinator_client_dp_clips_and_divides_by_expected_clients(tmp_path):
   config = make_config()
   config.dp = dict(mode='client', clip_norm=1.0, noise_multiplier=0.0, delta=1e-3,
                    target_epsilon=None, accountant='rdp')
@@ -216,16 +190,72 @@ def test_coordinator_client_dp_clips_and_divides_by_expected_clients(reference, 
   _assert_params_close(coordinator.state.params, jax.tree.map(lambda p: p + step, start))
 
 
+# ----------------------------------------------------- simulation reference (subprocess)
+
+
+def write_reference(root: pathlib.Path) -> None:
+  """The simulation's params after rounds 0..3, and after a round 3 without `geriatric`.
+
+  Runs in a subprocess set up like the hospitals, so the XLA cache it fills (client step,
+  init) is the one they read.
+  """
+  config = make_config()
+  federation = registry.load_federation(config)
+  task = coordinator_lib.build_task(config)
+  server_optimizer = optimizers.build_server_optimizer(config.fl.server_optimizer)
+  state = algorithm.server_init(coordinator_lib.initial_params(config, task), server_optimizer)
+  round_fn = algorithm.make_round_fn(task, server_optimizer, 'sequential')
+  train_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+
+  def run_round(state, round_index, client_ids):
+    batches, weights, ids = sampling.round_inputs(
+        federation.clients, np.asarray(client_ids), config.seed, round_index,
+        config.fl.local_steps, config.fl.batch_size)
+    return round_fn(state, batches, weights, ids, jax.random.fold_in(train_rng, round_index))[0]
+
+  states = [state]
+  for round_index in range(REFERENCE_ROUNDS):
+    states.append(run_round(states[-1], round_index, range(len(SITES))))
+  for rounds, saved in enumerate(states):
+    np.savez(root / f'reference_{rounds}.npz', *common.params_to_arrays(saved.params))
+  dropout = run_round(states[2], 2, [0, 1])
+  np.savez(root / 'reference_dropout.npz', *common.params_to_arrays(dropout.params))
+
+
+def _reference_arrays(reference, name):
+  with np.load(reference['root'] / f'reference_{name}.npz') as data:
+    return [data[f'arr_{i}'] for i in range(len(data.files))]
+
+
+def _assert_arrays_close(params, expected_arrays):
+  actual = common.params_to_arrays(params)
+  assert len(actual) == len(expected_arrays)
+  for i, (a, b) in enumerate(zip(actual, expected_arrays)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6, err_msg=f'array {i}')
+
+
 # ------------------------------------------------------------ server + hospital processes
 
 
 @pytest.fixture(scope='module')
-def flower_env():
+def reference(tmp_path_factory):
+  """Site files, the test config file, a warm XLA cache and the simulation's params."""
   try:
     import flwr  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     pytest.skip('flwr not installed: pip install -e .[flower]')
-  return dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS='cpu')
+  root = tmp_path_factory.mktemp('deploy')
+  config = make_config()
+  for client in registry.load_federation(config).clients:
+    common.export_site_data(client, str(root / f'{client.name}.npz'))
+  (root / 'config.py').write_text(CONFIG_SOURCE)
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS='cpu')
+  cache = root / 'xla_cache'
+  subprocess.run([sys.executable, __file__, str(root), str(cache)], env=env, cwd=REPO_ROOT,
+                 check=True, timeout=RUN_TIMEOUT_S)
+  return dict(root=root, cache=cache, config=config, env=env,
+              template=jax.eval_shape(lambda: coordinator_lib.initial_params(
+                  config, coordinator_lib.build_task(config))))
 
 
 def _free_port() -> int:
@@ -234,7 +264,7 @@ def _free_port() -> int:
     return sock.getsockname()[1]
 
 
-def run_federation(reference, env, workdir, rounds, credentials=None, exit_at=None):
+def run_federation(reference, workdir, rounds, credentials=None, exit_at=None):
   """Runs the server and one process per site until the server ends; returns the logs."""
   root = reference['root']
   address = f'127.0.0.1:{_free_port()}'
@@ -264,7 +294,8 @@ def run_federation(reference, env, workdir, rounds, credentials=None, exit_at=No
     for name, args in commands.items():
       logs[name] = pathlib.Path(workdir) / f'{name}.log'
       with open(logs[name], 'w') as log:
-        processes[name] = subprocess.Popen([sys.executable, '-m', *args, *common_flags], env=env,
+        processes[name] = subprocess.Popen([sys.executable, '-m', *args, *common_flags],
+                                           env=reference['env'],
                                            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
     codes = {}
     for name, process in processes.items():
@@ -285,26 +316,26 @@ def run_federation(reference, env, workdir, rounds, credentials=None, exit_at=No
 
 def restored_params(reference, workdir):
   params, meta, step = checkpointing.restore_params(
-      str(workdir), reference['config'], reference['states'][0].params)
+      str(workdir), reference['config'], reference['template'])
   return params, meta, step
 
 
 @pytest.fixture(scope='module')
-def secure_run(reference, flower_env):
+def secure_run(reference):
   """2 rounds with TLS and signed messages on: the configuration a consortium runs."""
   credentials = security.write_dev_certificates(str(reference['root'] / 'certs'), ['127.0.0.1'])
   credentials['keys'] = str(reference['root'] / 'keys')
   for site in SITES:
     security.write_hospital_key(credentials['keys'], site)
   workdir = reference['root'] / 'secure'
-  logs = run_federation(reference, flower_env, workdir, rounds=2, credentials=credentials)
+  logs = run_federation(reference, workdir, rounds=2, credentials=credentials)
   return dict(workdir=workdir, logs=logs)
 
 
 def test_three_hospitals_over_tls_match_the_simulation(reference, secure_run):
   params, _, step = restored_params(reference, secure_run['workdir'])
   assert step == 2
-  _assert_params_close(params, reference['states'][2].params)
+  _assert_arrays_close(params, _reference_arrays(reference, 2))
   rows = [json.loads(line) for line in
           (secure_run['workdir'] / 'metrics.jsonl').read_text().splitlines()]
   assert [(r['round'], r['clients']) for r in rows] == [(1, 3), (2, 3)]
@@ -314,7 +345,7 @@ def test_three_hospitals_over_tls_match_the_simulation(reference, secure_run):
 
 def test_every_hospital_message_holds_only_parameter_arrays(reference, secure_run):
   specs = [[list(shape), dtype] for shape, dtype in
-           common.array_specs(reference['states'][0].params)]
+           common.array_specs(reference['template'])]
   entries = [json.loads(line) for line in
              (secure_run['workdir'] / 'deploy' / 'messages.jsonl').read_text().splitlines()]
   assert sorted(e['kind'] for e in entries) == ['fit'] * 6 + ['properties'] * 3
@@ -332,36 +363,35 @@ def test_every_hospital_message_holds_only_parameter_arrays(reference, secure_ru
   assert 'failed' not in secure_run['logs']['server']
 
 
-def test_server_resumes_from_its_checkpoint(reference, secure_run, flower_env, tmp_path):
-  workdir = tmp_path / 'resumed'
+@pytest.fixture(scope='module')
+def resumed_run(reference, secure_run, tmp_path_factory):
+  """The secure run's workdir, resumed for a 3rd round in which `geriatric` dies mid-round."""
+  workdir = tmp_path_factory.mktemp('resumed')
   shutil.copytree(secure_run['workdir'] / 'checkpoints', workdir / 'checkpoints')
   shutil.copy(secure_run['workdir'] / 'metrics.jsonl', workdir / 'metrics.jsonl')
-  logs = run_federation(reference, flower_env, workdir, rounds=3)
-  assert 'Resumed from the checkpoint of round 2' in logs['server']
-  assert 'Serving rounds 3..3' in logs['server']
-  params, _, step = restored_params(reference, workdir)
+  logs = run_federation(reference, workdir, rounds=3, exit_at={'geriatric': 2})
+  rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  return dict(workdir=workdir, logs=logs, rows=rows)
+
+
+def test_server_resumes_from_its_checkpoint(resumed_run):
+  assert 'Resumed from the checkpoint of round 2' in resumed_run['logs']['server']
+  assert 'Serving rounds 3..3' in resumed_run['logs']['server']
+  assert [row['round'] for row in resumed_run['rows']] == [1, 2, 3]
+
+
+def test_round_survives_a_hospital_dropping_out(reference, resumed_run):
+  assert 'dying mid-round' in resumed_run['logs']['geriatric']
+  assert resumed_run['rows'][2]['sites'] == ['general', 'children_and_young']
+  params, _, step = restored_params(reference, resumed_run['workdir'])
   assert step == 3
-  _assert_params_close(params, reference['states'][3].params)
-  rows = (workdir / 'metrics.jsonl').read_text().splitlines()
-  assert [json.loads(line)['round'] for line in rows] == [1, 2, 3]
+  # Round 3 averaged the two sites that replied, as the simulation does with those two.
+  _assert_arrays_close(params, _reference_arrays(reference, 'dropout'))
+  assert not np.allclose(_reference_arrays(reference, 'dropout')[0],
+                         _reference_arrays(reference, 3)[0])
 
 
-def test_round_survives_a_hospital_dropping_out(reference, flower_env, tmp_path):
-  logs = run_federation(reference, flower_env, tmp_path / 'dropout', rounds=2,
-                        exit_at={'geriatric': 1})
-  assert 'dying mid-round' in logs['geriatric']
-  # Expected: round 1 with all three, round 2 with the two that replied.
-  config, federation = reference['config'], reference['federation']
-  batches, weights, ids = sampling.round_inputs(
-      federation.clients, np.array([0, 1]), config.seed, 1, config.fl.local_steps,
-      config.fl.batch_size)
-  expected, _ = reference['round_fn'](reference['states'][1], batches, weights, ids,
-                                      jax.random.fold_in(reference['train_rng'], 1))
-  params, _, step = restored_params(reference, tmp_path / 'dropout')
-  assert step == 2
-  _assert_params_close(params, expected.params)
-  assert not np.allclose(jax.tree.leaves(expected.params)[0],
-                         jax.tree.leaves(reference['states'][2].params)[0])
-  rows = [json.loads(line) for line in
-          (tmp_path / 'dropout' / 'metrics.jsonl').read_text().splitlines()]
-  assert rows[1]['sites'] == ['general', 'children_and_young']
+if __name__ == '__main__':
+  # `python tests/deploy_test.py ROOT CACHE`: the reference subprocess of the `reference` fixture.
+  jax.config.update('jax_compilation_cache_dir', sys.argv[2])
+  write_reference(pathlib.Path(sys.argv[1]))

@@ -47,8 +47,8 @@ def arrays_to_params(arrays: Sequence[np.ndarray], template):
 
 
 def array_specs(params) -> list[tuple[tuple[int, ...], str]]:
-  """`(shape, dtype)` of every wire array of a model."""
-  return [(tuple(a.shape), str(a.dtype)) for a in params_to_arrays(params)]
+  """`(shape, dtype)` of every wire array of a model (params or their `jax.eval_shape`)."""
+  return [(tuple(leaf.shape), 'float32') for leaf in jax.tree.leaves(params)]
 
 
 def check_reply(arrays: Sequence[Any], num_examples: Any, metrics: dict,
