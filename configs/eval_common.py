@@ -38,8 +38,8 @@ def get_eval_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   # The domain encoder: a small CNN trained on the real training images to predict the
   # condition vector (attributes and findings); its penultimate layer is the feature space.
   config.domain_features = ml_collections.ConfigDict(dict(
-      channels=(16, 32, 64), feature_dim=64, steps=400, batch_size=64, learning_rate=1e-3,
-      feature_batch_size=256))
+      channels=(16, 32, 64), feature_dim=64, input_unshuffle=2, steps=400, batch_size=64,
+      learning_rate=1e-3, feature_batch_size=256))
 
   # Conditioning fidelity: the attribute model fitted on real training images reads back every
   # schema feature (or those listed) from images generated for the reference conditions.
@@ -56,10 +56,10 @@ def get_eval_config(runlocal: bool = False) -> ml_collections.ConfigDict:
       # Features that are the label itself: replaced by their value in normal profiles
       # (no findings) before conditioning, so a detector never reads the answer.
       label_features=('findings',),
-      expected_normal_samples=4,      # z draws averaged into G's expected normal image.
+      expected_normal_samples=2,      # z draws averaged into G's expected normal image.
       # Synthetic normals whose distance to G's expected normal sets that detector's threshold
       # (each costs expected_normal_samples generations; the percentile is stable well before).
-      threshold_samples=500))
+      threshold_samples=250))
 
   if runlocal:
     config.kid_subsets = 10

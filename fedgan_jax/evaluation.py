@@ -95,12 +95,16 @@ class EvalContext:
                      sort_keys=True, default=str)
     return self.shared.get(name, key, build)
 
+  def pooled_training(self) -> dataset_lib.ClientData:
+    """All hospitals' real training data, concatenated once."""
+    return self._cached('pooled', self.federation.pooled)
+
   def reference(self) -> dataset_lib.ClientData:
     """The real images generated ones are compared with (`eval.reference`)."""
     name = self.eval_config.reference
     if name not in REFERENCES:
       raise ValueError(f'eval.reference: {name!r} is not one of {REFERENCES}.')
-    return self.federation.test if name == 'test' else self.federation.pooled()
+    return self.federation.test if name == 'test' else self.pooled_training()
 
   def generated_reference(self) -> np.ndarray:
     """One generated image per reference image, for that image's condition vector."""
@@ -112,6 +116,10 @@ class EvalContext:
     """`(images, conditions)` of synthetic normal patients, drawn as training's F-AD does."""
     def build():
       anomaly_config = self.config.anomaly
+      if self.federation.normal_profiles is None:
+        raise ValueError(f'data source {self.config.data.name!r} gives no normal_profiles to '
+                         'synthesize normal patients from; the anomaly and personalized '
+                         'evaluators need them (remove them from eval.evaluators).')
       rng = np.random.default_rng([self.seed, 99])
       conditions = self.federation.normal_profiles(rng, anomaly_config.num_synthetic)
       images = synthesis.synthesize(self.task, self.g_params, conditions, self.seed + 1,
@@ -121,7 +129,7 @@ class EvalContext:
 
   def domain_encoder(self) -> domain_features.FittedEncoder:
     def build():
-      pooled = self.federation.pooled()
+      pooled = self.pooled_training()
       return domain_features.train_domain_encoder(
           pooled.images, pooled.conditions, self.federation.schema.continuous_columns(),
           self.eval_config.domain_features, self.seed)
@@ -134,7 +142,7 @@ class EvalContext:
 
   def attribute_reader(self) -> schema_attributes.SchemaReader:
     def build():
-      pooled = self.federation.pooled()
+      pooled = self.pooled_training()
       return schema_attributes.SchemaReader.fit(
           self.federation.schema, pooled.images, pooled.conditions,
           self.eval_config.conditioning.features,
@@ -146,8 +154,9 @@ class EvalContext:
     def build():
       synthetic, _ = self.synthetic_normals()
       detector = anomaly_lib.train_autoencoder(synthetic, self.config.anomaly, self.seed)
+      test_images = self.federation.test.images
       return {'synthetic_scores': anomaly_lib.reconstruction_errors(detector, synthetic),
-              'test_scores': anomaly_lib.reconstruction_errors(detector, self.federation.test.images),
+              'test_scores': anomaly_lib.reconstruction_errors(detector, test_images),
               'final_loss': detector.final_loss}
     return self._cached('unconditioned_detection', build)
 
@@ -208,7 +217,7 @@ def domain_quality(context: EvalContext) -> dict:
   if eval_config.reference == 'test':
     # Real training vs real test images: the floor no generator can go below (hospital mix
     # and sampling noise), to read the generated numbers against.
-    train = context.domain_features_of('train', context.federation.pooled().images)
+    train = context.domain_features_of('train', context.pooled_training().images)
     report['fid_real_train_vs_test'] = fid.fid_from_features(train, real)
   return report
 

@@ -15,8 +15,8 @@ jax.config.update('jax_compilation_cache_dir',
                   os.path.join(tempfile.gettempdir(), 'fedgan_jax_test_xla'))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 
-SETTINGS = ml_collections.ConfigDict(dict(channels=(8, 16), feature_dim=8, steps=60,
-                                          batch_size=32, learning_rate=3e-3))
+SETTINGS = ml_collections.ConfigDict(dict(channels=(8, 16), feature_dim=8, input_unshuffle=2,
+                                          steps=60, batch_size=32, learning_rate=3e-3))
 
 
 def _images_with_flag(num, seed, size=16):

@@ -28,6 +28,7 @@ import optax
 
 from fedgan_jax import losses
 from fedgan_jax.data import conditions as conditions_lib
+from fedgan_jax.models import generator as generator_lib
 
 
 class DomainEncoder(nn.Module):
@@ -38,14 +39,18 @@ class DomainEncoder(nn.Module):
     feature_dim: width of the feature layer (the FID space; keep it well under the number
       of images compared, so covariances are well estimated).
     value_dim: length of the condition value vector the head predicts.
+    input_unshuffle: pixels folded into channels per side before the first convolution.
   """
   channels: Sequence[int] = (16, 32, 64)
   feature_dim: int = 64
   value_dim: int = 1
+  input_unshuffle: int = 2
 
   @nn.compact
   def __call__(self, images):
-    h = images
+    # Folding 2x2 pixels into channels first: a full-resolution convolution of a single
+    # channel is the slowest operation on CPU, and this one would dominate training.
+    h = generator_lib.space_to_depth(images, self.input_unshuffle)
     for features in self.channels:
       h = nn.leaky_relu(nn.Conv(features, (3, 3), strides=(2, 2))(h), 0.2)
     # Mean pooling keeps the feature layer's input independent of image size.
@@ -123,8 +128,8 @@ def train_domain_encoder(images_uint8: np.ndarray, conditions: np.ndarray,
     images_uint8: `(N, H, W, 1)` real training images (all hospitals pooled).
     conditions: `(N, model_dim)` their condition vectors `[values * mask, mask]`.
     continuous_columns: bool `(value_dim,)`, from `schema.continuous_columns()`.
-    domain_config: `eval.domain_features` (channels, feature_dim, steps, batch_size,
-      learning_rate).
+    domain_config: `eval.domain_features` (channels, feature_dim, input_unshuffle, steps,
+      batch_size, learning_rate).
     seed: fixes the initialization and the batch order.
   """
   if len(images_uint8) != len(conditions):
@@ -135,7 +140,8 @@ def train_domain_encoder(images_uint8: np.ndarray, conditions: np.ndarray,
   continuous_columns = np.asarray(continuous_columns, bool)
   model = DomainEncoder(channels=tuple(domain_config.channels),
                         feature_dim=int(domain_config.feature_dim),
-                        value_dim=len(continuous_columns))
+                        value_dim=len(continuous_columns),
+                        input_unshuffle=int(domain_config.input_unshuffle))
   params = model.init(jax.random.key(seed), _to_float(jnp.asarray(images_uint8[:1])))['params']
   optimizer = _adam(float(domain_config.learning_rate))
   opt_state = optimizer.init(params)

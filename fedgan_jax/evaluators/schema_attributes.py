@@ -69,14 +69,15 @@ class SchemaReader:
           continuous.append(_column(name, 0))
         continue
       # A two-category feature is one binary question (is it the second category?).
-      indices = [1] if feature.kind == 'categorical' and feature.width == 2 else range(feature.width)
+      two_categories = feature.kind == 'categorical' and feature.width == 2
+      indices = [1] if two_categories else range(feature.width)
       for index in indices:
         column = records[name][:, index]
         positives, negatives = int(np.sum(column == 1)), int(np.sum(column == 0))
         if min(positives, negatives) < min_class_examples:
-          not_fitted[_column(name, index)] = (f'{positives} positive / {negatives} negative training '
-                                              f'labels (< eval.conditioning.min_class_examples='
-                                              f'{min_class_examples})')
+          not_fitted[_column(name, index)] = (
+              f'{positives} positive / {negatives} negative training labels (< '
+              f'eval.conditioning.min_class_examples={min_class_examples})')
         else:
           binary.append(_column(name, index))
     model = None
