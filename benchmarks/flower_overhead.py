@@ -31,12 +31,14 @@ import numpy as np
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from fedgan_jax.data import registry  # pylint: disable=g-import-not-at-top,wrong-import-position
-from fedgan_jax.deploy import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-from fedgan_jax.deploy import coordinator as coordinator_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from fedgan_jax.federated import algorithm  # pylint: disable=g-import-not-at-top,wrong-import-position
-from fedgan_jax.federated import optimizers  # pylint: disable=g-import-not-at-top,wrong-import-position
-from fedgan_jax.federated import sampling  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from fedgan_jax.data import registry
+from fedgan_jax.deploy import common
+from fedgan_jax.deploy import coordinator as coordinator_lib
+from fedgan_jax.federated import algorithm
+from fedgan_jax.federated import optimizers
+from fedgan_jax.federated import sampling
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _VARIANT = flags.DEFINE_string('variant', '', 'configs/phantom.py variant ("" = default sizes).')
 _HOSPITALS = flags.DEFINE_integer('hospitals', 3, 'Participating hospitals.')

@@ -182,7 +182,8 @@ def test_two_processes_match_one_process(tmp_path):
       except subprocess.TimeoutExpired:
         code = 'timeout'
       log.close()
-      assert code == 0, f'{name} ended with {code}:\n{(tmp_path / f"{name}.log").read_text()[-3000:]}'
+      tail = (tmp_path / f'{name}.log').read_text()[-3000:]
+      assert code == 0, f'{name} ended with {code}:\n{tail}'
   finally:
     for process, log in jobs.values():
       if process.poll() is None:

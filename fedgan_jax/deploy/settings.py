@@ -37,7 +37,8 @@ def deploy_config(config) -> ml_collections.ConfigDict:
   if given is not None:
     unknown = sorted(set(given.keys()) - set(merged.keys()))
     if unknown:
-      raise ValueError(f'config.deploy: unknown field(s) {unknown}; known: {sorted(merged.keys())}.')
+      raise ValueError(f'config.deploy: unknown field(s) {unknown}; known: '
+                       f'{sorted(merged.keys())}.')
     merged.update(given.to_dict() if isinstance(given, ml_collections.ConfigDict) else given)
   return merged
 
