@@ -349,7 +349,7 @@ def test_every_hospital_message_holds_only_parameter_arrays(reference, secure_ru
   entries = [json.loads(line) for line in
              (secure_run['workdir'] / 'deploy' / 'messages.jsonl').read_text().splitlines()]
   assert sorted(e['kind'] for e in entries) == ['fit'] * 6 + ['properties'] * 3
-  loss_fields = set(common.LOSS_METRICS)
+  loss_fields = set(common.REPLY_METRICS)
   for entry in entries:
     fields = entry['fields']
     if entry['kind'] == 'properties':

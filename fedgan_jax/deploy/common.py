@@ -4,8 +4,8 @@ On the wire a model is the list of its parameter arrays in `jax.tree` order (sor
 keys), float32. A hospital's reply to a round is exactly
   * its parameter delta: one array per model parameter, of that parameter's shape;
   * `num_examples`: its example count (the FedAvg weight);
-  * scalar metrics: `site`, `client_id`, `round`, `signature` and the loss means named in
-    `LOSS_METRICS`.
+  * scalar metrics: `site`, `client_id`, `round`, `signature`, the loss means named in
+    `LOSS_METRICS` and the local update's wall time (`TIMING_METRICS`).
 `check_reply` enforces that on the server, so a hospital cannot send anything else
 (images, conditions, per-example values) even by mistake.
 """
@@ -24,6 +24,9 @@ from fedgan_jax.data import dataset as dataset_lib
 # Per-round loss means a hospital reports (the simulation logs their weighted means).
 LOSS_METRICS = ('d_loss', 'g_loss', 'cond_loss', 'd_gan_loss', 'g_gan_loss', 'attribute_loss',
                 'd_real', 'd_fake')
+# Seconds the hospital spent in its local update (the server logs the slowest).
+TIMING_METRICS = ('local_update_s',)
+REPLY_METRICS = LOSS_METRICS + TIMING_METRICS
 # Identity and authentication scalars of every hospital message.
 IDENTITY_FIELDS = {'site': str, 'client_id': int, 'round': int, 'signature': bytes}
 PROPERTY_FIELDS = {'site': str, 'client_id': int, 'signature': bytes}
@@ -67,7 +70,7 @@ def check_reply(arrays: Sequence[Any], num_examples: Any, metrics: dict,
   if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) or (
       num_examples <= 0):
     raise InvalidReplyError(f'{site}: num_examples must be a positive int, got {num_examples!r}.')
-  check_scalars(metrics, IDENTITY_FIELDS, LOSS_METRICS, site)
+  check_scalars(metrics, IDENTITY_FIELDS, REPLY_METRICS, site)
 
 
 def check_scalars(metrics: dict, required: dict, optional_floats: Sequence[str],

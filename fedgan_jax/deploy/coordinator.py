@@ -160,7 +160,10 @@ class Coordinator:
     names = set.intersection(*(set(r.losses) for r in replies))
     for name in sorted(names):
       values = np.asarray([r.losses[name] for r in replies], np.float64)
-      metrics[name] = float(np.sum(values * weights) / np.sum(weights))
+      if name in common.TIMING_METRICS:
+        metrics[f'slowest_{name}'] = float(np.max(values))
+      else:
+        metrics[name] = float(np.sum(values * weights) / np.sum(weights))
     seconds = time.perf_counter() - self._round_started
     done = round_index + 1
     row = {'round': done, **metrics, 'clients': len(replies),

@@ -117,9 +117,11 @@ class Hospital(flwr.client.NumPyClient):
     if round_index == self._exit_at_round:
       logging.warning('--exit_at_round=%d: dying mid-round.', round_index)
       os._exit(3)  # pylint: disable=protected-access
+    started = time.perf_counter()
     server_params = common.arrays_to_params(parameters, self._template)
     delta, losses = self.local_update(server_params, round_index)
     arrays = common.params_to_arrays(delta)
+    losses['local_update_s'] = time.perf_counter() - started
     digest = security.reply_digest(config['nonce'], self._site, self._client_id, round_index,
                                    arrays, len(self._data), losses)
     metrics = {'site': self._site, 'client_id': self._client_id, 'round': round_index,

@@ -133,9 +133,9 @@ class FedGanStrategy(flwr_strategy.Strategy):
           self._site_of_proxy[cid] = client_id
     participants = set(int(i) for i in self._coordinator.participants())
     round_index = self._coordinator.round_index
-    instructions = flwr_common.FitIns(
-        flwr_common.ndarrays_to_parameters(common.params_to_arrays(self._coordinator.state.params)),
-        {'round': round_index, 'nonce': self._nonce})
+    # `parameters` is what initialize_parameters / the last aggregate_fit serialized from the
+    # coordinator's state: reused rather than serialized again.
+    instructions = flwr_common.FitIns(parameters, {'round': round_index, 'nonce': self._nonce})
     chosen = [(proxy, instructions) for cid, proxy in proxies.items()
               if self._site_of_proxy.get(cid) in participants]
     if not chosen:
@@ -161,7 +161,7 @@ class FedGanStrategy(flwr_strategy.Strategy):
     if metrics['round'] != self._coordinator.round_index:
       raise common.InvalidReplyError(f'{site}: reply for round {metrics["round"]}, expected '
                                      f'{self._coordinator.round_index}.')
-    losses = {k: v for k, v in metrics.items() if k in common.LOSS_METRICS}
+    losses = {k: v for k, v in metrics.items() if k in common.REPLY_METRICS}
     digest = security.reply_digest(self._nonce, site, site_id, metrics['round'], arrays,
                                    fit_res.num_examples, losses)
     security.verify(None if self._keys is None else self._keys[site], digest,
