@@ -2,8 +2,9 @@
 server + 3 hospital processes on loopback against the simulation.
 
 The process tests need the `flower` extra (`pip install -e .[flower]`) and skip without
-it. They share one persistent XLA cache with the in-test simulation, which compiles the
-client step first, so the 4 processes of a run load it instead of compiling it again.
+it. A subprocess computes the simulation's reference params first and fills a persistent
+XLA cache that the 4 processes of each run then load instead of compiling (a subprocess,
+because this pytest process's XLA compile options, hence cache keys, differ from theirs).
 """
 
 import json
