@@ -35,7 +35,10 @@ from fedgan_jax.data import dataset as dataset_lib
 from fedgan_jax.data import registry
 from fedgan_jax.evaluators import anomaly as anomaly_lib
 from fedgan_jax.evaluators import domain_features
+from fedgan_jax.evaluators import fid
+from fedgan_jax.evaluators import inception
 from fedgan_jax.evaluators import personalized as personalized_lib
+from fedgan_jax.evaluators import sample_quality
 from fedgan_jax.evaluators import schema_attributes
 from fedgan_jax.federated import client as client_lib
 from fedgan_jax.federated import task as task_lib
@@ -178,9 +181,6 @@ class EvalContext:
 
 def inception_fid(context: EvalContext) -> dict:
   """FID and KID with pytorch-fid's Inception-v3 (needs `eval.inception_weights`)."""
-  from fedgan_jax.evaluators import fid  # pylint: disable=g-import-not-at-top
-  from fedgan_jax.evaluators import inception  # pylint: disable=g-import-not-at-top
-  from fedgan_jax.evaluators import sample_quality  # pylint: disable=g-import-not-at-top
   eval_config = context.eval_config
   if not eval_config.inception_weights:
     return {'skipped': 'eval.inception_weights is unset. Convert pytorch-fid\'s weights once with '
@@ -199,8 +199,6 @@ def inception_fid(context: EvalContext) -> dict:
 
 def domain_quality(context: EvalContext) -> dict:
   """FID, KID, precision/recall and density/coverage in the domain encoder's feature space."""
-  from fedgan_jax.evaluators import fid  # pylint: disable=g-import-not-at-top
-  from fedgan_jax.evaluators import sample_quality  # pylint: disable=g-import-not-at-top
   eval_config = context.eval_config
   encoder = context.domain_encoder()
   real = context.domain_features_of('reference', context.reference().images)

@@ -139,6 +139,15 @@ def test_refuses_a_checkpoint_of_an_incompatible_config(trained, field, value):
     evaluation.evaluate_checkpoint(config, workdir)
 
 
+def test_inception_fid_with_missing_weights_names_the_convert_command(trained, tmp_path):
+  workdir, _ = trained
+  config = _config()
+  config.eval.evaluators = ('inception_fid',)
+  config.eval.inception_weights = str(tmp_path / 'fid_inception.npz')
+  with pytest.raises(FileNotFoundError, match='fedgan_jax.tools.convert_inception'):
+    evaluation.evaluate_checkpoint(config, workdir)
+
+
 def test_unknown_evaluator_and_missing_section_are_named():
   config = _config()
   config.eval.evaluators = ('anomaly', 'fid_typo')
