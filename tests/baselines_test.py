@@ -73,6 +73,14 @@ def test_classifier_metrics_match_hand_counts():
   assert report['specificity'] == pytest.approx(1 / 2)  # 0.2 < 0.5, 0.7 is not.
 
 
+def test_class_balancing_gives_each_class_half_the_loss():
+  weights = classifier.class_balancing_weights(np.array([1, 0, 0, 0]))
+  # P(abnormal) = 1/4: the abnormal image weighs 0.5 / 0.25 = 2, each normal 0.5 / 0.75 = 2/3,
+  # so both classes sum to 2 (half of the 4 examples' total).
+  np.testing.assert_allclose(weights, [2.0, 2 / 3, 2 / 3, 2 / 3], rtol=1e-6)
+  np.testing.assert_array_equal(classifier.class_balancing_weights(np.zeros(3)), np.ones(3))
+
+
 @pytest.fixture(scope='module')
 def tiny_federation():
   return registry.load_federation(phantom.get_config('runlocal'))
