@@ -161,3 +161,11 @@ def test_targets_and_mean_rows_follow_the_issue():
   mean = compare.mean_row('mean', [{'method': 'a', 'fid': 1.0, 'train_time_s': 2.0, 'step': 4},
                                    {'method': 'b', 'fid': 3.0, 'train_time_s': 5.0, 'step': 4}])
   assert mean == {'method': 'mean', 'fid': 2.0, 'train_time_s': 7.0}
+
+
+def test_gan_training_time_sums_the_logged_rounds(tmp_path):
+  from fedgan_jax.baselines import compare  # pylint: disable=g-import-not-at-top
+  rows = [{'round': 1, 'round_time_s': 1.5}, {'round': 2, 'round_time_s': 2.0}]
+  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(row) + '\n' for row in rows))
+  assert compare.training_seconds(str(tmp_path)) == pytest.approx(3.5)
+  assert compare.training_seconds(str(tmp_path / 'missing')) == 0.0
