@@ -3,10 +3,10 @@
 Each hospital runs the engine's own `train.train_gan` on `single_hospital(federation, i)`,
 a federation of that one client, with the experiment config unchanged (same model, rounds,
 local steps and optimizers), so the only difference from the federated GAN is that no
-parameters are ever averaged across hospitals. Each writes a normal workdir (`checkpoints/`, `metrics.jsonl`) under
-`WORKDIR/local_gans/<workdir_name(hospital)>` (`baselines.compare` drives this), which the
-eval binary evaluates with the same config: its test split and requested profiles are the
-federation's, not the hospital's, which is the point.
+parameters are ever averaged across hospitals. Each writes a normal workdir (`checkpoints/`,
+`metrics.jsonl`) under `WORKDIR/local_gans/<workdir_name(hospital)>` (`baselines.compare`
+drives this), which the eval binary evaluates with the same config: its test split and
+requested profiles are the federation's, not the hospital's, which is the point.
 """
 
 from __future__ import annotations
