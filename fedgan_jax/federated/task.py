@@ -51,5 +51,6 @@ def build_task(config, schema: conditions_lib.ConditionSchema, image_shape,
       attribute_weight=float(config.loss.attribute_weight),
       d_optimizer=d_optimizer,
       g_optimizer=g_optimizer,
-      augment=build_augment(config.get('augment')),
+      # Real-data configs keep augmentation beside the loader (`data.augment`).
+      augment=build_augment(config.get('augment') or config.data.get('augment')),
       discriminator_gradient=discriminator_gradient)
