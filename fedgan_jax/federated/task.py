@@ -36,6 +36,14 @@ def build_augment(augment_config):
   return lambda images, rng: augment_lib.augment(images, rng, augment_config)
 
 
+def augment_config(config):
+  """`config.augment` when enabled, else the data section's (real-data configs keep it there)."""
+  top_level = config.get('augment')
+  if top_level is not None and top_level.get('enabled', False):
+    return top_level
+  return config.data.get('augment', top_level)
+
+
 def build_task(config, schema: conditions_lib.ConditionSchema, image_shape,
                discriminator_gradient=None) -> client_lib.GanTask:
   if config.loss.gan not in losses.GAN_LOSSES:
@@ -51,6 +59,5 @@ def build_task(config, schema: conditions_lib.ConditionSchema, image_shape,
       attribute_weight=float(config.loss.attribute_weight),
       d_optimizer=d_optimizer,
       g_optimizer=g_optimizer,
-      # Real-data configs keep augmentation beside the loader (`data.augment`).
-      augment=build_augment(config.get('augment') or config.data.get('augment')),
+      augment=build_augment(augment_config(config)),
       discriminator_gradient=discriminator_gradient)
