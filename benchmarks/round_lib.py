@@ -1,0 +1,230 @@
+"""Shared pieces of the round benchmarks: setup, the naive baseline, timing, machine facts.
+
+`benchmarks/round.py`, `scaling.py`, `compile.py` and `gpu.sh` all time the same thing: one
+FedAvg round of the phantom default (configs/phantom.py: model sizes, batch size and local
+steps) over `num_clients` small phantom hospitals. Only the per-client example count is
+shrunk (`examples_per_client`), which changes what a round samples from, not what it
+computes, so building hundreds of hospitals stays cheap.
+
+The naive baseline is what fedjax's default backend does: a Python loop that calls one
+`jax.jit(client.local_update)` per client, then FedAvg and the server update (jitted).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
+import numpy as np
+
+from configs import phantom as phantom_config
+from fedgan_jax.data import phantom
+from fedgan_jax.federated import algorithm
+from fedgan_jax.federated import client as client_lib
+from fedgan_jax.federated import optimizers
+from fedgan_jax.federated import sampling
+from fedgan_jax.federated import task as task_lib
+
+
+def load_average() -> list[float]:
+  return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine_info() -> dict[str, Any]:
+  """What a reader needs to judge a timing: hardware, versions, date and how busy it was."""
+  device = jax.devices()[0]
+  return {
+      'platform': jax.default_backend(),
+      'device_kind': device.device_kind,
+      'device_count': jax.device_count(),
+      'cpu_count': os.cpu_count(),
+      'python': platform.python_version(),
+      'jax': jax.__version__,
+      'jaxlib': getattr(jax.lib, '__version__', None) or _jaxlib_version(),
+      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      'load_average': load_average(),
+      'command': ' '.join([os.path.basename(sys.executable)] + sys.argv),
+  }
+
+
+def _jaxlib_version() -> str:
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  return jaxlib.__version__
+
+
+def peak_host_rss_bytes() -> int:
+  """Peak resident set size of this process so far (Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def device_memory() -> dict[str, int] | None:
+  """Peak/current device memory where the backend reports it (GPU, TPU); None on CPU."""
+  stats = jax.devices()[0].memory_stats()
+  if not stats:
+    return None
+  return {k: int(stats[k]) for k in ('peak_bytes_in_use', 'bytes_in_use', 'bytes_limit')
+          if k in stats}
+
+
+def benchmark_config(num_clients: int, examples_per_client: int | tuple[int, ...],
+                     config_arg: str | None = None, test_examples: int = 16):
+  """configs/phantom.py with `num_clients` hospitals of `examples_per_client` each.
+
+  A tuple of sizes is cycled over the hospital styles, so clients can be unequal.
+  """
+  config = phantom_config.get_config(config_arg)
+  config.data.num_hospitals = num_clients
+  sizes = examples_per_client if isinstance(examples_per_client, tuple) else (
+      examples_per_client,)
+  for i, hospital in enumerate(config.data.hospitals):
+    hospital.examples = int(sizes[i % len(sizes)])
+  config.data.test_examples = test_examples
+  return config
+
+
+class Setup:
+  """The federation, task, server optimizer and initial server state of a benchmark."""
+
+  def __init__(self, config):
+    self.config = config
+    self.federation = phantom.build_federation(config.data, config.conditions, config.seed)
+    self.task = task_lib.build_task(config, self.federation.schema, self.federation.image_shape)
+    self.server_optimizer = optimizers.build_server_optimizer(config.fl.server_optimizer)
+    params = client_lib.init_params(self.task, jax.random.key(config.seed, impl='rbg'),
+                                    tuple(self.federation.image_shape),
+                                    self.federation.schema.model_dim)
+    self.state = algorithm.server_init(params, self.server_optimizer)
+    self.round_rng = jax.random.key(config.seed)
+
+  @property
+  def fl(self):
+    return self.config.fl
+
+  def round_inputs(self, round_index: int, clients_per_round: int, pad_to_multiple: int = 1):
+    """`(batches, weights, client_ids)` of one round, as the training loop builds them."""
+    clients = self.federation.clients
+    ids = sampling.sample_clients(self.config.seed, round_index, len(clients),
+                                  clients_per_round)
+    return sampling.round_inputs(clients, ids, self.config.seed, round_index,
+                                 self.fl.local_steps, self.fl.batch_size, pad_to_multiple)
+
+  def rng(self, round_index: int):
+    return jax.random.fold_in(self.round_rng, round_index)
+
+
+class NaiveRound:
+  """The baseline: a Python loop of jitted per-client `local_update`, then FedAvg.
+
+  Same signature and math as `algorithm.make_round_fn(...)`'s round functions.
+  """
+
+  def __init__(self, task, server_optimizer):
+    self._local_update = jax.jit(functools.partial(client_lib.local_update, task))
+    self._fold_in = jax.jit(jax.random.fold_in)
+    self._finish = jax.jit(functools.partial(self._finish_fn, server_optimizer))
+
+  @staticmethod
+  def _finish_fn(server_optimizer, state, deltas, metrics, weights):
+    stacked = jax.tree.map(lambda *d: jnp.stack(d), *deltas)
+    stacked_metrics = jax.tree.map(lambda *m: jnp.stack(m), *metrics)
+    state = algorithm.server_update(server_optimizer, state,
+                                    algorithm.fedavg_aggregate(stacked, weights))
+    return state, algorithm.weighted_metrics(stacked_metrics, weights)
+
+  def __call__(self, state, batches, weights, client_ids, round_rng):
+    deltas, metrics = [], []
+    for i, client_id in enumerate(client_ids):
+      batch = jax.tree.map(lambda x, i=i: x[i], batches)
+      delta, metric = self._local_update(state.params, batch, self._fold_in(round_rng, client_id))
+      deltas.append(delta)
+      metrics.append(metric)
+    return self._finish(state, deltas, metrics, jnp.asarray(weights))
+
+
+def make_round(setup: Setup, strategy: str) -> Callable:
+  """A round function by name: 'naive', an engine strategy, or a candidate."""
+  if strategy == 'naive':
+    return NaiveRound(setup.task, setup.server_optimizer)
+  if strategy in algorithm.STRATEGIES:
+    return algorithm.make_round_fn(setup.task, setup.server_optimizer, strategy)
+  from benchmarks import round_candidates  # pylint: disable=g-import-not-at-top
+  return round_candidates.make(strategy, setup.task, setup.server_optimizer)
+
+
+def place_state(strategy: str, state):
+  """Gives the vmap round's state its mesh sharding up front, as train.py does.
+
+  The vmap round returns a mesh-replicated state; an unsharded first state would make the
+  second round compile again.
+  """
+  if strategy not in algorithm.STRATEGIES or algorithm.resolve_strategy(strategy) != 'vmap':
+    return state
+  return jax.device_put(state, NamedSharding(algorithm.client_mesh(), PartitionSpec()))
+
+
+def block(tree):
+  return jax.block_until_ready(tree)
+
+
+def time_rounds(strategy: str, setup: Setup, clients_per_round: int, rounds: int,
+                warmup: int = 1) -> dict[str, Any]:
+  """Median wall time of `rounds` rounds after `warmup` untimed ones (compilation).
+
+  Inputs are sampled before the clock starts (as in train.py, which times `round_fn` alone);
+  host-to-device transfer of the batches is part of the round.
+  """
+  inputs = [setup.round_inputs(r, clients_per_round) for r in range(warmup + rounds)]
+  round_fn = make_round(setup, strategy)
+  state = place_state(strategy, setup.state)
+  started = time.perf_counter()
+  for r in range(warmup):
+    state, metrics = block(round_fn(state, *inputs[r], setup.rng(r)))
+  warmup_s = time.perf_counter() - started
+  times = []
+  for r in range(warmup, warmup + rounds):
+    started = time.perf_counter()
+    state, metrics = block(round_fn(state, *inputs[r], setup.rng(r)))
+    times.append(time.perf_counter() - started)
+  return {'round_s': statistics.median(times), 'round_times_s': [round(t, 4) for t in times],
+          'first_round_s': round(warmup_s, 3), 'state': state,
+          'metrics': {k: float(v) for k, v in jax.device_get(metrics).items()}}
+
+
+def max_abs_difference(tree_a, tree_b) -> float:
+  leaves = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), tree_a, tree_b))
+  return float(max(leaves))
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+  """This machine's f32 matmul FLOP/s: the best of `repeats` timed `size`-square products."""
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  block(dot(a, b))
+  best = np.inf
+  for _ in range(repeats):
+    started = time.perf_counter()
+    block(dot(a, b))
+    best = min(best, time.perf_counter() - started)
+  return 2.0 * size ** 3 / best
+
+
+def compiled_flops(jitted: Callable, *args) -> tuple[float, float]:
+  """`(flops, compile_s)` of `jitted(*args)` from XLA's cost analysis, timing lower+compile."""
+  started = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  compile_s = time.perf_counter() - started
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # Older jax returns one dict per device program.
+    analysis = analysis[0]
+  return float(analysis.get('flops', np.nan)), compile_s
