@@ -6,6 +6,9 @@ differs. Every number the code uses lives here or there.
 """
 
 import ml_collections
+from ml_collections import config_dict
+
+from configs import eval_common
 
 
 def get_common_config() -> ml_collections.ConfigDict:
@@ -54,6 +57,25 @@ def get_common_config() -> ml_collections.ConfigDict:
       hidden=(512,), channels=(32, 64), latent_dim=32, pixel_shuffle=2,
       steps=1500, batch_size=64, learning_rate=1e-3,
       threshold_percentile=95.0,
+      # 'local': the score_percentile-th percentile of the squared residual blurred with a
+      # Gaussian of score_blur_sigma pixels (localized findings); 'mse': the image mean.
+      score='local', score_blur_sigma=2.0, score_percentile=99.0,
       generate_batch_size=256))
   config.conditioning = ml_collections.ConfigDict(dict(num_generated=1000))
+
+  # Differential privacy (fedgan_jax/privacy/; README "Privacy"). 'example': DP-SGD on D at each
+  # hospital; 'client': DP-FedAvg on whole hospital updates. Unset numbers are None.
+  config.dp = ml_collections.ConfigDict(dict(
+      mode='none',
+      clip_norm=1.0,
+      noise_multiplier=1.0,      # used when target_epsilon is None.
+      target_epsilon=config_dict.placeholder(float),  # calibrates noise to fl.num_rounds.
+      max_epsilon=config_dict.placeholder(float),     # stop before exceeding (default: target).
+      delta=config_dict.placeholder(float),           # None: 10^-ceil(log10(10 N)) < 1/N.
+      accountant='rdp',          # or 'pld'.
+      microbatch_size=config_dict.placeholder(int),   # per-example gradients this many at once.
+      adaptive_clip=ml_collections.ConfigDict(dict(   # client mode: clip norm -> a norm quantile.
+          enabled=False, target_quantile=0.5, learning_rate=0.2,
+          count_noise_multiplier=config_dict.placeholder(float)))))
+  config.eval = eval_common.get_eval_config()
   return config

@@ -9,6 +9,7 @@ same GAN on the pooled data (the baseline). Any field can be overridden, e.g.
 """
 
 from configs import common
+from configs import eval_common
 from configs.data import phantom
 
 
@@ -38,4 +39,5 @@ def get_config(arg: str | None = None):
     config.anomaly.update(num_synthetic=64, steps=20, batch_size=16, hidden=(32,),
                           channels=(8, 16), latent_dim=8)
     config.conditioning.num_generated = 64
+    config.eval = eval_common.get_eval_config(runlocal=True)
   return config

@@ -2,7 +2,8 @@
 
 A checkpoint holds three items, so readers take only what they need:
   * `params`: `{'generator': ..., 'discriminator': ...}` (all the eval binary restores);
-  * `server`: the server optimizer state and round counter (only training resumes it);
+  * `server`: the server optimizer state, round counter and, under adaptive client-level
+    clipping, the clip norm (only training resumes it);
   * `meta`: JSON with the config fields that fix parameter shapes, the full config
     for the record, and privacy spent so far.
 Anything that restores compares `meta` with its own config first and refuses a
@@ -87,13 +88,21 @@ def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(directory, options=options)
 
 
+def _server_item(state) -> dict:
+  item = {'opt_state': state.opt_state, 'round': state.round}
+  if getattr(state, 'privacy', None) is not None:
+    item['privacy'] = state.privacy  # The adaptive clip norm: resuming must continue from it.
+  return item
+
+
 def save(checkpoint_manager: ocp.CheckpointManager, round_index: int, state, config,
          extra_meta: dict | None = None) -> None:
+  """Saves `state` at step `round_index`; `extra_meta` (e.g. `{'privacy': ...}`) joins meta."""
   meta = {'round': int(round_index), 'fingerprint': fingerprint(config),
           'config': _jsonable(config), **(extra_meta or {})}
   checkpoint_manager.save(round_index, args=ocp.args.Composite(
       params=ocp.args.StandardSave(state.params),
-      server=ocp.args.StandardSave({'opt_state': state.opt_state, 'round': state.round}),
+      server=ocp.args.StandardSave(_server_item(state)),
       meta=ocp.args.JsonSave(meta)), force=True)
 
 
@@ -109,11 +118,12 @@ def restore_server_state(checkpoint_manager, step: int, template_state, config):
   abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
   restored = checkpoint_manager.restore(step, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(abstract(template_state.params)),
-      server=ocp.args.StandardRestore(abstract(
-          {'opt_state': template_state.opt_state, 'round': template_state.round}))))
+      server=ocp.args.StandardRestore(abstract(_server_item(template_state)))))
   state = template_state.replace(params=restored['params'],
                                  opt_state=restored['server']['opt_state'],
                                  round=restored['server']['round'])
+  if 'privacy' in restored['server']:
+    state = state.replace(privacy=restored['server']['privacy'])
   return state, meta
 
 

@@ -158,8 +158,8 @@ class EvalContext:
       synthetic, _ = self.synthetic_normals()
       detector = anomaly_lib.train_autoencoder(synthetic, self.config.anomaly, self.seed)
       test_images = self.federation.test.images
-      return {'synthetic_scores': anomaly_lib.reconstruction_errors(detector, synthetic),
-              'test_scores': anomaly_lib.reconstruction_errors(detector, test_images),
+      return {'synthetic_scores': anomaly_lib.anomaly_scores(detector, synthetic),
+              'test_scores': anomaly_lib.anomaly_scores(detector, test_images),
               'final_loss': detector.final_loss}
     return self._cached('unconditioned_detection', build)
 
@@ -341,7 +341,9 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None,
                                  where=f'{os.path.join(workdir, "checkpoints")} step {step}')
   if federation is None:
     federation = registry.load_federation(config)
-  task = task_lib.build_task(config, federation.schema, federation.image_shape)
+  # Sizes only matter to a DP-SGD config's noise calibration; eval never trains D.
+  task = task_lib.build_task(config, federation.schema, federation.image_shape,
+                             client_sizes=federation.client_sizes)
   template = abstract_params(task, federation.image_shape, federation.schema.model_dim)
   params, meta, step = checkpointing.restore_params(workdir, config, template, step)
   out_dir = os.path.join(workdir, 'eval')

@@ -5,6 +5,12 @@
 images for profiles drawn from the federation's demographics, trains the anomaly
 detector on them alone, scores the real test split and writes
 `workdir/results.json` and `workdir/roc.png`.
+
+With `config.dp.mode != 'none'` (fedgan_jax/privacy/engine.py) the run is differentially
+private: the noise multiplier is calibrated to `dp.target_epsilon` before training when that is
+set, every metrics row carries the epsilon spent so far, checkpoints and results.json record
+the spend under "privacy", and the run stops, with a final checkpoint, before a round that
+would exceed `dp.max_epsilon` (default: the target).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from fedgan_jax import checkpointing
 from fedgan_jax import metrics_log
@@ -31,10 +38,17 @@ from fedgan_jax.federated import client as client_lib
 from fedgan_jax.federated import optimizers
 from fedgan_jax.federated import sampling
 from fedgan_jax.federated import task as task_lib
+from fedgan_jax.privacy import audit as audit_lib
+from fedgan_jax.privacy import engine as privacy_engine
 
 
 class TrainingDivergedError(RuntimeError):
   pass
+
+
+def is_chief() -> bool:
+  """Only process 0 writes logs, figures and results; checkpoints are collective (Orbax)."""
+  return jax.process_index() == 0
 
 
 def check_finite(row: dict, max_abs_loss: float) -> None:
@@ -49,9 +63,20 @@ def check_finite(row: dict, max_abs_loss: float) -> None:
 
 
 def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
-              task: client_lib.GanTask) -> algorithm.ServerState:
-  """Runs `fl.num_rounds` FedAvg rounds, checkpointing and resuming in `workdir`."""
+              task: client_lib.GanTask,
+              plan: privacy_engine.PrivacyPlan | None = None) -> algorithm.ServerState:
+  """Runs `fl.num_rounds` FedAvg rounds (fewer if the privacy budget runs out),
+  checkpointing and resuming in `workdir`."""
   fl = config.fl
+  if plan is None:
+    plan = privacy_engine.PrivacyPlan.from_config(config, federation.client_sizes)
+  if plan.private:
+    logging.info('DP %s-level: noise multiplier %.4f (%s), clip norm %g, delta %g, epsilon '
+                 'after %d rounds %.3f (%s accountant), budget %s.', plan.mode,
+                 plan.noise_multiplier, 'calibrated to dp.target_epsilon'
+                 if config.dp.get('target_epsilon') is not None else 'dp.noise_multiplier',
+                 plan.query.clip_norm, plan.delta, fl.num_rounds, plan.epsilon(fl.num_rounds),
+                 plan.accountant, plan.budget)
   server_optimizer = optimizers.build_server_optimizer(fl.server_optimizer)
   # Initialization draws with the 'rbg' generator: XLA compiles the many threefry
   # draws of a network's init ~4x slower on CPU. Training keys stay threefry, whose
@@ -59,7 +84,8 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
   params = client_lib.init_params(task, jax.random.key(config.seed, impl='rbg'),
                                   tuple(federation.image_shape), federation.schema.model_dim)
   root_rng = jax.random.key(config.seed)
-  state = algorithm.server_init(params, server_optimizer)
+  client_privacy = plan.client_privacy()
+  state = algorithm.server_init(params, server_optimizer, client_privacy)
   train_rng = jax.random.fold_in(root_rng, 1)
 
   checkpoint_manager = checkpointing.manager(workdir, config.checkpoint.keep)
@@ -69,11 +95,19 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
     logging.info('Resumed from the checkpoint of round %d in %s.', latest, workdir)
   start_round = int(state.round)
   log = metrics_log.MetricsLog(os.path.join(workdir, 'metrics.jsonl'))
-  log.truncate_after(start_round)
+  if is_chief():
+    log.truncate_after(start_round)
 
   strategy = algorithm.resolve_strategy(fl.strategy)
+  if jax.process_count() > 1 and strategy != 'vmap':
+    raise ValueError(f'fl.strategy={fl.strategy!r} resolves to {strategy!r}, but a multi-host run '
+                     'needs fl.strategy=vmap (one round sharded over all hosts).')
   mesh = algorithm.client_mesh() if strategy == 'vmap' else None
-  round_fn = algorithm.make_round_fn(task, server_optimizer, strategy, mesh)
+  if mesh is not None:
+    # Give the state its mesh sharding up front; otherwise the round compiles twice (the
+    # first state is unsharded, every later one comes back sharded).
+    state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+  round_fn = algorithm.make_round_fn(task, server_optimizer, strategy, mesh, client_privacy)
   pad = mesh.size if mesh is not None else 1
   clients = federation.clients
   logging.info('Training %d rounds (from %d) over %d clients, %s per round, strategy %s on %s.',
@@ -82,6 +116,15 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
   progress = metrics_log.Progress(fl.num_rounds, start_round)
   samples_dir = os.path.join(workdir, 'samples')
   for round_index in range(start_round, fl.num_rounds):
+    if plan.exceeds_budget(round_index + 1):
+      logging.warning('Privacy budget: round %d would spend epsilon %.4f > %g (delta %g); '
+                      'stopping after %d rounds with epsilon %.4f.', round_index + 1,
+                      plan.epsilon(round_index + 1), plan.budget, plan.delta, round_index,
+                      plan.epsilon(round_index))
+      if checkpoint_manager.latest_step() != round_index:
+        checkpointing.save(checkpoint_manager, round_index, state, config,
+                           {'privacy': plan.summary(round_index)})
+      break
     client_ids = sampling.sample_clients(config.seed, round_index, len(clients),
                                          fl.clients_per_round)
     batches, weights, ids = sampling.round_inputs(
@@ -94,7 +137,10 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
     examples = len(client_ids) * fl.local_steps * fl.batch_size
     row = {'round': round_index + 1, **metrics, 'clients': len(client_ids),
            'round_time_s': seconds, 'examples_per_s': examples / seconds}
-    log.append(row)
+    if plan.private:
+      row['epsilon'] = plan.epsilon(round_index + 1)
+    if is_chief():
+      log.append(row)
     try:
       check_finite(row, config.train.max_abs_loss)
     except TrainingDivergedError:
@@ -103,11 +149,12 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
     done = round_index + 1
     progress.update(done, seconds)
     if done % config.checkpoint.every_rounds == 0 or done == fl.num_rounds:
-      checkpointing.save(checkpoint_manager, done, state, config)
+      checkpointing.save(checkpoint_manager, done, state, config,
+                         {'privacy': plan.summary(done)})
     if done % config.train.log_every_rounds == 0 or done == fl.num_rounds:
       logging.info('%s | d_loss %.3f g_loss %.3f cond %.3f', progress.line(), row['d_loss'],
                    row['g_loss'], row['cond_loss'])
-    if done % config.train.sample_every_rounds == 0 or done == fl.num_rounds:
+    if is_chief() and (done % config.train.sample_every_rounds == 0 or done == fl.num_rounds):
       os.makedirs(samples_dir, exist_ok=True)
       grid = synthesis.sample_grid(task, state.params['generator'], federation.schema,
                                    config.train.profiles, config.train.sample_columns, config.seed)
@@ -126,8 +173,8 @@ def evaluate_generator(config, workdir: str, federation: dataset_lib.FederatedDa
   synthetic = synthesis.synthesize(task, g_params, normal_conditions, config.seed + 1,
                                    anomaly_config.generate_batch_size)
   detector = anomaly_lib.train_autoencoder(synthetic, anomaly_config, config.seed)
-  synthetic_errors = anomaly_lib.reconstruction_errors(detector, synthetic)
-  test_errors = anomaly_lib.reconstruction_errors(detector, federation.test.images)
+  synthetic_errors = anomaly_lib.anomaly_scores(detector, synthetic)
+  test_errors = anomaly_lib.anomaly_scores(detector, federation.test.images)
   anomaly = anomaly_lib.detection_report(synthetic_errors, test_errors, federation.test.abnormal,
                                          anomaly_config.threshold_percentile)
   roc = anomaly.pop('roc')
@@ -166,14 +213,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   federation = registry.load_federation(config)
   rows = [dataset_lib.client_summary(c) for c in federation.clients]
-  with open(os.path.join(workdir, 'clients.json'), 'w') as f:
-    json.dump(rows, f, indent=1)
+  if is_chief():
+    with open(os.path.join(workdir, 'clients.json'), 'w') as f:
+      json.dump(rows, f, indent=1)
   for row in rows:
     logging.info('client %s', row)
-  task = task_lib.build_task(config, federation.schema, federation.image_shape)
-  state = train_gan(config, workdir, federation, task)
+  # Examples held out for the membership audit never reach training (fedgan_jax/audit.py).
+  federation = audit_lib.hold_out(federation, config)
+  plan = privacy_engine.PrivacyPlan.from_config(config, federation.client_sizes)
+  task = task_lib.build_task(config, federation.schema, federation.image_shape,
+                             plan.discriminator_gradient())
+  state = train_gan(config, workdir, federation, task, plan)
+  if not is_chief():
+    return {}
   results = evaluate_generator(config, workdir, federation, task, state.params['generator'])
-  results.update(rounds=int(state.round), wall_time_s=time.time() - started,
+  results.update(rounds=int(state.round), privacy=plan.summary(int(state.round)),
+                 wall_time_s=time.time() - started,
                  config=json.loads(config.to_json_best_effort()))
   path = os.path.join(workdir, 'results.json')
   with open(path + '.tmp', 'w') as f:

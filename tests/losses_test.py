@@ -61,3 +61,29 @@ def test_reconstruction_error_is_per_image_mse():
   a = np.zeros((2, 2, 2, 1))
   b = np.stack([np.zeros((2, 2, 1)), np.ones((2, 2, 1)) * 2])
   np.testing.assert_allclose(losses.reconstruction_error(a, b), [0.0, 4.0])
+
+
+def test_local_anomaly_score_is_a_percentile_of_the_blurred_residual():
+  from fedgan_jax.evaluators import anomaly  # pylint: disable=g-import-not-at-top
+  images = np.zeros((2, 8, 8, 1), np.float32)
+  reconstructions = images.copy()
+  reconstructions[0, 3, 4, 0] = 2.0   # One pixel off by 2: squared residual 4 there.
+  reconstructions[1] = 0.25           # Every pixel off by 0.25: squared residual 1/16.
+  # No blur, 100th percentile: the largest squared residual.
+  unblurred = anomaly.anomaly_score(images, reconstructions, anomaly.ScoreConfig('local', 0.0, 100.0))
+  np.testing.assert_allclose(unblurred, [4.0, 1.0 / 16], rtol=1e-6)
+  # Equal MSE (4/64 = 1/16): the image mean cannot tell the spot from diffuse error.
+  mse = anomaly.anomaly_score(images, reconstructions, anomaly.ScoreConfig())
+  np.testing.assert_allclose(mse, [1.0 / 16, 1.0 / 16], rtol=1e-6)
+  # Blurred with sigma 1 the spot's peak is 4 * g(0)^2, g the normalized 7-tap Gaussian.
+  taps = np.exp(-0.5 * np.arange(-3, 4) ** 2)
+  blurred = anomaly.anomaly_score(images, reconstructions, anomaly.ScoreConfig('local', 1.0, 100.0))
+  np.testing.assert_allclose(blurred[0], 4.0 * (taps[3] / taps.sum()) ** 2, rtol=1e-5)
+  assert blurred[0] > blurred[1]
+
+
+def test_unknown_anomaly_score_is_rejected():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from fedgan_jax.evaluators import anomaly  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match='anomaly.score'):
+    anomaly.score_config(ml_collections.ConfigDict(dict(score='maximum')))

@@ -105,7 +105,11 @@ def apply_params(images: jax.Array, params: AugmentParams, fill_value: float = -
     intensity = True
   if params.gamma is not None:
     unit = jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
-    images = unit ** per_image(params.gamma) * 2.0 - 1.0
+    # x**gamma has an infinite slope at black pixels (gamma < 1), which turns D's gradient
+    # through an augmented fake image into NaN; black stays black with a zero slope instead.
+    black = unit <= 0.0
+    lifted = jnp.where(black, 1.0, unit) ** per_image(params.gamma)
+    images = jnp.where(black, 0.0, lifted) * 2.0 - 1.0
     intensity = True
   return jnp.clip(images, -1.0, 1.0) if intensity else images
 

@@ -123,8 +123,8 @@ def conditional_ae_scores(synthetic: np.ndarray, synthetic_conditions: np.ndarra
   """
   detector = anomaly_lib.train_autoencoder(synthetic, anomaly_config, seed,
                                            conditions=synthetic_conditions)
-  return (anomaly_lib.reconstruction_errors(detector, synthetic, synthetic_conditions),
-          anomaly_lib.reconstruction_errors(detector, test_images, test_conditions),
+  return (anomaly_lib.anomaly_scores(detector, synthetic, synthetic_conditions),
+          anomaly_lib.anomaly_scores(detector, test_images, test_conditions),
           detector.final_loss)
 
 

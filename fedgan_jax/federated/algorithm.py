@@ -19,10 +19,20 @@ identical math are offered (`fl.strategy`):
     per-client weights turn convolutions into slow grouped convolutions.
 
 `auto` picks `sequential` on CPU and `vmap` elsewhere (BENCHMARKS.md has the numbers).
+
+Client-level DP-FedAvg (`ClientPrivacy`, McMahan et al. 2018) replaces the weighted mean:
+each reporting client's delta is clipped to `clip_norm`, the clipped deltas are summed with
+UNIFORM weights (example counts would let a large hospital exceed the sensitivity), Gaussian
+noise of std `noise_multiplier * clip_norm` is added to the sum and the noisy sum is divided
+by the expected number of clients per round, a public constant. With adaptive clipping the
+clip norm lives in `ServerState.privacy` and moves toward a quantile of the update norms
+(Andrew et al. 2021). The noise keys are `fold_in(round_rng, SERVER_NOISE_STREAM)`, so a
+resumed run draws the same noise, and both strategies draw it identically.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -34,8 +44,12 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fedgan_jax.federated import client as client_lib
+from fedgan_jax.privacy import client_dp
 
 STRATEGIES = ('auto', 'vmap', 'sequential')
+# Client keys are fold_in(round_rng, client_id) with small ids; the server's noise key uses a
+# value no client id reaches.
+SERVER_NOISE_STREAM = 2**31 - 1
 
 
 @flax.struct.dataclass
@@ -43,11 +57,37 @@ class ServerState:
   params: Any  # {'generator': ..., 'discriminator': ...}
   opt_state: Any
   round: jnp.ndarray  # rounds completed; the checkpoint step.
+  # `client_dp.AdaptiveClipState` under adaptive client-level clipping, else None.
+  privacy: Any = None
 
 
-def server_init(params, server_optimizer: optax.GradientTransformation) -> ServerState:
+@dataclasses.dataclass(frozen=True)
+class ClientPrivacy:
+  """Static numbers of client-level DP-FedAvg (built by `privacy.engine` from `config.dp`).
+
+  Attributes:
+    clip_norm: fixed clip norm, or the initial one under adaptive clipping.
+    noise_multiplier: noise std on the clipped sum / clip norm (after sharing with the count).
+    expected_clients: the public denominator (fl.clients_per_round, or all clients).
+    adaptive: move the clip norm toward `target_quantile` of the update norms each round.
+    target_quantile, learning_rate, count_noise_multiplier: `client_dp.adaptive_clip_update`.
+  """
+  clip_norm: float
+  noise_multiplier: float
+  expected_clients: int
+  adaptive: bool = False
+  target_quantile: float = 0.5
+  learning_rate: float = 0.2
+  count_noise_multiplier: float = 0.0
+
+
+def server_init(params, server_optimizer: optax.GradientTransformation,
+                client_privacy: ClientPrivacy | None = None) -> ServerState:
+  privacy = None
+  if client_privacy is not None and client_privacy.adaptive:
+    privacy = client_dp.AdaptiveClipState.create(client_privacy.clip_norm)
   return ServerState(params=params, opt_state=server_optimizer.init(params),
-                     round=jnp.zeros((), jnp.int32))
+                     round=jnp.zeros((), jnp.int32), privacy=privacy)
 
 
 def fedavg_aggregate(deltas, weights):
@@ -61,8 +101,61 @@ def server_update(server_optimizer: optax.GradientTransformation, state: ServerS
   """Applies the average delta as a negative pseudo-gradient."""
   pseudo_gradient = jax.tree.map(jnp.negative, average_delta)
   updates, opt_state = server_optimizer.update(pseudo_gradient, state.opt_state, state.params)
-  return ServerState(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
-                     round=state.round + 1)
+  return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
+                       round=state.round + 1)
+
+
+def current_clip_norm(client_privacy: ClientPrivacy, state: ServerState):
+  return state.privacy.clip_norm if client_privacy.adaptive else client_privacy.clip_norm
+
+
+def server_noise_rngs(round_rng):
+  """`(update_noise_rng, count_noise_rng)` of a round."""
+  return jax.random.split(jax.random.fold_in(round_rng, SERVER_NOISE_STREAM))
+
+
+def private_server_update(client_privacy: ClientPrivacy, server_optimizer, state: ServerState,
+                          clipped_sum, norms, mask, round_rng):
+  """Noise on the sum of clipped deltas, / expected clients, server step, clip-norm step.
+
+  `norms` (pre-clip) and `mask` (False for padding) have one entry per client slot; only the
+  adaptive clip norm reads them, through its own noised count. Returns `(state, metrics)`.
+  """
+  update_rng, count_rng = server_noise_rngs(round_rng)
+  clip_norm = current_clip_norm(client_privacy, state)
+  noisy = client_dp.noisy_sum(clipped_sum, update_rng, clip_norm, client_privacy.noise_multiplier)
+  average = jax.tree.map(lambda x: x / client_privacy.expected_clients, noisy)
+  new_state = server_update(server_optimizer, state, average)
+  metrics = {}
+  if client_privacy.adaptive:
+    privacy, metrics = client_dp.adaptive_clip_update(
+        state.privacy, norms, mask, count_rng, client_privacy.target_quantile,
+        client_privacy.learning_rate, client_privacy.count_noise_multiplier,
+        client_privacy.expected_clients)
+    new_state = new_state.replace(privacy=privacy)
+  return new_state, metrics
+
+
+def check_client_message(message, params, client_axis: bool = False) -> None:
+  """Raises unless `message` is a pytree of `params`' structure, shapes and dtypes.
+
+  The engine calls it on the deltas while tracing a round (shapes are static then, so it
+  costs nothing per round): what leaves a hospital is a parameter delta, never anything
+  shaped like data. `client_axis`: every leaf of `message` has a leading client axis.
+  """
+  want_structure = jax.tree.structure(params)
+  got_structure = jax.tree.structure(message)
+  if got_structure != want_structure:
+    raise ValueError(f'a client message has the structure {got_structure}, not that of the '
+                     f'model parameters {want_structure}; only parameter deltas may leave a '
+                     'hospital.')
+  paths = jax.tree_util.tree_flatten_with_path(params)[0]
+  for (path, want), got in zip(paths, jax.tree.leaves(message)):
+    shape = tuple(got.shape[1:] if client_axis else got.shape)
+    if shape != tuple(want.shape) or got.dtype != want.dtype:
+      raise ValueError(f'client message leaf {jax.tree_util.keystr(path)} has shape {shape} '
+                       f'and dtype {got.dtype}, but the parameter is {tuple(want.shape)} '
+                       f'{want.dtype}; only parameter deltas may leave a hospital.')
 
 
 def weighted_metrics(metrics, weights):
@@ -89,20 +182,34 @@ def client_mesh(devices=None) -> Mesh:
 
 
 def vmap_round(task, server_optimizer, state: ServerState, batches, weights, client_ids,
-               round_rng):
+               round_rng, client_privacy: ClientPrivacy | None = None):
   """The whole round as one function of stacked client inputs (jit it)."""
   local = functools.partial(client_lib.local_update, task)
   deltas, metrics = jax.vmap(local, in_axes=(None, 0, 0))(
       state.params, batches, client_rngs(round_rng, client_ids))
-  state = server_update(server_optimizer, state, fedavg_aggregate(deltas, weights))
-  return state, weighted_metrics(metrics, weights)
+  check_client_message(deltas, state.params, client_axis=True)
+  if client_privacy is None:
+    state = server_update(server_optimizer, state, fedavg_aggregate(deltas, weights))
+    return state, weighted_metrics(metrics, weights)
+  # Padding slots (weight 0) are masked out of the sum and the clip-norm count.
+  mask = weights > 0
+  clip_norm = current_clip_norm(client_privacy, state)
+  clipped, norms = jax.vmap(client_dp.clip_update, in_axes=(0, None))(deltas, clip_norm)
+  clipped_sum = jax.tree.map(
+      lambda x: jnp.sum(jnp.where(mask.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0.0), axis=0),
+      clipped)
+  state, privacy_metrics = private_server_update(client_privacy, server_optimizer, state,
+                                                 clipped_sum, norms, mask, round_rng)
+  return state, dict(weighted_metrics(metrics, mask.astype(jnp.float32)), **privacy_metrics)
 
 
-def make_round_fn(task, server_optimizer, strategy: str, mesh: Mesh | None = None) -> Callable:
+def make_round_fn(task, server_optimizer, strategy: str, mesh: Mesh | None = None,
+                  client_privacy: ClientPrivacy | None = None) -> Callable:
   """Returns `round_fn(state, batches, weights, client_ids, round_rng) -> (state, metrics)`.
 
   The number of participating clients must be a multiple of the mesh size for
-  `vmap` (pad with zero-weight clients; see `sampling.round_inputs`).
+  `vmap` (pad with zero-weight clients; see `sampling.round_inputs`). With
+  `client_privacy`, the round is DP-FedAvg (weights then only mark padding: 0 or not).
   """
   strategy = resolve_strategy(strategy)
   if strategy == 'vmap':
@@ -110,10 +217,10 @@ def make_round_fn(task, server_optimizer, strategy: str, mesh: Mesh | None = Non
     replicated = NamedSharding(mesh, PartitionSpec())
     by_client = NamedSharding(mesh, PartitionSpec('clients'))
     return jax.jit(
-        functools.partial(vmap_round, task, server_optimizer),
+        functools.partial(vmap_round, task, server_optimizer, client_privacy=client_privacy),
         in_shardings=(replicated, by_client, by_client, by_client, replicated),
         out_shardings=(replicated, replicated))
-  return SequentialRound(task, server_optimizer)
+  return SequentialRound(task, server_optimizer, client_privacy)
 
 
 class SequentialRound:
@@ -124,20 +231,37 @@ class SequentialRound:
   per-client work runs without batching over client weights.
   """
 
-  def __init__(self, task, server_optimizer):
+  def __init__(self, task, server_optimizer, client_privacy: ClientPrivacy | None = None):
+    self._privacy = client_privacy
     self._init = jax.jit(functools.partial(client_lib.client_init, task))
     self._step = jax.jit(functools.partial(client_lib.client_step, task))
     self._accumulate = jax.jit(self._accumulate_fn)
     self._finish = jax.jit(functools.partial(self._finish_fn, server_optimizer))
+    self._accumulate_clipped = jax.jit(self._accumulate_clipped_fn)
+    self._finish_private = jax.jit(functools.partial(private_server_update, client_privacy,
+                                                     server_optimizer))
     self._fold_in = jax.jit(jax.random.fold_in)
 
   @staticmethod
   def _accumulate_fn(total, metric_sums, client_state, server_params, step_metrics, weight):
     delta = client_lib.client_final(client_state, server_params)
+    check_client_message(delta, server_params)
     total = jax.tree.map(lambda t, d: t + weight * d, total, delta)
     metrics = jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *step_metrics)
     metric_sums = jax.tree.map(lambda s, m: s + weight * m, metric_sums, metrics)
     return total, metric_sums
+
+  @staticmethod
+  def _accumulate_clipped_fn(total, metric_sums, client_state, server_params, step_metrics,
+                             clip_norm):
+    """Adds one client's clipped delta (uniform weight); returns its pre-clip norm too."""
+    delta = client_lib.client_final(client_state, server_params)
+    check_client_message(delta, server_params)
+    clipped, norm = client_dp.clip_update(delta, clip_norm)
+    total = jax.tree.map(jnp.add, total, clipped)
+    metrics = jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *step_metrics)
+    metric_sums = jax.tree.map(jnp.add, metric_sums, metrics)
+    return total, metric_sums, norm
 
   @staticmethod
   def _finish_fn(server_optimizer, state, total, total_weight, metric_sums):
@@ -149,6 +273,7 @@ class SequentialRound:
     weights = np.asarray(weights, np.float32)
     total = jax.tree.map(jnp.zeros_like, state.params)
     metric_sums = None
+    norms = np.zeros(len(client_ids), np.float32)
     for i in range(len(client_ids)):
       if weights[i] == 0.0:
         continue  # Padding clients contribute nothing; skip their compute.
@@ -161,6 +286,16 @@ class SequentialRound:
         step_metrics.append(metrics)
       if metric_sums is None:
         metric_sums = jax.tree.map(jnp.zeros_like, step_metrics[0])
-      total, metric_sums = self._accumulate(total, metric_sums, client_state, state.params,
-                                            step_metrics, weights[i])
-    return self._finish(state, total, jnp.sum(weights), metric_sums)
+      if self._privacy is None:
+        total, metric_sums = self._accumulate(total, metric_sums, client_state, state.params,
+                                              step_metrics, weights[i])
+      else:
+        total, metric_sums, norms[i] = self._accumulate_clipped(
+            total, metric_sums, client_state, state.params, step_metrics,
+            current_clip_norm(self._privacy, state))
+    if self._privacy is None:
+      return self._finish(state, total, jnp.sum(weights), metric_sums)
+    mask = weights > 0
+    state, privacy_metrics = self._finish_private(state, total, norms, mask, round_rng)
+    metrics = jax.tree.map(lambda m: m / np.sum(mask), metric_sums)
+    return state, dict(metrics, **privacy_metrics)

@@ -32,7 +32,8 @@ class DownBlock(nn.Module):
     h = nn.Conv(self.features, (3, 3))(nn.leaky_relu(h, 0.2))
     shortcut = nn.avg_pool(x, (2, 2), strides=(2, 2))
     if shortcut.shape[-1] != self.features:
-      shortcut = nn.Conv(self.features, (1, 1))(shortcut)
+      # Dense == 1x1 conv; see generator.ConditionalResBlock for why not nn.Conv.
+      shortcut = nn.Dense(self.features)(shortcut)
     return shortcut + h
 
 

@@ -67,6 +67,16 @@ def downsample_average(x: jnp.ndarray) -> jnp.ndarray:
   return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
+def norm_groups(channels: int, max_groups: int = 8) -> int:
+  """Group count for GroupNorm with at least 2 channels per group.
+
+  With one channel per group, a per-channel bias upstream is normalized away exactly:
+  its gradient is zero, and Adam turns the rounding noise of a zero gradient into
+  full-size steps, so runs stop being reproducible across device layouts.
+  """
+  return max(1, min(max_groups, channels // 2))
+
+
 class FiLM(nn.Module):
   """Feature-wise affine modulation from an embedding: `x * (1 + scale) + shift`."""
   features: int
@@ -86,14 +96,17 @@ class ConditionalResBlock(nn.Module):
   @nn.compact
   def __call__(self, x, embedding):
     def norm_film_act(h):
-      h = nn.GroupNorm(num_groups=min(self.groups, h.shape[-1]), use_scale=False,
+      h = nn.GroupNorm(num_groups=norm_groups(h.shape[-1], self.groups), use_scale=False,
                        use_bias=False)(h)
       h = FiLM(h.shape[-1])(h, embedding)
       return nn.leaky_relu(h, 0.2)
 
     h = nn.Conv(self.features, (3, 3))(norm_film_act(x))
     h = nn.Conv(self.features, (3, 3))(norm_film_act(h))
-    shortcut = x if x.shape[-1] == self.features else nn.Conv(self.features, (1, 1))(x)
+    # A 1x1 projection as Dense, not Conv: XLA's SPMD partitioner computes wrong kernel
+    # gradients for vmapped 1x1 convolutions when the client axis is sharded (seen with
+    # jax 0.10.2 on CPU), and the two are the same function.
+    shortcut = x if x.shape[-1] == self.features else nn.Dense(self.features)(x)
     return shortcut + h
 
 
@@ -155,7 +168,7 @@ class Generator(nn.Module):
       h = upsample_nearest(h)
       h = ConditionalResBlock(features)(h, embedding)
 
-    h = nn.GroupNorm(num_groups=min(8, h.shape[-1]))(h)
+    h = nn.GroupNorm(num_groups=norm_groups(h.shape[-1]))(h)
     h = nn.leaky_relu(h, 0.2)
     h = nn.Conv(self.channels * self.output_shuffle ** 2, (3, 3))(h)
     h = depth_to_space(h, self.output_shuffle)

@@ -119,18 +119,30 @@ def clip_by_global_norm(tree: PyTree, clip_norm) -> tuple[PyTree, jax.Array]:
 
 
 def add_gaussian_noise(tree: PyTree, rng: jax.Array, noise_std) -> PyTree:
-  """Adds N(0, noise_std^2) to every entry: one normal draw per leaf, each from its own key."""
+  """Adds N(0, noise_std^2) to every entry, from ONE normal draw over all leaves.
+
+  One draw of the total size, split back into the leaves, has the same law as one draw per
+  leaf; XLA's CPU backend compiles one draw per parameter leaf (dozens for a GAN) for minutes.
+  """
   leaves, treedef = jax.tree.flatten(tree)
-  keys = jax.random.split(rng, max(len(leaves), 1))
-  noisy = [x + (noise_std * jax.random.normal(key, x.shape, jnp.float32)).astype(x.dtype)
-           for x, key in zip(leaves, keys)]
+  if not leaves:
+    return tree
+  sizes = [x.size for x in leaves]
+  noise = noise_std * jax.random.normal(rng, (sum(sizes),), jnp.float32)
+  offsets = [0]
+  for size in sizes:
+    offsets.append(offsets[-1] + size)
+  noisy = [x + noise[start:end].reshape(x.shape).astype(x.dtype)
+           for x, start, end in zip(leaves, offsets[:-1], offsets[1:])]
   return jax.tree.unflatten(treedef, noisy)
 
 
-def _clipped_sum(per_example_loss, params, examples, example_rngs, mask, clip_norm):
-  """Sum of clipped per-example gradients of one chunk, plus the sums behind the metrics."""
-  grads = jax.vmap(jax.grad(per_example_loss), in_axes=(None, 0, 0))(params, examples,
-                                                                     example_rngs)
+def _clipped_sum(per_example_loss, params, examples, example_rngs, mask, clip_norm, has_aux):
+  """Sum of clipped per-example gradients of one chunk, the sums behind the metrics, and the
+  masked sum of the loss's auxiliary outputs (None without `has_aux`)."""
+  grad_fn = jax.grad(per_example_loss, has_aux=has_aux)
+  outputs = jax.vmap(grad_fn, in_axes=(None, 0, 0))(params, examples, example_rngs)
+  grads, aux = outputs if has_aux else (outputs, None)
   clipped, norms = jax.vmap(clip_by_global_norm, in_axes=(0, None))(grads, clip_norm)
 
   def masked_sum(g):
@@ -139,12 +151,14 @@ def _clipped_sum(per_example_loss, params, examples, example_rngs, mask, clip_no
     return jnp.sum(jnp.where(keep, g, jnp.zeros_like(g)), axis=0)
 
   total = jax.tree.map(masked_sum, clipped)
+  aux_sum = None if aux is None else jax.tree.map(
+      lambda a: masked_sum(jnp.asarray(a, jnp.float32)), aux)
   stats = jnp.stack([
       jnp.sum(jnp.where(mask, norms, 0.0)),
       jnp.sum(mask & (norms > clip_norm)).astype(jnp.float32),
       jnp.sum(mask).astype(jnp.float32),
   ])
-  return total, stats
+  return total, stats, aux_sum
 
 
 def _batch_size(batch: PyTree) -> int:
@@ -158,7 +172,8 @@ def _batch_size(batch: PyTree) -> int:
 def clipped_noisy_gradient(per_example_loss: PerExampleLoss, params: PyTree, batch: PyTree,
                            rng: jax.Array, *, clip_norm, noise_multiplier, expected_batch_size,
                            example_mask: jax.Array | None = None,
-                           microbatch_size: int | None = None) -> tuple[PyTree, dict]:
+                           microbatch_size: int | None = None,
+                           has_aux: bool = False) -> tuple[PyTree, dict]:
   """DP-SGD gradient: (sum of clipped per-example gradients + noise) / expected_batch_size.
 
   Args:
@@ -176,11 +191,13 @@ def clipped_noisy_gradient(per_example_loss: PerExampleLoss, params: PyTree, bat
       time inside a `lax.scan` that accumulates the clipped sum, so at most one microbatch of
       per-example gradients is resident. B need not be a multiple: the last microbatch is
       padded and masked. The result equals the unbatched one up to float summation order.
+    has_aux: `per_example_loss` returns `(loss, aux)`, aux a pytree of per-example scalars;
+      their means over valid examples join the metrics (as diagnostics, like the norms).
 
   Returns:
     `(gradient, metrics)`: the gradient has the structure of `params`; metrics are
     `grad_norm_mean` (mean pre-clip norm over valid examples), `clipped_fraction` and
-    `valid_examples`. The metrics see raw norms and are NOT differentially private: log them
+    `valid_examples` (plus the aux means). The metrics see raw norms and are NOT differentially private: log them
     locally, never send them to the server.
   """
   check_clip_and_noise(clip_norm, noise_multiplier)
@@ -197,12 +214,13 @@ def clipped_noisy_gradient(per_example_loss: PerExampleLoss, params: PyTree, bat
   example_rngs = jax.vmap(lambda i: jax.random.fold_in(loss_rng, i))(jnp.arange(size))
 
   if microbatch_size is None or microbatch_size >= size:
-    total, stats = _clipped_sum(per_example_loss, params, batch, example_rngs, mask, clip_norm)
+    total, stats, aux_sum = _clipped_sum(per_example_loss, params, batch, example_rngs, mask,
+                                         clip_norm, has_aux)
   else:
     if microbatch_size < 1:
       raise ValueError(f'microbatch_size must be a positive integer, got {microbatch_size}.')
-    total, stats = _microbatched_clipped_sum(per_example_loss, params, batch, example_rngs,
-                                             mask, clip_norm, microbatch_size)
+    total, stats, aux_sum = _microbatched_clipped_sum(
+        per_example_loss, params, batch, example_rngs, mask, clip_norm, microbatch_size, has_aux)
 
   noise_std = gaussian_noise_std(clip_norm, noise_multiplier)
   noisy_total = add_gaussian_noise(total, noise_rng, noise_std)
@@ -212,11 +230,13 @@ def clipped_noisy_gradient(per_example_loss: PerExampleLoss, params: PyTree, bat
   metrics = {'grad_norm_mean': norm_sum / denominator,
              'clipped_fraction': clipped_count / denominator,
              'valid_examples': valid_count}
+  if aux_sum is not None:
+    metrics.update(jax.tree.map(lambda a: a / denominator, aux_sum))
   return gradient, metrics
 
 
 def _microbatched_clipped_sum(per_example_loss, params, batch, example_rngs, mask, clip_norm,
-                              microbatch_size):
+                              microbatch_size, has_aux):
   """`_clipped_sum` over chunks in a `lax.scan` carrying the running sum.
 
   A scan carrying the sum keeps one chunk's per-example gradients and one accumulator live.
@@ -240,13 +260,21 @@ def _microbatched_clipped_sum(per_example_loss, params, batch, example_rngs, mas
   chunked_mask = jnp.concatenate([mask, jnp.zeros((padding,), bool)]).reshape(
       chunks, microbatch_size)
 
-  def step(carry, chunk):
-    total, stats = carry
-    examples, rngs, chunk_mask = chunk
-    chunk_total, chunk_stats = _clipped_sum(per_example_loss, params, examples, rngs,
-                                            chunk_mask, clip_norm)
-    return (jax.tree.map(jnp.add, total, chunk_total), stats + chunk_stats), None
+  first = jax.tree.map(lambda x: x[0], (chunked_batch, chunked_rngs, chunked_mask))
+  # The aux sums' structure is only known by tracing one chunk (no FLOPs are run here).
+  aux_shape = jax.eval_shape(lambda c: _clipped_sum(per_example_loss, params, c[0], c[1], c[2],
+                                                    clip_norm, has_aux)[2], first)
 
-  init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((3,), jnp.float32))
-  (total, stats), _ = jax.lax.scan(step, init, (chunked_batch, chunked_rngs, chunked_mask))
-  return total, stats
+  def step(carry, chunk):
+    total, stats, aux_sum = carry
+    examples, rngs, chunk_mask = chunk
+    chunk_total, chunk_stats, chunk_aux = _clipped_sum(per_example_loss, params, examples, rngs,
+                                                       chunk_mask, clip_norm, has_aux)
+    aux_sum = None if aux_sum is None else jax.tree.map(jnp.add, aux_sum, chunk_aux)
+    return (jax.tree.map(jnp.add, total, chunk_total), stats + chunk_stats, aux_sum), None
+
+  init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((3,), jnp.float32),
+          jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shape))
+  (total, stats, aux_sum), _ = jax.lax.scan(step, init,
+                                            (chunked_batch, chunked_rngs, chunked_mask))
+  return total, stats, aux_sum
