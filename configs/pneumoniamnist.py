@@ -23,12 +23,15 @@ from configs.data import medmnist
 from configs.data import model_sizes
 
 TASK = 'pneumoniamnist'
+# The released size: larger ones only interpolate 28x28 pixels (see benchmarks/real_data.md).
+DEFAULT_IMAGE_SIZE = 28
 
 
 def get_config(arg: str | None = None):
-  options, image_size = model_sizes.parse_options(
-      arg, 'configs/pneumoniamnist.py', ('runlocal', 'centralized'), default_size=28)
+  options, image_size = model_sizes.parse_options(arg, 'configs/pneumoniamnist.py',
+                                                  ('runlocal', 'centralized'))
   runlocal = 'runlocal' in options
+  image_size = image_size or DEFAULT_IMAGE_SIZE
   config = common.get_common_config()
   config.data = medmnist.get_data_config(runlocal, task=TASK)
   config.data.image_size = image_size
