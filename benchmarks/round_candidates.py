@@ -1,0 +1,163 @@
+"""Candidate client-execution strategies, measured against the engine's before moving there.
+
+Each candidate keeps the round's math (the same `client.local_update` per client, the same
+example-weighted FedAvg and server update) and changes only how XLA is asked to run it:
+
+  * `loop_chunk<N>`: one jitted program runs N clients one after another (unrolled, no
+    vmap), accumulating their weighted deltas; a Python loop goes over chunks. Fewer
+    dispatches, and XLA may overlap independent clients' operations.
+  * `vmap_chunk<N>`: N clients vmapped in one program (per-client weights batched), chunks
+    in a Python loop, so memory grows with N, not with the participants.
+  * `*_matmul`: the same, with every 3x3 convolution computed as patches @ kernel
+    (`matmul_conv`): under vmap a per-client kernel becomes a batched matmul instead of a
+    grouped convolution, XLA CPU's slow path.
+
+Names: `loop_chunk4`, `vmap_chunk8_matmul`, `naive_matmul` (the naive loop with matmul
+convolutions), ... (see `make`).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedgan_jax.federated import algorithm
+from fedgan_jax.federated import client as client_lib
+
+_NAME = re.compile(r'^(loop|vmap)_chunk(\d+)(_matmul)?$')
+
+
+def matmul_conv(inputs, kernel, strides, padding):
+  """`lax.conv_general_dilated` (NHWC, HWIO) as one matmul over extracted patches.
+
+  Args:
+    inputs: `(B, H, W, C_in)`.
+    kernel: `(kh, kw, C_in, C_out)`.
+    strides: `(sh, sw)`.
+    padding: 'SAME', 'VALID' or explicit `[(lo, hi), (lo, hi)]`, as flax passes it.
+  """
+  kh, kw, c_in, c_out = kernel.shape
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(inputs.shape[1:3], (kh, kw), strides, padding)
+  padded = jnp.pad(inputs, [(0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)])
+  out_h = (padded.shape[1] - kh) // strides[0] + 1
+  out_w = (padded.shape[2] - kw) // strides[1] + 1
+  patches = [
+      jax.lax.slice(padded, (0, dy, dx, 0),
+                    (padded.shape[0], dy + (out_h - 1) * strides[0] + 1,
+                     dx + (out_w - 1) * strides[1] + 1, c_in),
+                    (1, strides[0], strides[1], 1))
+      for dy in range(kh) for dx in range(kw)]
+  patches = jnp.concatenate(patches, axis=-1)  # (B, out_h, out_w, kh * kw * C_in), (dy, dx, c).
+  return jnp.dot(patches, kernel.reshape(kh * kw * c_in, c_out))
+
+
+def _as_pair(value):
+  return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def _conv_interceptor(next_fun, args, kwargs, context):
+  """Routes plain 2-D `nn.Conv` calls to `matmul_conv`; anything else runs unchanged."""
+  module = context.module
+  if (context.method_name != '__call__' or type(module) is not nn.Conv or kwargs
+      or len(args) != 1 or args[0].ndim != 4 or module.feature_group_count != 1
+      or _as_pair(module.input_dilation or 1) != (1, 1)
+      or _as_pair(module.kernel_dilation or 1) != (1, 1)):
+    return next_fun(*args, **kwargs)
+  kernel = module.get_variable('params', 'kernel')
+  if kernel is None:  # Initialization: let flax create the parameters.
+    return next_fun(*args, **kwargs)
+  y = matmul_conv(args[0], kernel, _as_pair(module.strides or 1), module.padding)
+  if module.use_bias:
+    y = y + module.get_variable('params', 'bias')
+  return y
+
+
+def with_matmul_conv(function):
+  """`function` whose traced flax convolutions are `matmul_conv`s (trace-time context)."""
+  @functools.wraps(function)
+  def wrapped(*args, **kwargs):
+    with nn.intercept_methods(_conv_interceptor):
+      return function(*args, **kwargs)
+  return wrapped
+
+
+class ChunkedRound:
+  """Clients in jitted chunks of `chunk` (vmapped or unrolled); same round as the engine's."""
+
+  def __init__(self, task, server_optimizer, chunk: int, batched: bool, matmul: bool):
+    self._chunk = chunk
+    body = functools.partial(self._chunk_fn, task, batched)
+    self._run_chunk = jax.jit(with_matmul_conv(body) if matmul else body,
+                              donate_argnums=(1, 2))
+    self._finish = jax.jit(functools.partial(self._finish_fn, server_optimizer))
+    self._task = task
+    self._metric_shapes = None
+
+  @staticmethod
+  def _chunk_fn(task, batched, params, total, metric_sums, batches, weights, client_ids,
+                round_rng):
+    local = functools.partial(client_lib.local_update, task)
+    rngs = algorithm.client_rngs(round_rng, client_ids)
+    if batched:
+      deltas, metrics = jax.vmap(local, in_axes=(None, 0, 0))(params, batches, rngs)
+    else:
+      outputs = [local(params, jax.tree.map(lambda x, i=i: x[i], batches), rngs[i])
+                 for i in range(weights.shape[0])]
+      deltas = jax.tree.map(lambda *d: jnp.stack(d), *[o[0] for o in outputs])
+      metrics = jax.tree.map(lambda *m: jnp.stack(m), *[o[1] for o in outputs])
+    total = jax.tree.map(lambda t, d: t + jnp.tensordot(weights, d, axes=1), total, deltas)
+    metric_sums = jax.tree.map(lambda s, m: s + jnp.sum(weights * m), metric_sums, metrics)
+    return total, metric_sums
+
+  @staticmethod
+  def _finish_fn(server_optimizer, state, total, metric_sums, weights):
+    total_weight = jnp.sum(weights)
+    average = jax.tree.map(lambda t: t / total_weight, total)
+    metrics = jax.tree.map(lambda m: m / total_weight, metric_sums)
+    return algorithm.server_update(server_optimizer, state, average), metrics
+
+  def __call__(self, state, batches, weights, client_ids, round_rng):
+    weights = np.asarray(weights, np.float32)
+    client_ids = np.asarray(client_ids, np.int32)
+    total = jax.tree.map(jnp.zeros_like, state.params)
+    if self._metric_shapes is None:  # Traced once: tracing the model is not free.
+      one = jax.tree.map(lambda x: x[0], batches)
+      self._metric_shapes = jax.eval_shape(
+          functools.partial(client_lib.local_update, self._task), state.params, one,
+          round_rng)[1]
+    metric_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._metric_shapes)
+    for start in range(0, len(client_ids), self._chunk):
+      part = slice(start, start + self._chunk)
+      chunk_batches = {k: v[part] for k, v in batches.items()}
+      total, metric_sums = self._run_chunk(state.params, total, metric_sums, chunk_batches,
+                                           weights[part], client_ids[part], round_rng)
+    return self._finish(state, total, metric_sums, weights)
+
+
+class NaiveMatmulRound:
+  """The naive per-client loop, its local update traced with `matmul_conv`."""
+
+  def __new__(cls, task, server_optimizer):
+    from benchmarks import round_lib  # pylint: disable=g-import-not-at-top
+    naive = round_lib.NaiveRound(task, server_optimizer)
+    naive._local_update = jax.jit(  # pylint: disable=protected-access
+        with_matmul_conv(functools.partial(client_lib.local_update, task)))
+    return naive
+
+
+def make(name: str, task, server_optimizer):
+  """A candidate round function by name (see the module docstring)."""
+  if name == 'naive_matmul':
+    return NaiveMatmulRound(task, server_optimizer)
+  match = _NAME.match(name)
+  if not match:
+    raise ValueError(f'--strategies: unknown strategy {name!r}; expected naive, '
+                     f'{algorithm.STRATEGIES}, naive_matmul or (loop|vmap)_chunk<N>[_matmul].')
+  kind, chunk, matmul = match.groups()
+  return ChunkedRound(task, server_optimizer, int(chunk), kind == 'vmap', bool(matmul))
