@@ -1,6 +1,6 @@
 """Data loading speed: ChestX-ray14 CSV parse+map, PNG decode+resize, reads from the cache.
 
-  python benchmarks/data_speed.py --num_images=2000 --workers=2
+  python benchmarks/data_speed.py --num_images=2000 --workers=2 [--png_decoder=pil]
 
 Prints one JSON object. The PNGs are synthetic 1024x1024 8-bit chest-film-like
 images (smooth anatomy plus noise, ~0.5 MB each, like the NIH files); a few
@@ -38,6 +38,8 @@ _WORKERS = flags.DEFINE_integer('workers', 2, 'Decode processes.')
 _CHUNK = flags.DEFINE_integer('chunk_size', 64, 'Images per pool task.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repeats; the best is reported.')
 _BATCH = flags.DEFINE_integer('batch_size', 256, 'Random batch size for cache reads.')
+_PNG_DECODER = flags.DEFINE_enum('png_decoder', 'auto', image_io.PNG_DECODERS,
+                                 'auto: libspng when pyspng is installed, else PIL.')
 
 
 def _best_seconds(function, repeats):
@@ -83,6 +85,7 @@ def main(argv):
   del argv
   results = {'cpu_count': os.cpu_count(), 'workers': _WORKERS.value,
              'png_size': _PNG_SIZE.value, 'image_size': _IMAGE_SIZE.value,
+             'png_decoder': _PNG_DECODER.value, 'pyspng_installed': image_io.pyspng is not None,
              # Others may share the machine; their load slows the wall-clock rates.
              'load_average_1min_at_start': os.getloadavg()[0]}
   if os.path.exists(_CSV.value):
@@ -94,7 +97,8 @@ def main(argv):
     results['png_mean_bytes'] = int(np.mean([os.path.getsize(p) for p in paths[:50]]))
     names = [os.path.basename(p) for p in paths]
     kwargs = dict(prefix='bench', image_size=_IMAGE_SIZE.value, resample='bicubic',
-                  sixteen_bit='full_range', chunk_size=_CHUNK.value, on_bad_image='error')
+                  sixteen_bit='full_range', chunk_size=_CHUNK.value, on_bad_image='error',
+                  png_decoder=_PNG_DECODER.value)
     one = paths[:100]
     start, start_cpu = time.perf_counter(), time.process_time()
     image_io.cached_images(one, names[:100], cache_dir=folder / 'cache_one', workers=1,

@@ -311,3 +311,34 @@ def test_real_csv_parses_and_maps_to_conditions(cxr14_csv_path):
   assert mask[:, schema.slice('findings')].all() and mask[:, schema.slice('sex')].all()
   np.testing.assert_array_equal(values[0, schema.slice('findings')],
                                 np.eye(14)[cxr14.FINDINGS.index('Cardiomegaly')])
+
+
+@pytest.mark.parametrize('image_size', [16, 8])
+def test_spng_decoder_gives_pils_pixels_for_every_mode(flat, image_size):
+  pytest.importorskip('pyspng', reason='pyspng (the optional fast PNG decoder) is not installed')
+  for name in flat.pixels:
+    data = next(flat.root.glob(f'images/{name}')).read_bytes()
+    if name == flat.corrupt:
+      for decoder in ('pil', 'auto'):
+        with pytest.raises(Exception):
+          image_io.decode_grayscale(data, image_size, png_decoder=decoder)
+      continue
+    np.testing.assert_array_equal(image_io.decode_grayscale(data, image_size, png_decoder='auto'),
+                                  image_io.decode_grayscale(data, image_size, png_decoder='pil'))
+
+
+def test_spng_decoder_without_pyspng_names_the_package(monkeypatch):
+  monkeypatch.setattr(image_io, 'pyspng', None)
+  data = image_io.encode_png(np.full((4, 4), 7, np.uint8))
+  with pytest.raises(ValueError, match='pip install pyspng'):
+    image_io.decode_grayscale(data, 2, png_decoder='spng')
+  np.testing.assert_array_equal(image_io.decode_grayscale(data, 2, png_decoder='auto'),
+                                np.full((2, 2), 7))
+
+
+def test_unknown_png_decoder_is_an_error_before_decoding(flat):
+  out = np.zeros((1, 16, 16, 1), np.uint8)
+  with pytest.raises(ValueError, match='data.png_decoder'):
+    image_io.decode_into([str(next(flat.root.glob('images/*.png')))], out, image_size=16,
+                         resample='bicubic', sixteen_bit='full_range', workers=1, chunk_size=4,
+                         on_bad_image='skip', png_decoder='fast')

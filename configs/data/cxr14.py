@@ -80,6 +80,7 @@ def get_data_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   config.cache_dir = ''                 # '' = <root>/fedgan_cache.
   config.max_in_memory_bytes = 4 * 2**30   # Larger caches stay memory-mapped.
   config.decode_workers = 2
+  config.png_decoder = 'auto'           # auto (libspng when pyspng is installed) | pil | spng.
   config.decode_chunk_size = 256        # Images per pool task and per cache write.
   config.split = ml_collections.ConfigDict(dict(
       test_fraction=0.2))               # Patients held out when the split lists are absent.

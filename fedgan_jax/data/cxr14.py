@@ -191,7 +191,8 @@ def load_images(records: Mapping[str, np.ndarray], rows: np.ndarray, root: pathl
     root: the data set folder.
     paths: image name -> file, from `find_images(root)`.
     settings: has `image_size`, `resample`, `sixteen_bit`, `decode_workers`,
-      `decode_chunk_size` and `cache_dir` ('' = `<root>/fedgan_cache`).
+      `decode_chunk_size`, `cache_dir` ('' = `<root>/fedgan_cache`) and optionally
+      `png_decoder`.
     on_bad_image: 'skip' (count, warn and leave out) or 'error' (raise naming the file).
     max_in_memory_bytes: above it, `info['streaming']` is set.
 
@@ -213,7 +214,7 @@ def load_images(records: Mapping[str, np.ndarray], rows: np.ndarray, root: pathl
       image_size=settings.image_size, resample=settings.resample,
       sixteen_bit=settings.sixteen_bit, workers=settings.decode_workers,
       chunk_size=settings.decode_chunk_size, on_bad_image=on_bad_image,
-      max_in_memory_bytes=max_in_memory_bytes)
+      max_in_memory_bytes=max_in_memory_bytes, png_decoder=settings.get('png_decoder', 'auto'))
   info.update(missing_images=len(missing), bad_images=len(bad),
               bad_image_files=[str(names[i]) for i in sorted(bad)][:20])
   if len(missing) or bad:
