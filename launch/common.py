@@ -232,7 +232,7 @@ def normalize_overrides(values: Sequence[str]) -> list[str]:
       value = '--config.' + value
     if not _OVERRIDE_PATTERN.match(value):
       raise ValueError(f'--overrides: expected --config.<field>=<value> (e.g. '
-                       f'--overrides=--config.federated.rounds=100), got {given!r}.')
+                       f'--overrides=--config.fl.num_rounds=100), got {given!r}.')
     overrides.append(value)
   return overrides
 

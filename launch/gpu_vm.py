@@ -1,7 +1,7 @@
 """Runs fedgan_jax on Compute Engine GPU VMs (one VM, or --num-hosts VMs as one JAX job).
 
     python -m launch.gpu_vm all --name=fedgan-h100 --zone=us-central1-a --gpu-count=8 \
-        --config=configs/phantom.py --dry-run -- --config.federated.rounds=100
+        --config=configs/phantom.py --dry-run -- --config.fl.num_rounds=100
 
 Subcommands: create (`gcloud compute instances create` from a Deep Learning VM image, with
 `--accelerator=type=...,count=N` and `--maintenance-policy=TERMINATE`, which GPU VMs require),

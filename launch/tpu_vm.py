@@ -2,7 +2,7 @@
 
     python -m launch.tpu_vm all --name=fedgan-v4 --zone=us-central2-b \
         --accelerator-type=v4-8 --config=configs/phantom.py --dry-run \
-        -- --config.federated.rounds=100
+        -- --config.fl.num_rounds=100
 
 Subcommands: create, setup (copy or clone the code, make a Python 3.11 venv, `pip install -e .`
 and `pip install "jax[tpu]"` on every worker), run (`fedgan_jax.main` on every worker, with
