@@ -197,8 +197,8 @@ def clipped_noisy_gradient(per_example_loss: PerExampleLoss, params: PyTree, bat
   Returns:
     `(gradient, metrics)`: the gradient has the structure of `params`; metrics are
     `grad_norm_mean` (mean pre-clip norm over valid examples), `clipped_fraction` and
-    `valid_examples` (plus the aux means). The metrics see raw norms and are NOT differentially private: log them
-    locally, never send them to the server.
+    `valid_examples` (plus the aux means). The metrics see raw norms and are NOT
+    differentially private: log them locally, never send them to the server.
   """
   check_clip_and_noise(clip_norm, noise_multiplier)
   if _is_number(expected_batch_size) and not expected_batch_size > 0:

@@ -1,0 +1,210 @@
+"""DP wired into the engine: DP-SGD rounds, budget stop, DP-FedAvg rounds, G's data flow.
+
+Client-level rounds run on a stand-in local update (a client adds its data to the params),
+so both execution strategies are checked against hand-computed numbers in milliseconds;
+example-level DP runs the real runlocal GAN.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import phantom_dp
+from fedgan_jax import checkpointing
+from fedgan_jax import evaluation
+from fedgan_jax import train
+from fedgan_jax.data import registry
+from fedgan_jax.federated import algorithm
+from fedgan_jax.federated import client as client_lib
+from fedgan_jax.federated import sampling
+from fedgan_jax.federated import task as task_lib
+from fedgan_jax.privacy import audit as audit_lib
+from fedgan_jax.privacy import client_dp
+from fedgan_jax.privacy import engine
+
+
+@pytest.fixture(scope='module')
+def dp_config():
+  config = phantom_dp.get_config('runlocal')
+  config.fl.strategy = 'sequential'
+  config.train.sample_every_rounds = 1000  # No sample grids: not what is tested here.
+  # Fewer layers than runlocal: compiling the per-example step is most of these tests' time.
+  config.model.generator.update(encoder_channels=(8,), decoder_channels=(4,), embedding_dim=8,
+                                z_dim=4)
+  config.model.discriminator.channels = (4,)
+  return config
+
+
+@pytest.fixture(scope='module')
+def dp_federation(dp_config):
+  return audit_lib.hold_out(registry.load_federation(dp_config), dp_config)
+
+
+def test_example_dp_run_logs_epsilon_and_stops_cleanly_at_the_budget(dp_config, dp_federation,
+                                                                      tmp_path):
+  config = dp_config.copy_and_resolve_references()
+  config.fl.num_rounds = 5
+  config.dp.target_epsilon = None
+  config.dp.noise_multiplier = 1.0
+  probe = engine.PrivacyPlan.from_config(config, dp_federation.client_sizes)
+  # A budget between the spend of 2 and 3 rounds: round 3 must not run.
+  config.dp.max_epsilon = (probe.epsilon(2) + probe.epsilon(3)) / 2
+  plan = engine.PrivacyPlan.from_config(config, dp_federation.client_sizes)
+  task = task_lib.build_task(config, dp_federation.schema, dp_federation.image_shape,
+                             plan.discriminator_gradient())
+  state = train.train_gan(config, str(tmp_path), dp_federation, task, plan)
+
+  assert int(state.round) == 2
+  rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['round'] for r in rows] == [1, 2]
+  assert [r['epsilon'] for r in rows] == pytest.approx([probe.epsilon(1), probe.epsilon(2)])
+  assert 0 < rows[0]['epsilon'] < rows[1]['epsilon'] < config.dp.max_epsilon
+  # DP-SGD's own diagnostics reach the log; a batch is 8 examples (runlocal).
+  assert rows[0]['valid_examples'] == 8 and 0 <= rows[0]['clipped_fraction'] <= 1
+  manager = checkpointing.manager(str(tmp_path), 3)
+  assert manager.latest_step() == 2
+  meta = checkpointing.restore_meta(manager, 2)
+  manager.close()
+  privacy = meta['privacy']
+  assert privacy['mode'] == 'example' and privacy['rounds'] == 2
+  assert privacy['epsilon'] == pytest.approx(probe.epsilon(2))
+  assert privacy['delta'] == 1e-5 and privacy['noise_multiplier'] == 1.0
+  assert evaluation.privacy_report(meta)['epsilon'] == privacy['epsilon']
+
+
+def test_example_dp_requires_minibatch_std_off(dp_config, dp_federation):
+  config = dp_config.copy_and_resolve_references()
+  config.model.discriminator.minibatch_std_group = 4
+  with pytest.raises(ValueError, match='minibatch_std_group=0'):
+    task_lib.build_task(config, dp_federation.schema, dp_federation.image_shape,
+                        client_sizes=dp_federation.client_sizes)
+  with pytest.raises(ValueError, match='client_sizes'):
+    task_lib.build_task(dp_config, dp_federation.schema, dp_federation.image_shape)
+
+
+def test_generator_update_depends_on_conditions_and_noise_not_images(dp_config, dp_federation):
+  config = dp_config.copy_and_resolve_references()
+  # D frozen (lr 0), so G's step sees identical D params whatever the images were.
+  config.fl.client_optimizer.d_learning_rate = 0.0
+  task = task_lib.build_task(config, dp_federation.schema, dp_federation.image_shape,
+                             client_sizes=dp_federation.client_sizes)
+  params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
+                                  tuple(dp_federation.image_shape),
+                                  dp_federation.schema.model_dim)
+  batches = sampling.client_batches(dp_federation.clients[0], 0, 0, 0, 1, 8)
+  batch = jax.tree.map(lambda x: x[0], batches)
+  other = dict(batch, image=np.asarray(dp_federation.clients[1].images[:8]))
+  step = jax.jit(lambda b: client_lib.client_step(task, client_lib.client_init(task, params), b,
+                                                  jax.random.key(1)))
+  state_a, metrics_a = step(batch)
+  state_b, metrics_b = step(other)
+  # D did see the images (its loss differs), G's new params did not.
+  assert abs(float(metrics_a['d_real']) - float(metrics_b['d_real'])) > 1e-4
+  for a, b in zip(jax.tree.leaves(state_a.params['generator']),
+                  jax.tree.leaves(state_b.params['generator'])):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(state_a.params['generator']), jax.tree.leaves(params['generator'])))
+
+
+# ------------------------------------------------ client level, on a stand-in local update
+
+
+@pytest.fixture
+def stand_in_clients(monkeypatch):
+  """Client k's local update adds the sum of its batches' `x` to the params."""
+
+  def local_update(task, params, batches, rng):
+    del task, rng
+    delta = {'w': jnp.sum(batches['x'], axis=0)}
+    return delta, {'loss': jnp.mean(jnp.sum(batches['x'], axis=1))}  # Mean over steps.
+
+  def client_step(task, state, batch, rng):
+    del task, rng
+    return {'w': state['w'] + batch['x']}, {'loss': jnp.sum(batch['x'])}
+
+  monkeypatch.setattr(client_lib, 'local_update', local_update)
+  monkeypatch.setattr(client_lib, 'client_init', lambda task, params: params)
+  monkeypatch.setattr(client_lib, 'client_step', client_step)
+  monkeypatch.setattr(client_lib, 'client_final',
+                      lambda state, server: jax.tree.map(jnp.subtract, state, server))
+
+
+def _stand_in_round(strategy, privacy, state, round_rng=None):
+  # Slot 0: norm 4 (clipped to 1); slot 1: norm 0.5 (kept); slot 2: padding (weight 0).
+  x = np.zeros((3, 2, 3), np.float32)
+  x[0, :, 0] = 2.0
+  x[1, 0, 1] = 0.5
+  x[2, :, :] = 100.0
+  batches = {'x': x, 'condition': np.zeros((3, 2, 1), np.float32)}
+  weights = np.array([10.0, 1.0, 0.0], np.float32)
+  round_fn = algorithm.make_round_fn(None, optax.sgd(1.0), strategy,
+                                     algorithm.client_mesh(jax.devices()[:1]), privacy)
+  return round_fn(state, batches, weights, np.array([0, 1, 0], np.int32),
+                  jax.random.key(0) if round_rng is None else round_rng)
+
+
+@pytest.mark.parametrize('strategy', ['vmap', 'sequential'])
+def test_client_dp_clips_each_client_and_divides_by_expected_clients(stand_in_clients, strategy):
+  privacy = algorithm.ClientPrivacy(clip_norm=1.0, noise_multiplier=0.0, expected_clients=3)
+  state = algorithm.server_init({'w': jnp.zeros(3)}, optax.sgd(1.0), privacy)
+  state, metrics = _stand_in_round(strategy, privacy, state)
+  # Uniform weights (not 10:1), padding dropped, / 3 expected clients: ([1,0,0] + [0,.5,0]) / 3.
+  np.testing.assert_allclose(state.params['w'], [1 / 3, 0.5 / 3, 0.0], rtol=1e-6)
+  # Per-client step means (2 and 0.25), averaged uniformly over the two real clients.
+  assert float(metrics['loss']) == pytest.approx((2.0 + 0.25) / 2)
+
+
+def test_client_dp_strategies_draw_the_same_noise_and_adapt_the_same_clip(stand_in_clients):
+  privacy = algorithm.ClientPrivacy(clip_norm=1.0, noise_multiplier=0.7, expected_clients=3,
+                                    adaptive=True, target_quantile=0.8, learning_rate=0.2,
+                                    count_noise_multiplier=0.0)
+  results = {}
+  for strategy in ('vmap', 'sequential'):
+    state = algorithm.server_init({'w': jnp.zeros(3)}, optax.sgd(1.0), privacy)
+    results[strategy], _ = _stand_in_round(strategy, privacy, state)
+  np.testing.assert_allclose(results['vmap'].params['w'], results['sequential'].params['w'],
+                             rtol=1e-6, atol=1e-7)
+  noise = np.asarray(results['vmap'].params['w']) - np.array([1 / 3, 0.5 / 3, 0.0])
+  assert np.all(np.abs(noise) > 1e-4)  # Noise was added ...
+  # ... with the key fold_in(round_rng, SERVER_NOISE_STREAM): std 0.7 * 1 on the sum, / 3.
+  update_rng, _ = algorithm.server_noise_rngs(jax.random.key(0))
+  expected = client_dp.noisy_sum({'w': jnp.zeros(3)}, update_rng, 1.0, 0.7)['w'] / 3
+  np.testing.assert_allclose(noise, expected, rtol=1e-5, atol=1e-6)
+  # Norms 4 > C and 0.5 <= C: b = ((0 - .5) + (1 - .5)) / 3 + .5 = .5; C = exp(-.2 (.5 - .8)).
+  for state in results.values():
+    assert float(state.privacy.clip_norm) == pytest.approx(np.exp(0.06), rel=1e-6)
+
+
+def test_adaptive_clip_norm_is_checkpointed_and_restored(tmp_path):
+  privacy = algorithm.ClientPrivacy(clip_norm=1.0, noise_multiplier=0.0, expected_clients=3,
+                                    adaptive=True)
+  state = algorithm.server_init({'w': jnp.zeros(3)}, optax.sgd(1.0), privacy)
+  state = state.replace(privacy=client_dp.AdaptiveClipState.create(0.25))
+  config = phantom_dp.get_config('runlocal')
+  manager = checkpointing.manager(str(tmp_path), 2)
+  checkpointing.save(manager, 1, state, config, {'privacy': {'mode': 'client'}})
+  manager.wait_until_finished()
+  template = algorithm.server_init({'w': jnp.zeros(3)}, optax.sgd(1.0), privacy)
+  restored, meta = checkpointing.restore_server_state(manager, 1, template, config)
+  manager.close()
+  assert float(restored.privacy.clip_norm) == 0.25 and meta['privacy']['mode'] == 'client'
+
+
+def test_client_plan_uses_expected_clients_and_split_noise():
+  config = phantom_dp.get_config('runlocal,client,adaptive')
+  config.dp.target_epsilon = None
+  config.dp.noise_multiplier = 2.0
+  plan = engine.PrivacyPlan.from_config(config, [80, 48, 64])
+  privacy = plan.client_privacy()
+  assert privacy.expected_clients == 3 and privacy.adaptive
+  # 1/z_total^2 = 1/z_update^2 + 1/z_count^2 with z_total 2, z_count 10.
+  assert privacy.noise_multiplier == pytest.approx((2.0 ** -2 - 10.0 ** -2) ** -0.5)
+  assert plan.discriminator_gradient() is None
+  config.dp.adaptive_clip.count_noise_multiplier = None
+  with pytest.raises(ValueError, match='count_noise_multiplier'):
+    engine.PrivacyPlan.from_config(config, [80, 48, 64])
