@@ -134,7 +134,8 @@ def main(argv):
   reference = by_population.get(_CLIENTS_PER_ROUND.value)
   if reference:
     for row in results:
-      row['round_s_over_population_equal_to_participants'] = round(row['round_s'] / reference['round_s'], 3)
+      row['round_s_over_population_equal_to_participants'] = round(
+          row['round_s'] / reference['round_s'], 3)
   machine = round_lib.machine_info()
   machine['load_average_before'] = load_before
   report = {'results': results, 'device': machine['device_kind'], 'machine': machine,
