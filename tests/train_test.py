@@ -1,0 +1,117 @@
+"""End to end through the real entry point (`python -m fedgan_jax.main`), tiny config.
+
+Covers: the whole pipeline's outputs, resume after SIGKILL ending with the same
+params as an uninterrupted run, and a diverging run stopping with a clear message
+while keeping the last good checkpoint.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT
+
+
+def main_command(workdir, cache_dir, *overrides):
+  return [sys.executable, '-m', 'fedgan_jax.main', '--config=configs/phantom.py:runlocal',
+          f'--workdir={workdir}', f'--compilation_cache={cache_dir}', *overrides]
+
+
+def run_main(workdir, cache_dir, *overrides, check=True):
+  return subprocess.run(main_command(workdir, cache_dir, *overrides), cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=900, check=check,
+                        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+
+
+def final_params(workdir, runlocal_config, runlocal_task, runlocal_federation):
+  from fedgan_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from fedgan_jax.federated import client as client_lib  # pylint: disable=g-import-not-at-top
+  template = client_lib.init_params(runlocal_task, jax.random.key(0, impl='rbg'),
+                                    tuple(runlocal_federation.image_shape),
+                                    runlocal_federation.schema.model_dim)
+  params, _, step = checkpointing.restore_params(str(workdir), runlocal_config, template)
+  return step, np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
+
+
+RESUME_OVERRIDES = ('--config.fl.num_rounds=12', '--config.checkpoint.every_rounds=4')
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, compilation_cache_dir):
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  run_main(workdir, compilation_cache_dir, *RESUME_OVERRIDES)
+  return workdir
+
+
+def test_pipeline_writes_every_output(uninterrupted):
+  results = json.loads((uninterrupted / 'results.json').read_text())
+  for key in ('auc', 'threshold', 'threshold_percentile', 'sensitivity', 'specificity'):
+    assert np.isfinite(results['anomaly'][key]), key
+  assert 0.0 <= results['anomaly']['auc'] <= 1.0
+  assert {'age_pearson_r', 'sex_auc'} <= set(results['conditioning'])
+  assert results['rounds'] == 12 and results['wall_time_s'] > 0
+  assert results['config']['fl']['num_rounds'] == 12
+  rows = [json.loads(line) for line in (uninterrupted / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['round'] for r in rows] == list(range(1, 13))
+  assert all(np.isfinite(r['d_loss']) and r['examples_per_s'] > 0 for r in rows)
+  assert (uninterrupted / 'roc.png').stat().st_size > 0
+  assert (uninterrupted / 'samples' / 'round_000012.png').exists()
+  clients = json.loads((uninterrupted / 'clients.json').read_text())
+  assert len(clients) == 3 and all(c['examples'] > 0 for c in clients)
+
+
+def test_sigkill_and_restart_ends_with_the_same_params(uninterrupted, tmp_path,
+                                                       compilation_cache_dir, runlocal_config,
+                                                       runlocal_task, runlocal_federation):
+  log = tmp_path / 'killed_run.log'
+  with open(log, 'w') as log_file:
+    process = subprocess.Popen(main_command(tmp_path, compilation_cache_dir, *RESUME_OVERRIDES),
+                               cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT,
+                               env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+  checkpoint = tmp_path / 'checkpoints' / '4'
+  deadline = time.time() + 600
+  while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  assert process.wait() == -signal.SIGKILL, (
+      'the run ended before it could be killed:\n' + log.read_text()[-3000:])
+  assert not (tmp_path / 'results.json').exists()
+
+  run_main(tmp_path, compilation_cache_dir, *RESUME_OVERRIDES)
+  step_a, resumed = final_params(tmp_path, runlocal_config, runlocal_task, runlocal_federation)
+  step_b, reference = final_params(uninterrupted, runlocal_config, runlocal_task,
+                                   runlocal_federation)
+  assert step_a == step_b == 12
+  np.testing.assert_array_equal(resumed, reference)
+  rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['round'] for r in rows] == list(range(1, 13))
+
+
+def test_divergence_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
+    uninterrupted, tmp_path, compilation_cache_dir):
+  # Continue a copy of the finished 12-round run: round 13's losses exceed the bound.
+  workdir = tmp_path / 'run'
+  shutil.copytree(uninterrupted, workdir)
+  before = sorted(os.listdir(workdir / 'checkpoints'))
+  result = run_main(workdir, compilation_cache_dir, '--config.fl.num_rounds=16',
+                    '--config.checkpoint.every_rounds=1', '--config.train.max_abs_loss=1e-9',
+                    check=False)
+  assert result.returncode != 0
+  assert 'round 13' in result.stderr and 'last good checkpoint is kept' in result.stderr
+  assert sorted(os.listdir(workdir / 'checkpoints')) == before
+  assert '12' in before
+  assert json.loads((workdir / 'results.json').read_text())['rounds'] == 12
+
+
+def test_config_typo_is_rejected_by_the_binary(tmp_path, compilation_cache_dir):
+  result = run_main(tmp_path, compilation_cache_dir, '--config.fl.num_roundz=3', check=False)
+  assert result.returncode != 0
+  assert 'num_roundz' in result.stderr
