@@ -4,9 +4,10 @@
 
 For each client count, builds that many small phantom hospitals (configs/phantom.py model,
 batch size and local steps; every client takes part), runs `warmup` untimed rounds and
-reports the median of `rounds` timed ones per strategy: `naive` (a Python loop of jitted
-`client.local_update`, see round_lib.NaiveRound), the engine's `vmap` and `sequential`, and
-any candidate of benchmarks/round_candidates.py. All strategies start from the same state
+reports the median of `rounds` timed ones per strategy (interleaved, so changes in load hit
+all alike): `naive` (a Python loop of jitted `client.local_update`, see
+round_lib.NaiveRound), the engine's `vmap` and `sequential`, and any candidate of
+benchmarks/round_candidates.py. All strategies start from the same state
 and see the same inputs, so their final params must agree (`max_abs_diff_vs_naive`).
 
 JSON: `{"results": [{"strategy", "clients", "round_s", "speedup_vs_naive", ...}], "device",
@@ -50,10 +51,9 @@ def run(client_counts, strategies, rounds, warmup, examples_per_client, config_a
     if batch_size:
       config.fl.batch_size = batch_size
     setup = round_lib.Setup(config)
-    states = {}
-    for strategy in strategies:
-      timing = round_lib.time_rounds(strategy, setup, clients, rounds, warmup)
-      states[strategy] = timing.pop('state')
+    timed = round_lib.time_strategies(strategies, setup, clients, rounds, warmup)
+    states = {strategy: state for strategy, (_, state) in timed.items()}
+    for strategy, (timing, _) in timed.items():
       results.append(dict(strategy=strategy, clients=clients, **timing))
       print(json.dumps({k: v for k, v in results[-1].items() if k != 'metrics'}), flush=True)
     for row in results:

@@ -176,28 +176,56 @@ def block(tree):
   return jax.block_until_ready(tree)
 
 
-def time_rounds(strategy: str, setup: Setup, clients_per_round: int, rounds: int,
-                warmup: int = 1) -> dict[str, Any]:
-  """Median wall time of `rounds` rounds after `warmup` untimed ones (compilation).
+class TimedRound:
+  """One strategy's round function, state and per-round wall times over shared inputs."""
 
-  Inputs are sampled before the clock starts (as in train.py, which times `round_fn` alone);
-  host-to-device transfer of the batches is part of the round.
+  def __init__(self, strategy: str, setup: Setup):
+    self.strategy = strategy
+    self._setup = setup
+    self._round_fn = make_round(setup, strategy)
+    self.state = place_state(strategy, setup.state)
+    self.metrics = None
+    self.times: list[float] = []
+
+  def run(self, round_index: int, inputs) -> float:
+    started = time.perf_counter()
+    self.state, self.metrics = block(self._round_fn(self.state, *inputs,
+                                                    self._setup.rng(round_index)))
+    return time.perf_counter() - started
+
+  def summary(self, warmup_s: float) -> dict[str, Any]:
+    return {'round_s': statistics.median(self.times),
+            'round_times_s': [round(t, 4) for t in self.times],
+            'first_round_s': round(warmup_s, 3),
+            'metrics': {k: float(v) for k, v in jax.device_get(self.metrics).items()}}
+
+
+def time_strategies(strategies, setup: Setup, clients_per_round: int, rounds: int,
+                    warmup: int = 1) -> dict[str, tuple[dict[str, Any], Any]]:
+  """Median wall time of `rounds` rounds after `warmup` untimed ones (compilation), per strategy.
+
+  Timed rounds are interleaved (round r of every strategy, then round r + 1), so a change in
+  the machine's load hits all strategies alike. Inputs are sampled before the clock starts
+  (as in train.py, which times `round_fn` alone); host-to-device transfer of the batches is
+  part of the round. Returns `{strategy: (summary, final state)}`.
   """
   inputs = [setup.round_inputs(r, clients_per_round) for r in range(warmup + rounds)]
-  round_fn = make_round(setup, strategy)
-  state = place_state(strategy, setup.state)
-  started = time.perf_counter()
-  for r in range(warmup):
-    state, metrics = block(round_fn(state, *inputs[r], setup.rng(r)))
-  warmup_s = time.perf_counter() - started
-  times = []
+  timed, warmup_s = [], {}
+  for strategy in strategies:
+    timed.append(TimedRound(strategy, setup))
+    warmup_s[strategy] = sum(timed[-1].run(r, inputs[r]) for r in range(warmup))
   for r in range(warmup, warmup + rounds):
-    started = time.perf_counter()
-    state, metrics = block(round_fn(state, *inputs[r], setup.rng(r)))
-    times.append(time.perf_counter() - started)
-  return {'round_s': statistics.median(times), 'round_times_s': [round(t, 4) for t in times],
-          'first_round_s': round(warmup_s, 3), 'state': state,
-          'metrics': {k: float(v) for k, v in jax.device_get(metrics).items()}}
+    for t in timed:
+      t.times.append(t.run(r, inputs[r]))
+  return {t.strategy: (t.summary(warmup_s[t.strategy]), t.state) for t in timed}
+
+
+def time_rounds(strategy: str, setup: Setup, clients_per_round: int, rounds: int,
+                warmup: int = 1) -> dict[str, Any]:
+  """`time_strategies` of one strategy; the summary has the final `state` too."""
+  summary, state = time_strategies([strategy], setup, clients_per_round, rounds, warmup)[
+      strategy]
+  return dict(summary, state=state)
 
 
 def max_abs_difference(tree_a, tree_b) -> float:
