@@ -188,6 +188,10 @@ def vmap_round(task, server_optimizer, state: ServerState, batches, weights, cli
   deltas, metrics = jax.vmap(local, in_axes=(None, 0, 0))(
       state.params, batches, client_rngs(round_rng, client_ids))
   check_client_message(deltas, state.params, client_axis=True)
+  # Padding slots from `sampling.round_inputs` re-run client 0 on a copy of its batches; with
+  # weight 0 (FedAvg) or masked out (DP-FedAvg) their deltas reach nothing, so they neither
+  # release anything nor spend privacy budget (the accountant counts each real hospital once
+  # per round).
   if client_privacy is None:
     state = server_update(server_optimizer, state, fedavg_aggregate(deltas, weights))
     return state, weighted_metrics(metrics, weights)
