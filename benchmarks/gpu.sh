@@ -42,8 +42,8 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 cat "$OUTPUT_DIR/devices.txt"
 
 if [ "$SIZE" = tiny ]; then
-  ROUND_ARGS=(--clients=2,3 --rounds=1 --config_arg=runlocal --examples_per_client=8
-              --strategies=naive,vmap,sequential,vmap_chunk2)
+  ROUND_ARGS=(--clients=2 --rounds=1 --config_arg=runlocal --examples_per_client=8
+              --strategies=naive,vmap,vmap_chunk2)
   SCALING_ARGS=(--populations=2,6 --clients_per_round=2 --participants=4 --rounds=1
                 --config_arg=runlocal --examples_per_client=8)
   ROUND_LIMIT=400; SCALING_LIMIT=300
