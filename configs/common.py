@@ -36,7 +36,9 @@ def get_common_config() -> ml_collections.ConfigDict:
   config.fl.strategy = 'auto'       # 'vmap' | 'sequential' | 'auto' (fastest per backend).
   config.fl.centralized = False     # True: one client holding all data (the baseline).
   config.fl.client_optimizer = ml_collections.ConfigDict(dict(
-      name='adam', d_learning_rate=2e-4, g_learning_rate=2e-4, momentum=0.9, nesterov=False,
+      # 6e-4 rather than DCGAN's 2e-4: a few hundred rounds of 2 local steps is a short GAN run
+      # (150 rounds, phantom: age r 0.44 -> 0.61, sex AUC 0.96 -> 1.00; BENCHMARKS.md).
+      name='adam', d_learning_rate=6e-4, g_learning_rate=6e-4, momentum=0.9, nesterov=False,
       b1=0.5, b2=0.999, eps=1e-8, alpha=1.0, beta=1.0))
   config.fl.server_optimizer = ml_collections.ConfigDict(dict(
       name='sgd', learning_rate=1.0, momentum=0.0, nesterov=False,
