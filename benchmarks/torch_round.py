@@ -253,7 +253,7 @@ def parse_args(argv):
   parser.add_argument('--image_size', type=int, default=64)
   parser.add_argument('--batch_size', type=int, default=16)
   parser.add_argument('--local_steps', type=int, default=2)
-  parser.add_argument('--learning_rate', type=float, default=2e-4)
+  parser.add_argument('--learning_rate', type=float, default=6e-4)
   parser.add_argument('--seed_size', type=int, default=8)
   parser.add_argument('--encoder_channels', type=ints, default=(64, 128))
   parser.add_argument('--decoder_channels', type=ints, default=(32, 16))
