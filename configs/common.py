@@ -26,7 +26,10 @@ def get_common_config() -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict(dict(
       gan='non_saturating',    # or 'hinge'.
       cond_weight=1.0,         # lambda in L = L_GAN + lambda * L_cond.
-      attribute_weight=1.0))   # weight of the attribute head's loss on real images in D's loss.
+      attribute_weight=1.0,    # weight of the attribute head's loss on real images in D's loss.
+      # L_cond also matches 1 - p against 1 - v for every 0/1 attribute; required when the
+      # condition is a single label (PneumoniaMNIST), where the plain cosine is always 1.
+      cond_complement_binary=False))
 
   config.fl = ml_collections.ConfigDict()
   config.fl.num_rounds = 300
@@ -63,7 +66,9 @@ def get_common_config() -> ml_collections.ConfigDict:
       # Gaussian of score_blur_sigma pixels (localized findings); 'mse': the image mean.
       score='local', score_blur_sigma=2.0, score_percentile=99.0,
       generate_batch_size=256))
-  config.conditioning = ml_collections.ConfigDict(dict(num_generated=1000))
+  # Attributes read back from generated images (record names; () turns the report off).
+  config.conditioning = ml_collections.ConfigDict(dict(
+      num_generated=1000, continuous=('age',), binary=('sex',)))
 
   # Differential privacy (fedgan_jax/privacy/; README "Privacy"). 'example': DP-SGD on D at each
   # hospital; 'client': DP-FedAvg on whole hospital updates. Unset numbers are None.

@@ -40,6 +40,8 @@ def get_config(arg: str | None = None):
   model_sizes.model_for_image_size(config, image_size)
   # One row of samples per label: normal, then pneumonia (index 0 of the findings).
   config.train.profiles = [dict(), dict(findings=[0])]
+  # One 0/1 label: the plain cosine L_cond would be identically 0 (see losses).
+  config.loss.cond_complement_binary = True
   # No age or sex to read back from generated images.
   config.conditioning.update(continuous=(), binary=())
   # A narrower bottleneck: trained on the real normal training images, the dense AE scores the

@@ -46,14 +46,22 @@ def attribute_loss(raw, values, mask, continuous_columns):
   return jnp.sum(per_entry, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
 
 
-def cosine_condition_loss(predicted, values, mask, eps: float = 1e-8):
+def cosine_condition_loss(predicted, values, mask, binary_columns=None, eps: float = 1e-8):
   """Per-example `1 - cos(predicted * mask, values * mask)`, shape `(B,)`.
 
+  With `binary_columns` (bool `(C,)`), each present 0/1 column also contributes its
+  complement (`1 - p` against `1 - v`). Without it a lone binary attribute has no
+  direction to match (the cosine of two positive scalars is 1), so a one-label schema
+  such as PneumoniaMNIST's would give `L_cond = 0` whatever G draws.
   A record with nothing present (or an all-zero present part) has no direction to
   match; it contributes 0 rather than NaN.
   """
   p = predicted * mask
   v = values * mask
+  if binary_columns is not None:
+    complement = mask * binary_columns
+    p = jnp.concatenate([p, (1.0 - predicted) * complement], axis=-1)
+    v = jnp.concatenate([v, (1.0 - values) * complement], axis=-1)
   dot = jnp.sum(p * v, axis=-1)
   norms = jnp.linalg.norm(p, axis=-1) * jnp.linalg.norm(v, axis=-1)
   defined = norms > eps

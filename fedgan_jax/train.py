@@ -189,8 +189,7 @@ def evaluate_generator(config, workdir: str, federation: dataset_lib.FederatedDa
 def conditioning_fidelity(config, federation, task, g_params) -> dict:
   """Attributes read back from generated images by a model fitted on real training images."""
   wanted = config.conditioning
-  continuous = tuple(wanted.get('continuous', ('age',)))
-  binary = tuple(wanted.get('binary', ('sex',)))
+  continuous, binary = tuple(wanted.continuous), tuple(wanted.binary)
   if not continuous and not binary:
     return {}
   pooled = federation.pooled()

@@ -87,3 +87,29 @@ def test_unknown_anomaly_score_is_rejected():
   from fedgan_jax.evaluators import anomaly  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match='anomaly.score'):
     anomaly.score_config(ml_collections.ConfigDict(dict(score='maximum')))
+
+
+def test_cosine_condition_loss_with_complements_sees_a_lone_binary_label():
+  predicted, values, mask = np.array([[0.3]]), np.array([[0.0]]), np.ones((1, 1))
+  # Without complements: v = 0 has no direction (loss 0), whatever p is.
+  assert float(losses.cosine_condition_loss(predicted, values, mask)[0]) == 0.0
+  # With them: cos((0.3, 0.7), (0, 1)) = 0.7 / sqrt(0.3^2 + 0.7^2).
+  loss = losses.cosine_condition_loss(predicted, values, mask, np.array([True]))
+  np.testing.assert_allclose(loss, [1.0 - 0.7 / np.sqrt(0.58)], rtol=1e-6)
+  # Continuous columns get no complement: only the binary one's is appended.
+  loss = losses.cosine_condition_loss(np.array([[2.0, 0.3]]), np.array([[1.0, 0.0]]),
+                                      np.ones((1, 2)), np.array([False, True]))
+  np.testing.assert_allclose(loss, [1.0 - 2.7 / (np.sqrt(4.0 + 0.09 + 0.49) * np.sqrt(2.0))],
+                             rtol=1e-5)
+
+
+def test_a_one_label_condition_needs_the_complement_or_is_refused():
+  from configs import pneumoniamnist  # pylint: disable=g-import-not-at-top
+  from fedgan_jax.data import conditions  # pylint: disable=g-import-not-at-top
+  from fedgan_jax.federated import task  # pylint: disable=g-import-not-at-top
+  config = pneumoniamnist.get_config('runlocal')
+  schema = conditions.ConditionSchema.from_config(config.conditions)
+  assert task.cond_complement_binary(config, schema)
+  config.loss.cond_complement_binary = False
+  with pytest.raises(ValueError, match='cond_complement_binary'):
+    task.cond_complement_binary(config, schema)

@@ -45,6 +45,8 @@ class GanTask:
   attribute_weight: float
   d_optimizer: optax.GradientTransformation
   g_optimizer: optax.GradientTransformation
+  # L_cond also matches the complement of every 0/1 attribute (see losses).
+  cond_complement_binary: bool = False
   # `augment(images, rng) -> images`, applied to real and fake images alike before D
   # (differentiable, so G is not taught to produce augmented images). None = off.
   augment: Callable[[jnp.ndarray, jax.Array], jnp.ndarray] | None = None
@@ -111,7 +113,8 @@ def generator_loss(task: GanTask, g_params, d_params, condition, rng):
   outputs = task.discriminator.apply({'params': d_params}, fake, condition)
   values, mask = conditions_lib.split_condition(condition)
   predicted = losses.attribute_prediction(outputs['attributes'], task.continuous_columns)
-  cond = losses.cosine_condition_loss(predicted, values, mask)
+  binary = None if not task.cond_complement_binary else ~task.continuous_columns
+  cond = losses.cosine_condition_loss(predicted, values, mask, binary)
   gan = losses.generator_gan_loss(outputs['logit'], task.gan_loss)
   loss = jnp.mean(gan + task.cond_weight * cond)
   return loss, {'g_gan_loss': jnp.mean(gan), 'cond_loss': jnp.mean(cond)}

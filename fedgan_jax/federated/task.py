@@ -45,6 +45,17 @@ def augment_config(config):
   return config.data.get('augment', top_level)
 
 
+def cond_complement_binary(config, schema: conditions_lib.ConditionSchema) -> bool:
+  """`loss.cond_complement_binary`, refusing a schema whose L_cond would be identically 0."""
+  complement = bool(config.loss.get('cond_complement_binary', False))
+  continuous = np.asarray(schema.continuous_columns(), bool)
+  if not complement and continuous.size == 1 and not continuous[0] and config.loss.cond_weight:
+    raise ValueError('loss.cond_complement_binary: the condition is one 0/1 attribute, for which '
+                     'the cosine L_cond is identically 0; set --config.loss.cond_complement_binary'
+                     '=True (or loss.cond_weight=0).')
+  return complement
+
+
 def build_task(config, schema: conditions_lib.ConditionSchema, image_shape,
                discriminator_gradient=None, client_sizes=None) -> client_lib.GanTask:
   """The task of `config`; with `config.dp.mode='example'`, D trains by DP-SGD.
@@ -73,6 +84,7 @@ def build_task(config, schema: conditions_lib.ConditionSchema, image_shape,
       gan_loss=config.loss.gan,
       cond_weight=float(config.loss.cond_weight),
       attribute_weight=float(config.loss.attribute_weight),
+      cond_complement_binary=cond_complement_binary(config, schema),
       d_optimizer=d_optimizer,
       g_optimizer=g_optimizer,
       augment=build_augment(augment_config(config)),
