@@ -86,3 +86,17 @@ def get_common_config() -> ml_collections.ConfigDict:
           count_noise_multiplier=config_dict.placeholder(float)))))
   config.eval = eval_common.get_eval_config()
   return config
+
+
+def shrink_training_for_runlocal(config: ml_collections.ConfigDict) -> None:
+  """Seconds-sized rounds, checkpoints, F-AD and evaluation (each config shrinks its models)."""
+  config.fl.num_rounds = 4
+  config.fl.batch_size = 8
+  config.checkpoint.every_rounds = 2
+  config.train.log_every_rounds = 1
+  config.train.sample_every_rounds = 2
+  config.train.sample_columns = 4
+  config.anomaly.update(num_synthetic=64, steps=20, batch_size=16, hidden=(32,),
+                        channels=(8, 16), latent_dim=8)
+  config.conditioning.num_generated = 64
+  config.eval = eval_common.get_eval_config(runlocal=True)

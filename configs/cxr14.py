@@ -19,7 +19,6 @@ because the models are shaped for it. Any other field can be overridden, e.g.
 """
 
 from configs import common
-from configs import eval_common
 from configs.data import cxr14
 from configs.data import model_sizes
 
@@ -41,14 +40,5 @@ def get_config(arg: str | None = None):
 
   if runlocal:
     model_sizes.shrink_for_runlocal(config)
-    config.fl.num_rounds = 4
-    config.fl.batch_size = 8
-    config.checkpoint.every_rounds = 2
-    config.train.log_every_rounds = 1
-    config.train.sample_every_rounds = 2
-    config.train.sample_columns = 4
-    config.anomaly.update(num_synthetic=64, steps=20, batch_size=16, hidden=(32,),
-                          channels=(8, 16), latent_dim=8)
-    config.conditioning.num_generated = 64
-    config.eval = eval_common.get_eval_config(runlocal=True)
+    common.shrink_training_for_runlocal(config)
   return config
