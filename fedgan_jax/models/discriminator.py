@@ -71,6 +71,13 @@ class Discriminator(nn.Module):
 
   @nn.compact
   def __call__(self, images, condition):
+    # Each DownBlock halves the side and its pooled shortcut must match the strided path.
+    factor = self.input_unshuffle * 2 ** len(self.channels)
+    if images.shape[1] % factor or images.shape[2] % factor:
+      raise ValueError(
+          f'model.discriminator: the image side ({images.shape[1]}x{images.shape[2]}) must be a '
+          f'multiple of input_unshuffle ({self.input_unshuffle}) * 2**len(channels) '
+          f'({len(self.channels)}) = {factor}; change data.image_size or those fields.')
     images = generator_lib.space_to_depth(images, self.input_unshuffle)
     h = nn.Conv(self.channels[0], (3, 3))(images)
     for features in self.channels:

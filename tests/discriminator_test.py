@@ -1,0 +1,20 @@
+"""Tests for the discriminator's shape contract."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from fedgan_jax.models import discriminator
+
+
+def test_an_image_side_the_blocks_cannot_halve_is_refused_by_name():
+  model = discriminator.Discriminator(channels=(8, 16, 32), value_dim=3, input_unshuffle=2,
+                                      minibatch_std_group=0)
+  condition = jnp.zeros((2, 6))
+  shapes = jax.eval_shape(lambda: model.apply(
+      model.init(jax.random.key(0), jnp.zeros((2, 32, 32, 1)), condition),
+      jnp.zeros((2, 32, 32, 1)), condition))
+  assert shapes['logit'].shape == (2,) and shapes['attributes'].shape == (2, 3)
+  # 28 = 4 * 7: the third halving would floor the pooled shortcut and ceil the strided path.
+  with pytest.raises(ValueError, match=r'multiple of input_unshuffle \(2\) \* 2\*\*len\(channels\)'):
+    model.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)), condition)
