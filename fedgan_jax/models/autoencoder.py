@@ -40,6 +40,14 @@ class Autoencoder(nn.Module):
   def __call__(self, images, condition=None):
     if self.conditional and condition is None:
       raise ValueError('a conditional autoencoder needs the condition vector.')
+    # The decoder doubles back exactly what the strided encoder halved.
+    factor = self.pixel_shuffle * 2 ** len(self.channels)
+    if images.shape[1] % factor or images.shape[2] % factor:
+      raise ValueError(
+          f'anomaly: the conv autoencoder needs an image side ({images.shape[1]}x'
+          f'{images.shape[2]}) that is a multiple of pixel_shuffle ({self.pixel_shuffle}) * '
+          f'2**len(channels) ({len(self.channels)}) = {factor}; change anomaly.channels, '
+          "anomaly.pixel_shuffle, or use anomaly.architecture='dense'.")
     h = generator_lib.space_to_depth(images, self.pixel_shuffle)
     for features in self.channels:
       h = nn.leaky_relu(nn.Conv(features, (3, 3), strides=(2, 2))(h), 0.2)

@@ -1,4 +1,4 @@
-"""Tests for the discriminator's shape contract."""
+"""Tests for the image-side contracts of the discriminator and the conv autoencoder."""
 
 import jax
 import jax.numpy as jnp
@@ -18,3 +18,13 @@ def test_an_image_side_the_blocks_cannot_halve_is_refused_by_name():
   # 28 = 4 * 7: the third halving would floor the pooled shortcut and ceil the strided path.
   with pytest.raises(ValueError, match=r'multiple of input_unshuffle \(2\) \* 2\*\*len\(channels\)'):
     model.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)), condition)
+
+
+def test_the_conv_autoencoder_refuses_a_side_it_cannot_mirror():
+  from fedgan_jax.models import autoencoder  # pylint: disable=g-import-not-at-top
+  model = autoencoder.Autoencoder(channels=(8, 16), latent_dim=4, pixel_shuffle=2)
+  shape = jax.eval_shape(lambda: model.apply(
+      model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1))), jnp.zeros((1, 32, 32, 1))))
+  assert shape.shape == (1, 32, 32, 1)
+  with pytest.raises(ValueError, match="architecture='dense'"):
+    model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
