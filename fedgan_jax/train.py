@@ -51,6 +51,30 @@ def is_chief() -> bool:
   return jax.process_index() == 0
 
 
+def global_arrays(tree, sharding):
+  """Values every process holds whole -> global arrays of `sharding` (multi-host jit inputs).
+
+  Each process contributes its own devices' shards, as `make_array_from_callback` asks.
+  Single-process runs pass through untouched.
+  """
+  if jax.process_count() == 1:
+    return tree
+
+  def place(x):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(place(jax.random.key_data(x)))
+    value = np.asarray(x)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+  return jax.tree.map(place, tree)
+
+
+def host_local(tree):
+  """Replicated global arrays -> this process's whole copy (for work one process does alone)."""
+  return jax.tree.map(
+      lambda x: x.addressable_data(0) if isinstance(x, jax.Array)
+      and not x.is_fully_addressable else x, tree)
+
+
 def check_finite(row: dict, max_abs_loss: float) -> None:
   """Raises when a loss is NaN/inf or beyond `max_abs_loss`."""
   for key, value in row.items():
@@ -106,7 +130,12 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
   if mesh is not None:
     # Give the state its mesh sharding up front; otherwise the round compiles twice (the
     # first state is unsharded, every later one comes back sharded).
-    state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    by_client = NamedSharding(mesh, PartitionSpec('clients'))
+    if jax.process_count() > 1:
+      state = global_arrays(jax.device_get(state), replicated)
+    else:
+      state = jax.device_put(state, replicated)
   round_fn = algorithm.make_round_fn(task, server_optimizer, strategy, mesh, client_privacy)
   pad = mesh.size if mesh is not None else 1
   clients = federation.clients
@@ -129,10 +158,13 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
                                          fl.clients_per_round)
     batches, weights, ids = sampling.round_inputs(
         clients, client_ids, config.seed, round_index, fl.local_steps, fl.batch_size, pad)
+    round_rng = jax.random.fold_in(train_rng, round_index)
+    if mesh is not None:
+      batches, weights, ids = global_arrays((batches, weights, ids), by_client)
+      round_rng = global_arrays(round_rng, replicated)
     started = time.perf_counter()
-    state, metrics = round_fn(state, batches, weights, ids,
-                              jax.random.fold_in(train_rng, round_index))
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    state, metrics = round_fn(state, batches, weights, ids, round_rng)
+    metrics = {k: float(v) for k, v in jax.device_get(host_local(metrics)).items()}
     seconds = time.perf_counter() - started
     examples = len(client_ids) * fl.local_steps * fl.batch_size
     row = {'round': round_index + 1, **metrics, 'clients': len(client_ids),
@@ -156,7 +188,7 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
                    row['g_loss'], row['cond_loss'])
     if is_chief() and (done % config.train.sample_every_rounds == 0 or done == fl.num_rounds):
       os.makedirs(samples_dir, exist_ok=True)
-      grid = synthesis.sample_grid(task, state.params['generator'], federation.schema,
+      grid = synthesis.sample_grid(task, host_local(state.params['generator']), federation.schema,
                                    config.train.profiles, config.train.sample_columns, config.seed)
       plots.save_image_grid(os.path.join(samples_dir, f'round_{done:06d}.png'), grid)
   checkpoint_manager.wait_until_finished()
@@ -225,7 +257,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = train_gan(config, workdir, federation, task, plan)
   if not is_chief():
     return {}
-  results = evaluate_generator(config, workdir, federation, task, state.params['generator'])
+  results = evaluate_generator(config, workdir, federation, task,
+                               host_local(state.params['generator']))
   results.update(rounds=int(state.round), privacy=plan.summary(int(state.round)),
                  wall_time_s=time.time() - started,
                  config=json.loads(config.to_json_best_effort()))
