@@ -214,7 +214,7 @@ def load_images(records: Mapping[str, np.ndarray], rows: np.ndarray, root: pathl
       image_size=settings.image_size, resample=settings.resample,
       sixteen_bit=settings.sixteen_bit, workers=settings.decode_workers,
       chunk_size=settings.decode_chunk_size, on_bad_image=on_bad_image,
-      max_in_memory_bytes=max_in_memory_bytes, png_decoder=settings.get('png_decoder', 'auto'))
+      max_in_memory_bytes=max_in_memory_bytes, png_decoder=getattr(settings, 'png_decoder', 'auto'))
   info.update(missing_images=len(missing), bad_images=len(bad),
               bad_image_files=[str(names[i]) for i in sorted(bad)][:20])
   if len(missing) or bad:
