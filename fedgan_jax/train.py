@@ -205,9 +205,9 @@ def evaluate_generator(config, workdir: str, federation: dataset_lib.FederatedDa
   synthetic = synthesis.synthesize(task, g_params, normal_conditions, config.seed + 1,
                                    anomaly_config.generate_batch_size)
   detector = anomaly_lib.train_autoencoder(synthetic, anomaly_config, config.seed)
-  synthetic_errors = anomaly_lib.anomaly_scores(detector, synthetic)
-  test_errors = anomaly_lib.anomaly_scores(detector, federation.test.images)
-  anomaly = anomaly_lib.detection_report(synthetic_errors, test_errors, federation.test.abnormal,
+  synthetic_scores = anomaly_lib.anomaly_scores(detector, synthetic)
+  test_scores = anomaly_lib.anomaly_scores(detector, federation.test.images)
+  anomaly = anomaly_lib.detection_report(synthetic_scores, test_scores, federation.test.abnormal,
                                          anomaly_config.threshold_percentile)
   roc = anomaly.pop('roc')
   plots.save_roc_png(os.path.join(workdir, 'roc.png'),

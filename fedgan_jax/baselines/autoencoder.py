@@ -65,9 +65,9 @@ def train_centralized(federation: dataset_lib.FederatedDataset, anomaly_config,
 def evaluate(detector: anomaly_lib.Detector, federation: dataset_lib.FederatedDataset,
              percentile: float) -> dict:
   """Threshold on the training normals' errors; scores on the real test split."""
-  training_errors = anomaly_lib.anomaly_scores(detector, normal_images(federation.pooled()))
-  test_errors = anomaly_lib.anomaly_scores(detector, federation.test.images)
-  report = anomaly_lib.detection_report(training_errors, test_errors, federation.test.abnormal,
+  training_scores = anomaly_lib.anomaly_scores(detector, normal_images(federation.pooled()))
+  test_scores = anomaly_lib.anomaly_scores(detector, federation.test.images)
+  report = anomaly_lib.detection_report(training_scores, test_scores, federation.test.abnormal,
                                         percentile)
-  report['test_scores'] = test_errors
+  report['test_scores'] = test_scores
   return report

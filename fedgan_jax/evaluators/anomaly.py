@@ -159,18 +159,18 @@ def anomaly_scores(detector: Detector, images: np.ndarray,
   return np.concatenate(out)
 
 
-def detection_report(synthetic_errors: np.ndarray, test_errors: np.ndarray,
+def detection_report(synthetic_scores: np.ndarray, test_scores: np.ndarray,
                      test_abnormal: np.ndarray, percentile: float) -> dict:
-  """AUC, threshold at the synthetic-error percentile, sensitivity/specificity, ROC."""
+  """AUC, threshold at the synthetic-score percentile, sensitivity/specificity, ROC."""
   labels = np.asarray(test_abnormal, bool)
   if labels.all() or not labels.any():
     raise ValueError('anomaly: the test split needs both normal and abnormal images to score; '
                      f'it has {labels.sum()} abnormal of {len(labels)}.')
-  threshold = float(np.percentile(synthetic_errors, percentile))
-  predicted = test_errors > threshold
-  fpr, tpr, _ = sk_metrics.roc_curve(labels, test_errors)
+  threshold = float(np.percentile(synthetic_scores, percentile))
+  predicted = test_scores > threshold
+  fpr, tpr, _ = sk_metrics.roc_curve(labels, test_scores)
   return {
-      'auc': float(sk_metrics.roc_auc_score(labels, test_errors)),
+      'auc': float(sk_metrics.roc_auc_score(labels, test_scores)),
       'threshold': threshold,
       'threshold_percentile': float(percentile),
       'sensitivity': float(np.mean(predicted[labels])),
