@@ -36,7 +36,9 @@ def get_common_config() -> ml_collections.ConfigDict:
   config.fl.clients_per_round = 0   # 0 = every client, every round.
   config.fl.local_steps = 2         # D+G steps per client per round.
   config.fl.batch_size = 16
-  config.fl.strategy = 'auto'       # 'vmap' | 'sequential' | 'auto' (fastest per backend).
+  # 'vmap' | 'sequential' | 'threads' | 'auto' (fastest per backend: threads on CPU, else vmap).
+  config.fl.strategy = 'auto'
+  config.fl.client_threads = 0      # clients in flight under 'threads'; 0 = one per CPU core.
   config.fl.centralized = False     # True: one client holding all data (the baseline).
   config.fl.client_optimizer = ml_collections.ConfigDict(dict(
       # 6e-4 rather than DCGAN's 2e-4: a few hundred rounds of 2 local steps is a short GAN run

@@ -74,8 +74,8 @@ def test_unknown_optimizer_names_the_config_field():
     algorithm.resolve_strategy('pmap')
 
 
-def test_auto_strategy_is_sequential_on_cpu_and_vmap_on_accelerators():
-  assert algorithm.resolve_strategy('auto', 'cpu') == 'sequential'
+def test_auto_strategy_is_threads_on_cpu_and_vmap_on_accelerators():
+  assert algorithm.resolve_strategy('auto', 'cpu') == 'threads'
   assert algorithm.resolve_strategy('auto', 'gpu') == 'vmap'
   assert algorithm.resolve_strategy('auto', 'tpu') == 'vmap'
 
@@ -104,6 +104,32 @@ def test_round_equals_hand_assembled_fedavg(runlocal_task, runlocal_federation):
   assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
 
 
+def test_threads_give_bit_identical_params_to_sequential(runlocal_task, runlocal_federation):
+  task, federation = runlocal_task, runlocal_federation
+  server_optimizer = optax.sgd(1.0, momentum=0.9)
+  params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
+                                  tuple(federation.image_shape), federation.schema.model_dim)
+  results = {}
+  # 2 workers over 3 clients (and a padding slot): completion order varies, the sum must not.
+  for name, strategy, threads in [('sequential', 'sequential', 0), ('threads', 'threads', 2)]:
+    round_fn = algorithm.make_round_fn(task, server_optimizer, strategy, client_threads=threads)
+    state = algorithm.server_init(params, server_optimizer)
+    for r in range(3):
+      batches, weights, ids = sampling.round_inputs(federation.clients, np.array([0, 1, 2]), 0,
+                                                    r, 2, 8, pad_to_multiple=4)
+      state, metrics = round_fn(state, batches, weights, ids, jax.random.key(r))
+    results[name] = (jax.device_get(state.params), jax.device_get(metrics))
+  for got, want in zip(jax.tree.leaves(results['threads']), jax.tree.leaves(results['sequential'])):
+    np.testing.assert_array_equal(got, want)
+
+
+def test_client_threads_must_not_be_negative():
+  with pytest.raises(ValueError, match='fl.client_threads'):
+    algorithm.resolve_client_threads(-1)
+  assert algorithm.resolve_client_threads(3) == 3
+  assert algorithm.resolve_client_threads(0) >= 1
+
+
 _STRATEGY_SCRIPT = textwrap.dedent('''
     import json, sys
     import jax, numpy as np
@@ -125,6 +151,7 @@ _STRATEGY_SCRIPT = textwrap.dedent('''
                                     tuple(federation.image_shape), federation.schema.model_dim)
     results = {}
     for name, strategy, devices in [('sequential', 'sequential', None),
+                                    ('threads', 'threads', None),
                                     ('vmap_1_device', 'vmap', jax.devices()[:1]),
                                     ('vmap_4_devices', 'vmap', jax.devices())]:
       mesh = algorithm.client_mesh(devices) if devices else None
@@ -140,7 +167,7 @@ _STRATEGY_SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_vmap_on_1_and_4_devices_and_sequential_agree(tmp_path):
+def test_vmap_on_1_and_4_devices_sequential_and_threads_agree(tmp_path):
   out = tmp_path / 'params.npz'
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
              PYTHONPATH=str(REPO_ROOT))
@@ -151,4 +178,5 @@ def test_vmap_on_1_and_4_devices_and_sequential_agree(tmp_path):
                              atol=1e-6)
   np.testing.assert_allclose(results['sequential'], results['vmap_1_device'], rtol=1e-5,
                              atol=1e-6)
+  np.testing.assert_array_equal(results['threads'], results['sequential'])
   assert not np.allclose(results['sequential'], 0.0)

@@ -148,7 +148,7 @@ def _stand_in_round(strategy, privacy, state, round_rng=None):
                   jax.random.key(0) if round_rng is None else round_rng)
 
 
-@pytest.mark.parametrize('strategy', ['vmap', 'sequential'])
+@pytest.mark.parametrize('strategy', ['vmap', 'sequential', 'threads'])
 def test_client_dp_clips_each_client_and_divides_by_expected_clients(stand_in_clients, strategy):
   privacy = algorithm.ClientPrivacy(clip_norm=1.0, noise_multiplier=0.0, expected_clients=3)
   state = algorithm.server_init({'w': jnp.zeros(3)}, optax.sgd(1.0), privacy)
@@ -164,11 +164,12 @@ def test_client_dp_strategies_draw_the_same_noise_and_adapt_the_same_clip(stand_
                                     adaptive=True, target_quantile=0.8, learning_rate=0.2,
                                     count_noise_multiplier=0.0)
   results = {}
-  for strategy in ('vmap', 'sequential'):
+  for strategy in ('vmap', 'sequential', 'threads'):
     state = algorithm.server_init({'w': jnp.zeros(3)}, optax.sgd(1.0), privacy)
     results[strategy], _ = _stand_in_round(strategy, privacy, state)
   np.testing.assert_allclose(results['vmap'].params['w'], results['sequential'].params['w'],
                              rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(results['threads'].params['w'], results['sequential'].params['w'])
   noise = np.asarray(results['vmap'].params['w']) - np.array([1 / 3, 0.5 / 3, 0.0])
   assert np.all(np.abs(noise) > 1e-4)  # Noise was added ...
   # ... with the key fold_in(round_rng, SERVER_NOISE_STREAM): std 0.7 * 1 on the sum, / 3.
