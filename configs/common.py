@@ -40,6 +40,9 @@ def get_common_config() -> ml_collections.ConfigDict:
   config.fl.strategy = 'auto'
   config.fl.client_threads = 0      # clients in flight under 'threads'; 0 = one per CPU core.
   config.fl.centralized = False     # True: one client holding all data (the baseline).
+  # Decay of the server's moving average of G over rounds, which sampling and evaluation use
+  # (0 = off: the last round's G). Averaging damps the round-to-round jitter of a short GAN run.
+  config.fl.generator_ema = 0.99
   config.fl.client_optimizer = ml_collections.ConfigDict(dict(
       # 6e-4 rather than DCGAN's 2e-4: a few hundred rounds of 2 local steps is a short GAN run
       # (150 rounds, phantom: age r 0.44 -> 0.61, sex AUC 0.96 -> 1.00; BENCHMARKS.md).

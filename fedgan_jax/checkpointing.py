@@ -1,9 +1,11 @@
 """Orbax checkpoints of the server state; the step is the round number.
 
-A checkpoint holds three items, so readers take only what they need:
+A checkpoint holds three or four items, so readers take only what they need:
   * `params`: `{'generator': ..., 'discriminator': ...}` (all the eval binary restores);
   * `server`: the server optimizer state, round counter and, under adaptive client-level
     clipping, the clip norm (only training resumes it);
+  * `generator_ema`: the moving average of G's params over rounds, when `fl.generator_ema`
+    keeps one (sampling and evaluation use it instead of `params['generator']`);
   * `meta`: JSON with the config fields that fix parameter shapes, the full config
     for the record, and privacy spent so far.
 Anything that restores compares `meta` with its own config first and refuses a
@@ -23,7 +25,9 @@ import orbax.checkpoint as ocp
 # Config fields that change parameter shapes or the meaning of the condition vector.
 SHAPE_FIELDS = ('model', 'data.image_size', 'conditions')
 # Fields that must also match to *resume training* (the optimizer state's structure).
-RESUME_FIELDS = SHAPE_FIELDS + ('fl.server_optimizer.name', 'fl.server_optimizer.momentum')
+RESUME_FIELDS = SHAPE_FIELDS + ('fl.server_optimizer.name', 'fl.server_optimizer.momentum',
+                                 'fl.generator_ema')
+GENERATOR_EMA_ITEM = 'generator_ema'
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -100,10 +104,12 @@ def save(checkpoint_manager: ocp.CheckpointManager, round_index: int, state, con
   """Saves `state` at step `round_index`; `extra_meta` (e.g. `{'privacy': ...}`) joins meta."""
   meta = {'round': int(round_index), 'fingerprint': fingerprint(config),
           'config': _jsonable(config), **(extra_meta or {})}
-  checkpoint_manager.save(round_index, args=ocp.args.Composite(
-      params=ocp.args.StandardSave(state.params),
-      server=ocp.args.StandardSave(_server_item(state)),
-      meta=ocp.args.JsonSave(meta)), force=True)
+  items = dict(params=ocp.args.StandardSave(state.params),
+               server=ocp.args.StandardSave(_server_item(state)),
+               meta=ocp.args.JsonSave(meta))
+  if getattr(state, 'generator_ema', None) is not None:
+    items[GENERATOR_EMA_ITEM] = ocp.args.StandardSave(state.generator_ema)
+  checkpoint_manager.save(round_index, args=ocp.args.Composite(**items), force=True)
 
 
 def restore_meta(checkpoint_manager: ocp.CheckpointManager, step: int) -> dict:
@@ -116,9 +122,13 @@ def restore_server_state(checkpoint_manager, step: int, template_state, config):
   meta = restore_meta(checkpoint_manager, step)
   check_compatible(meta, config, RESUME_FIELDS, where=f'at round {step}')
   abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-  restored = checkpoint_manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract(template_state.params)),
-      server=ocp.args.StandardRestore(abstract(_server_item(template_state)))))
+  items = dict(params=ocp.args.StandardRestore(abstract(template_state.params)),
+               server=ocp.args.StandardRestore(abstract(_server_item(template_state))))
+  if getattr(template_state, 'generator_ema', None) is not None:
+    items[GENERATOR_EMA_ITEM] = ocp.args.StandardRestore(abstract(template_state.generator_ema))
+  restored = checkpoint_manager.restore(step, args=ocp.args.Composite(**items))
+  if GENERATOR_EMA_ITEM in restored:
+    template_state = template_state.replace(generator_ema=restored[GENERATOR_EMA_ITEM])
   state = template_state.replace(params=restored['params'],
                                  opt_state=restored['server']['opt_state'],
                                  round=restored['server']['round'])
@@ -144,3 +154,14 @@ def restore_params(workdir: str, config, template_params, step: int | None = Non
     params = checkpoint_manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract)))['params']
   return params, meta, step
+
+
+def restore_sampling_generator(workdir: str, step: int, template_generator):
+  """G's moving average saved at `step` (after `restore_params` checked it), else None."""
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(os.path.join(directory, str(step), GENERATOR_EMA_ITEM)):
+    return None
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template_generator)
+  with ocp.CheckpointManager(directory) as checkpoint_manager:
+    return checkpoint_manager.restore(step, args=ocp.args.Composite(
+        **{GENERATOR_EMA_ITEM: ocp.args.StandardRestore(abstract)}))[GENERATOR_EMA_ITEM]

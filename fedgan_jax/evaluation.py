@@ -346,10 +346,14 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None,
                              client_sizes=federation.client_sizes)
   template = abstract_params(task, federation.image_shape, federation.schema.model_dim)
   params, meta, step = checkpointing.restore_params(workdir, config, template, step)
+  # Sample from G's moving average when the run kept one (as training's own evaluation does).
+  g_params = checkpointing.restore_sampling_generator(workdir, step, template['generator'])
+  if g_params is None:
+    g_params = params['generator']
   out_dir = os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
   context = EvalContext(config=config, federation=federation, task=task,
-                        g_params=params['generator'], out_dir=out_dir,
+                        g_params=g_params, out_dir=out_dir,
                         shared=shared if shared is not None else SharedModels())
   timing = {'setup': time.perf_counter() - started}
   results = {'workdir': os.path.abspath(workdir), 'step': int(step),

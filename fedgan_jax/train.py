@@ -15,6 +15,7 @@ would exceed `dp.max_epsilon` (default: the target).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -109,7 +110,11 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
                                   tuple(federation.image_shape), federation.schema.model_dim)
   root_rng = jax.random.key(config.seed)
   client_privacy = plan.client_privacy()
-  state = algorithm.server_init(params, server_optimizer, client_privacy)
+  ema_decay = float(fl.generator_ema)
+  if not 0.0 <= ema_decay < 1.0:
+    raise ValueError(f'fl.generator_ema must be in [0, 1) (0 = off), got {ema_decay}.')
+  state = algorithm.server_init(params, server_optimizer, client_privacy, ema_decay > 0)
+  update_ema = jax.jit(functools.partial(algorithm.update_generator_ema, decay=ema_decay))
   train_rng = jax.random.fold_in(root_rng, 1)
 
   checkpoint_manager = checkpointing.manager(workdir, config.checkpoint.keep)
@@ -165,6 +170,8 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
       round_rng = global_arrays(round_rng, replicated)
     started = time.perf_counter()
     state, metrics = round_fn(state, batches, weights, ids, round_rng)
+    if state.generator_ema is not None:
+      state = update_ema(state)
     metrics = {k: float(v) for k, v in jax.device_get(host_local(metrics)).items()}
     seconds = time.perf_counter() - started
     examples = len(client_ids) * fl.local_steps * fl.batch_size
@@ -189,8 +196,9 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
                    row['g_loss'], row['cond_loss'])
     if is_chief() and (done % config.train.sample_every_rounds == 0 or done == fl.num_rounds):
       os.makedirs(samples_dir, exist_ok=True)
-      grid = synthesis.sample_grid(task, host_local(state.params['generator']), federation.schema,
-                                   config.train.profiles, config.train.sample_columns, config.seed)
+      grid = synthesis.sample_grid(task, host_local(algorithm.sampling_generator(state)),
+                                   federation.schema, config.train.profiles,
+                                   config.train.sample_columns, config.seed)
       plots.save_image_grid(os.path.join(samples_dir, f'round_{done:06d}.png'), grid)
   checkpoint_manager.wait_until_finished()
   checkpoint_manager.close()
@@ -259,7 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not is_chief():
     return {}
   results = evaluate_generator(config, workdir, federation, task,
-                               host_local(state.params['generator']))
+                               host_local(algorithm.sampling_generator(state)))
   results.update(rounds=int(state.round), privacy=plan.summary(int(state.round)),
                  wall_time_s=time.time() - started,
                  config=json.loads(config.to_json_best_effort()))

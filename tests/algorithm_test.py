@@ -67,6 +67,29 @@ def test_every_server_optimizer_builds_and_steps(name):
   assert np.all(np.asarray(state.params['w']) > 0)
 
 
+def test_generator_ema_ramps_then_decays_by_hand():
+  params = {'generator': {'w': jnp.array([0.0])}, 'discriminator': {'w': jnp.array([5.0])}}
+  state = algorithm.server_init(params, optax.sgd(1.0), generator_ema=True)
+  assert algorithm.sampling_generator(state) is state.generator_ema
+  # After round 1: rate min(0.9, 2 / 11) = 2/11, so ema = 2/11 * 0 + 9/11 * 1.
+  state = state.replace(params={'generator': {'w': jnp.array([1.0])},
+                                'discriminator': params['discriminator']},
+                        round=jnp.array(1, jnp.int32))
+  state = algorithm.update_generator_ema(state, 0.9)
+  np.testing.assert_allclose(state.generator_ema['w'], [9 / 11], rtol=1e-6)
+  # After round 100: the ramp (101 / 110) is past 0.9, so the decay rules: 0.9 * 9/11 + 0.1 * 3.
+  state = state.replace(params={'generator': {'w': jnp.array([3.0])},
+                                'discriminator': params['discriminator']},
+                        round=jnp.array(100, jnp.int32))
+  state = algorithm.update_generator_ema(state, 0.9)
+  np.testing.assert_allclose(state.generator_ema['w'], [0.9 * 9 / 11 + 0.3], rtol=1e-6)
+  np.testing.assert_array_equal(state.params['discriminator']['w'], [5.0])
+  # Without an average, sampling uses the latest generator.
+  plain = algorithm.server_init(params, optax.sgd(1.0))
+  assert plain.generator_ema is None
+  assert algorithm.sampling_generator(plain) is plain.params['generator']
+
+
 def test_unknown_optimizer_names_the_config_field():
   with pytest.raises(ValueError, match='fl.server_optimizer.name'):
     optimizers.build_server_optimizer({'name': 'lamb', 'learning_rate': 1.0})

@@ -38,7 +38,10 @@ def final_params(workdir, runlocal_config, runlocal_task, runlocal_federation):
                                     tuple(runlocal_federation.image_shape),
                                     runlocal_federation.schema.model_dim)
   params, _, step = checkpointing.restore_params(str(workdir), runlocal_config, template)
-  return step, np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
+  # G's moving average (fl.generator_ema, on by default) must resume exactly too.
+  ema = checkpointing.restore_sampling_generator(str(workdir), step, template['generator'])
+  assert ema is not None
+  return step, np.concatenate([np.ravel(x) for x in jax.tree.leaves((params, ema))])
 
 
 RESUME_OVERRIDES = ('--config.fl.num_rounds=12', '--config.checkpoint.every_rounds=4')

@@ -91,7 +91,11 @@ class Coordinator:
     fl = config.fl
     self._server_optimizer = optimizers.build_server_optimizer(fl.server_optimizer)
     params = initial_params(config, build_task(config))
-    self.state = algorithm.server_init(params, self._server_optimizer)
+    ema_decay = float(fl.get('generator_ema', 0.0))
+    self.state = algorithm.server_init(params, self._server_optimizer,
+                                       generator_ema=ema_decay > 0)
+    self._update_ema = jax.jit(functools.partial(algorithm.update_generator_ema,
+                                                 decay=ema_decay))
     self.specs = common.array_specs(params)
     os.makedirs(workdir, exist_ok=True)
     self._manager = checkpointing.manager(workdir, config.checkpoint.keep)
@@ -156,6 +160,8 @@ class Coordinator:
       noise_rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.config.seed),
                                                         _DP_NOISE_STREAM), round_index)
       self.state = self._dp(self.state, stacked, noise_rng)
+    if self.state.generator_ema is not None:
+      self.state = self._update_ema(self.state)
     metrics = {}
     names = set.intersection(*(set(r.losses) for r in replies))
     for name in sorted(names):

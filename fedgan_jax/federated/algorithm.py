@@ -66,6 +66,9 @@ class ServerState:
   round: jnp.ndarray  # rounds completed; the checkpoint step.
   # `client_dp.AdaptiveClipState` under adaptive client-level clipping, else None.
   privacy: Any = None
+  # Exponential moving average of the generator's params over rounds (`fl.generator_ema`),
+  # else None. Only sampling reads it; training never does.
+  generator_ema: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,12 +92,33 @@ class ClientPrivacy:
 
 
 def server_init(params, server_optimizer: optax.GradientTransformation,
-                client_privacy: ClientPrivacy | None = None) -> ServerState:
+                client_privacy: ClientPrivacy | None = None,
+                generator_ema: bool = False) -> ServerState:
   privacy = None
   if client_privacy is not None and client_privacy.adaptive:
     privacy = client_dp.AdaptiveClipState.create(client_privacy.clip_norm)
   return ServerState(params=params, opt_state=server_optimizer.init(params),
-                     round=jnp.zeros((), jnp.int32), privacy=privacy)
+                     round=jnp.zeros((), jnp.int32), privacy=privacy,
+                     generator_ema=params['generator'] if generator_ema else None)
+
+
+def update_generator_ema(state: ServerState, decay: float) -> ServerState:
+  """`ema <- r * ema + (1 - r) * G` after a round, `r = min(decay, (1 + t) / (10 + t))`.
+
+  `t` is the number of rounds done; the ramp (as in tf.train.ExponentialMovingAverage)
+  keeps the random initial generator from lingering in the average of a short run.
+  Server-side post-processing of the released model: no client sees it, DP is unchanged.
+  """
+  t = state.round.astype(jnp.float32)
+  rate = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+  ema = jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, state.generator_ema,
+                     state.params['generator'])
+  return state.replace(generator_ema=ema)
+
+
+def sampling_generator(state: ServerState):
+  """The generator params to sample from: the moving average when kept, else the latest."""
+  return state.params['generator'] if state.generator_ema is None else state.generator_ema
 
 
 def fedavg_aggregate(deltas, weights):

@@ -84,12 +84,15 @@ def generate(task: GanTask, g_params, condition, rng):
   return task.generator.apply({'params': g_params}, condition, z)
 
 
-def discriminator_loss(task: GanTask, d_params, g_params, batch, rng):
-  """Per-example D loss `(B,)` (GAN loss on a real/fake pair + attribute loss on the real)."""
-  z_rng, real_rng, fake_rng = jax.random.split(rng, 3)
+def discriminator_loss(task: GanTask, d_params, batch, rng):
+  """Per-example D loss `(B,)` (GAN loss on a real/fake pair + attribute loss on the real).
+
+  `batch['fake']` holds G's images for the batch's conditions (no gradient flows to G).
+  """
+  real_rng, fake_rng = jax.random.split(rng)
   condition = batch['condition']
   real = images_to_float(batch['image'])
-  fake = jax.lax.stop_gradient(generate(task, g_params, condition, z_rng))
+  fake = jax.lax.stop_gradient(batch['fake'])
   if task.augment is not None:
     real, fake = task.augment(real, real_rng), task.augment(fake, fake_rng)
   outputs = task.discriminator.apply({'params': d_params}, jnp.concatenate([real, fake]),
@@ -104,12 +107,10 @@ def discriminator_loss(task: GanTask, d_params, g_params, batch, rng):
   return gan + task.attribute_weight * attribute, aux
 
 
-def generator_loss(task: GanTask, g_params, d_params, condition, rng):
-  """Mean G loss: GAN loss + lambda * L_cond. Touches no real image, by construction."""
-  z_rng, augment_rng = jax.random.split(rng)
-  fake = generate(task, g_params, condition, z_rng)
+def generator_loss(task: GanTask, fake, d_params, condition, rng):
+  """Mean G loss of G's images `fake`: GAN loss + lambda * L_cond. No real image enters."""
   if task.augment is not None:
-    fake = task.augment(fake, augment_rng)
+    fake = task.augment(fake, rng)
   outputs = task.discriminator.apply({'params': d_params}, fake, condition)
   values, mask = conditions_lib.split_condition(condition)
   predicted = losses.attribute_prediction(outputs['attributes'], task.continuous_columns)
@@ -127,24 +128,35 @@ def client_init(task: GanTask, server_params: Params) -> ClientState:
 
 
 def client_step(task: GanTask, state: ClientState, batch, rng):
-  """One D update on the real batch, then one G update. Returns `(state, metrics)`."""
-  d_rng, g_rng = jax.random.split(rng)
+  """One D update on the real batch, then one G update. Returns `(state, metrics)`.
+
+  G runs forward once: its images are D's fakes and, through the saved VJP, what the G
+  update differentiates (G's params do not change in between), as in the usual DCGAN
+  loop; a second forward pass with fresh noise would cost ~15% of the step.
+  """
+  z_rng, d_rng, g_rng = jax.random.split(rng, 3)
   g_params, d_params = state.params['generator'], state.params['discriminator']
+  condition = batch['condition']
+  z = jax.random.normal(z_rng, (condition.shape[0], task.z_dim), jnp.float32)
+  fake, generator_vjp = jax.vjp(
+      lambda p: task.generator.apply({'params': p}, condition, z), g_params)
+  d_batch = dict(batch, fake=fake)
 
   def mean_d_loss(params, batch, rng):
-    per_example, aux = discriminator_loss(task, params, g_params, batch, rng)
+    per_example, aux = discriminator_loss(task, params, batch, rng)
     return jnp.mean(per_example), jax.tree.map(jnp.mean, aux)
 
   if task.discriminator_gradient is None:
-    d_grads, d_metrics = jax.grad(mean_d_loss, has_aux=True)(d_params, batch, d_rng)
+    d_grads, d_metrics = jax.grad(mean_d_loss, has_aux=True)(d_params, d_batch, d_rng)
   else:
-    per_example = lambda p, b, r: discriminator_loss(task, p, g_params, b, r)
-    d_grads, d_metrics = task.discriminator_gradient(per_example, d_params, batch, d_rng)
+    per_example = lambda p, b, r: discriminator_loss(task, p, b, r)
+    d_grads, d_metrics = task.discriminator_gradient(per_example, d_params, d_batch, d_rng)
   d_updates, d_opt_state = task.d_optimizer.update(d_grads, state.d_opt_state, d_params)
   d_params = optax.apply_updates(d_params, d_updates)
 
-  (g_loss, g_metrics), g_grads = jax.value_and_grad(
-      lambda p: generator_loss(task, p, d_params, batch['condition'], g_rng), has_aux=True)(g_params)
+  (g_loss, g_metrics), fake_grads = jax.value_and_grad(
+      lambda f: generator_loss(task, f, d_params, condition, g_rng), has_aux=True)(fake)
+  (g_grads,) = generator_vjp(fake_grads)
   g_updates, g_opt_state = task.g_optimizer.update(g_grads, state.g_opt_state, g_params)
   g_params = optax.apply_updates(g_params, g_updates)
 

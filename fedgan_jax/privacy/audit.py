@@ -161,10 +161,13 @@ class Scorers:
     direction = jax.tree.map(jnp.negative, d_delta)
     direction_norm = dp_sgd.global_norm(direction)
 
+    z_rng, loss_rng = jax.random.split(rng)
+
     def one(image, condition):
-      batch = {'image': image[None], 'condition': condition[None]}
+      fake = client_lib.generate(self.task, params['generator'], condition[None], z_rng)
+      batch = {'image': image[None], 'condition': condition[None], 'fake': fake}
       grad = jax.grad(lambda d: client_lib.discriminator_loss(
-          self.task, d, params['generator'], batch, rng)[0][0])(params['discriminator'])
+          self.task, d, batch, loss_rng)[0][0])(params['discriminator'])
       dot = sum(jnp.vdot(g, v) for g, v in zip(jax.tree.leaves(grad),
                                                jax.tree.leaves(direction)))
       return dot / jnp.maximum(dp_sgd.global_norm(grad) * direction_norm, 1e-12)
