@@ -18,7 +18,7 @@ def get_common_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.generator = ml_collections.ConfigDict(dict(
       seed_size=8, encoder_channels=(64, 128), decoder_channels=(32, 16), output_shuffle=2,
-      output_blur=True,
+      output_blur=True, smooth_upsampling='none',
       embedding_dim=128, z_dim=64))
   config.model.discriminator = ml_collections.ConfigDict(dict(
       channels=(32, 64, 128), input_unshuffle=2, minibatch_std_group=4))

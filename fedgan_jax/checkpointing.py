@@ -72,7 +72,10 @@ def check_compatible(meta: dict, config, fields=SHAPE_FIELDS, where: str = '') -
 
 def _first_difference(saved, current, path):
   if isinstance(saved, dict) and isinstance(current, dict):
-    for key in sorted(set(saved) | set(current)):
+    # A key the checkpoint lacks is a field added to the code after it was written (e.g.
+    # model.generator.smooth_upsampling); there is nothing to compare it with, so older
+    # checkpoints stay usable.
+    for key in sorted(set(saved)):
       found = _first_difference(saved.get(key), current.get(key), f'{path}.{key}')
       if found:
         return found

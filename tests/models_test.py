@@ -28,3 +28,22 @@ def test_the_conv_autoencoder_refuses_a_side_it_cannot_mirror():
   assert shape.shape == (1, 32, 32, 1)
   with pytest.raises(ValueError, match="architecture='dense'"):
     model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+
+
+def test_smooth_upsampling_blurs_only_the_named_stages_and_refuses_unknown_names():
+  from fedgan_jax.models import generator  # pylint: disable=g-import-not-at-top
+  condition, z = jnp.ones((2, 3)), jnp.ones((2, 4))
+  outputs = {}
+  for mode in ('none', 'all', 'coarse', 'last'):
+    model = generator.Generator(image_size=16, seed_size=4, encoder_channels=(8, 8),
+                                decoder_channels=(4,), embedding_dim=8, output_shuffle=2,
+                                smooth_upsampling=mode)
+    params = model.init(jax.random.key(0), condition, z)  # Same shapes in every mode.
+    outputs[mode] = model.apply(params, condition, z)
+    assert outputs[mode].shape == (2, 16, 16, 1)
+  # With shared init keys, every mode draws the same params; only the blurs differ.
+  assert len({round(float(jnp.sum(jnp.abs(o))), 5) for o in outputs.values()}) == 4
+  with pytest.raises(ValueError, match='smooth_upsampling'):
+    model = generator.Generator(image_size=16, seed_size=4, encoder_channels=(8, 8),
+                                decoder_channels=(4,), embedding_dim=8, smooth_upsampling='bilinear')
+    model.init(jax.random.key(0), condition, z)

@@ -19,7 +19,7 @@ def build_generator(model_config, image_shape) -> generator_lib.Generator:
       image_size=image_shape[0], seed_size=g.seed_size, encoder_channels=tuple(g.encoder_channels),
       decoder_channels=tuple(g.decoder_channels), embedding_dim=g.embedding_dim,
       channels=image_shape[-1], output_shuffle=g.output_shuffle,
-      output_blur=g.output_blur)
+      output_blur=g.output_blur, smooth_upsampling=g.get('smooth_upsampling', 'none'))
 
 
 def build_discriminator(model_config, schema: conditions_lib.ConditionSchema):

@@ -125,6 +125,10 @@ class Generator(nn.Module):
     output_shuffle: the final convolution predicts `output_shuffle**2` pixels per position.
     output_blur: smooth the shuffled output with a fixed [1, 2, 1] blur, which removes the
       2-pixel checkerboard a pixel shuffle starts with.
+    smooth_upsampling: which nearest-neighbour upsamplings are followed by the same blur
+      (the [1, 3, 3, 1]-like low-pass of StyleGAN's upsampling), so block edges of a coarse
+      grid do not reach the image as texture: 'none', 'all', 'coarse' (all but the last)
+      or 'last'.
   """
   image_size: int = 64
   seed_size: int = 16
@@ -134,6 +138,7 @@ class Generator(nn.Module):
   channels: int = 1
   output_shuffle: int = 2
   output_blur: bool = True
+  smooth_upsampling: str = 'none'
 
   @nn.compact
   def __call__(self, condition, z):
@@ -160,12 +165,24 @@ class Generator(nn.Module):
       h = ConditionalResBlock(features)(h, embedding)
       skips.append(h)
     skips.pop()  # The bottleneck output is `h` itself.
+    stages = len(self.encoder_channels) - 1 + len(self.decoder_channels)
+    smoothed = {'none': (), 'all': range(stages), 'coarse': range(stages - 1),
+                'last': (stages - 1,)}
+    if self.smooth_upsampling not in smoothed:
+      raise ValueError(f'model.generator.smooth_upsampling: {self.smooth_upsampling!r} is not one '
+                       f'of {sorted(smoothed)}.')
+    stage = iter(range(stages))
+
+    def upsample(x):
+      x = upsample_nearest(x)
+      return blur(x) if next(stage) in smoothed[self.smooth_upsampling] else x
+
     for features in reversed(self.encoder_channels[:-1]):
-      h = upsample_nearest(h)
+      h = upsample(h)
       h = jnp.concatenate([h, skips.pop()], axis=-1)
       h = ConditionalResBlock(features)(h, embedding)
     for features in self.decoder_channels:
-      h = upsample_nearest(h)
+      h = upsample(h)
       h = ConditionalResBlock(features)(h, embedding)
 
     h = nn.GroupNorm(num_groups=norm_groups(h.shape[-1]))(h)
