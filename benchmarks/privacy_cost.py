@@ -3,7 +3,7 @@
     PYTHONPATH=. python benchmarks/privacy_cost.py [--rounds=5] [--out=benchmarks/privacy_cost.json]
 
 Three variants of the same federation (configs/phantom_dp.py: 4 hospitals, 64x64, batch 16,
-2 local steps, `sequential` strategy, the CPU default):
+2 local steps, `sequential` strategy, the CPU default when it was measured):
   * `nondp_minibatch_std`: the phantom default's D (minibatch std on), no DP;
   * `nondp`: the DP configs' D (minibatch std off), no DP: the like-for-like baseline;
   * `dp_example`: the same with per-example clipping and noise (dp.mode=example).
