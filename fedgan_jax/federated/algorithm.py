@@ -20,7 +20,8 @@ identical math are offered (`fl.strategy`):
   * `threads`: `sequential` with up to `client_threads` clients in flight at once, each
     driven from its own host thread; deltas are still summed in client order, so the
     result is bit-identical to `sequential`. XLA's CPU convolutions at these sizes keep
-    barely one core busy, so concurrent clients fill the others (~1.5x on 2 cores).
+    barely one core busy, so concurrent clients fill the others (~1.4x over `sequential` on
+    2 idle cores, BENCHMARKS.md).
 
 `auto` picks `threads` on CPU and `vmap` elsewhere (BENCHMARKS.md has the numbers).
 
@@ -277,7 +278,7 @@ class SequentialRound:
   per-client work runs without batching over client weights. With `workers > 1`, up to
   that many clients run at once on a thread pool (JAX releases the GIL while XLA runs);
   their deltas are accumulated in client order, so the sum is the same to the bit, and
-  only `workers` client states are resident at a time, whatever the number of clients.
+  at most `workers + 1` client states are resident, whatever the number of clients.
   """
 
   def __init__(self, task, server_optimizer, client_privacy: ClientPrivacy | None = None,
