@@ -110,9 +110,7 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
                                   tuple(federation.image_shape), federation.schema.model_dim)
   root_rng = jax.random.key(config.seed)
   client_privacy = plan.client_privacy()
-  ema_decay = float(fl.generator_ema)
-  if not 0.0 <= ema_decay < 1.0:
-    raise ValueError(f'fl.generator_ema must be in [0, 1) (0 = off), got {ema_decay}.')
+  ema_decay = algorithm.generator_ema_decay(fl)
   state = algorithm.server_init(params, server_optimizer, client_privacy, ema_decay > 0)
   update_ema = jax.jit(functools.partial(algorithm.update_generator_ema, decay=ema_decay))
   train_rng = jax.random.fold_in(root_rng, 1)

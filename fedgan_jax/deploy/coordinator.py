@@ -91,7 +91,7 @@ class Coordinator:
     fl = config.fl
     self._server_optimizer = optimizers.build_server_optimizer(fl.server_optimizer)
     params = initial_params(config, build_task(config))
-    ema_decay = float(fl.get('generator_ema', 0.0))
+    ema_decay = algorithm.generator_ema_decay(fl)
     self.state = algorithm.server_init(params, self._server_optimizer,
                                        generator_ema=ema_decay > 0)
     self._update_ema = jax.jit(functools.partial(algorithm.update_generator_ema,

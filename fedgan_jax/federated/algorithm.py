@@ -103,6 +103,14 @@ def server_init(params, server_optimizer: optax.GradientTransformation,
                      generator_ema=params['generator'] if generator_ema else None)
 
 
+def generator_ema_decay(fl_config) -> float:
+  """`fl.generator_ema`, checked: a decay in [0, 1), 0 meaning no moving average."""
+  decay = float(fl_config.get('generator_ema', 0.0))
+  if not 0.0 <= decay < 1.0:
+    raise ValueError(f'fl.generator_ema must be in [0, 1) (0 = off), got {decay}.')
+  return decay
+
+
 def update_generator_ema(state: ServerState, decay: float) -> ServerState:
   """`ema <- r * ema + (1 - r) * G` after a round, `r = min(decay, (1 + t) / (10 + t))`.
 
@@ -295,7 +303,6 @@ class SequentialRound:
     self._workers = workers
     self._pool = (concurrent.futures.ThreadPoolExecutor(workers, 'client')
                   if workers > 1 else None)
-    # The first client of the first round runs alone, so threads never race to compile.
     self._compiled = False
 
   @staticmethod
@@ -339,13 +346,11 @@ class SequentialRound:
 
   def _client_results(self, server_params, batches, participants, client_ids, round_rng):
     """Yields `(i, client_state, step_metrics)` in client order, <= workers in flight."""
-    if self._pool is None or len(participants) < 2:
-      for i in participants:
-        yield (i,) + self._local_steps(server_params, batches, i, client_ids[i], round_rng)
-      return
     pending = collections.deque()
     for i in participants:
-      if not self._compiled:
+      if self._pool is None or not self._compiled:
+        # Without a pool every client runs here; with one, the first client ever runs
+        # alone, so threads never race to compile.
         yield (i,) + self._local_steps(server_params, batches, i, client_ids[i], round_rng)
         self._compiled = True
         continue

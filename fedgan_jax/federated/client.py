@@ -137,19 +137,17 @@ def client_step(task: GanTask, state: ClientState, batch, rng):
   z_rng, d_rng, g_rng = jax.random.split(rng, 3)
   g_params, d_params = state.params['generator'], state.params['discriminator']
   condition = batch['condition']
-  z = jax.random.normal(z_rng, (condition.shape[0], task.z_dim), jnp.float32)
-  fake, generator_vjp = jax.vjp(
-      lambda p: task.generator.apply({'params': p}, condition, z), g_params)
+  fake, generator_vjp = jax.vjp(lambda p: generate(task, p, condition, z_rng), g_params)
   d_batch = dict(batch, fake=fake)
+  per_example = functools.partial(discriminator_loss, task)
 
   def mean_d_loss(params, batch, rng):
-    per_example, aux = discriminator_loss(task, params, batch, rng)
-    return jnp.mean(per_example), jax.tree.map(jnp.mean, aux)
+    example_losses, aux = per_example(params, batch, rng)
+    return jnp.mean(example_losses), jax.tree.map(jnp.mean, aux)
 
   if task.discriminator_gradient is None:
     d_grads, d_metrics = jax.grad(mean_d_loss, has_aux=True)(d_params, d_batch, d_rng)
   else:
-    per_example = lambda p, b, r: discriminator_loss(task, p, b, r)
     d_grads, d_metrics = task.discriminator_gradient(per_example, d_params, d_batch, d_rng)
   d_updates, d_opt_state = task.d_optimizer.update(d_grads, state.d_opt_state, d_params)
   d_params = optax.apply_updates(d_params, d_updates)
