@@ -15,7 +15,6 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,15 +22,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import baselines as baselines_config
 from configs import eval_common
 from fedgan_jax import eval_report
+from fedgan_jax import xla_cache
 from fedgan_jax.baselines import compare
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=False)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where every method and the table go.')
-_COMPILATION_CACHE = flags.DEFINE_string(
-    'compilation_cache', os.path.join(os.path.expanduser('~'), '.cache', 'fedgan_jax', 'xla'),
-    'Persistent XLA compilation cache directory ("" disables it).')
+_COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
+                                          xla_cache.FLAG_HELP)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -47,9 +46,7 @@ def with_sections(config, runlocal: bool):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if _COMPILATION_CACHE.value:
-    jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  xla_cache.enable(_COMPILATION_CACHE.value)
   argument = config_flags.get_config_filename(flags.FLAGS['config'])
   config = with_sections(_CONFIG.value, 'runlocal' in argument.partition(':')[2].split(','))
   comparison = compare.compare(config, _WORKDIR.value)

@@ -128,10 +128,7 @@ def main(argv):
   machine['load_average_before'] = load_before
   report['machine'] = machine
   report['device'] = machine['device_kind']
-  text = json.dumps(report, indent=1)
-  if _JSON.value:
-    pathlib.Path(_JSON.value).write_text(text)
-  print(text)
+  round_lib.print_report(report, _JSON.value)
 
 
 if __name__ == '__main__':

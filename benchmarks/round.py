@@ -80,10 +80,7 @@ def main(argv):
   report = run([int(c) for c in _CLIENTS.value], _STRATEGIES.value, _ROUNDS.value,
                _WARMUP.value, _EXAMPLES.value, _CONFIG_ARG.value, _LOCAL_STEPS.value,
                _BATCH_SIZE.value)
-  text = json.dumps(report, indent=1)
-  if _JSON.value:
-    pathlib.Path(_JSON.value).write_text(text)
-  print(text)
+  round_lib.print_report(report, _JSON.value)
 
 
 if __name__ == '__main__':

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import datetime
 import functools
+import json
 import os
+import pathlib
 import platform
 import resource
 import statistics
@@ -38,6 +40,14 @@ from fedgan_jax.federated import task as task_lib
 
 def load_average() -> list[float]:
   return [round(x, 2) for x in os.getloadavg()]
+
+
+def print_report(report: dict[str, Any], path: str | None) -> None:
+  """Prints the benchmark's JSON report and, given a path, writes the same text there."""
+  text = json.dumps(report, indent=1)
+  if path:
+    pathlib.Path(path).write_text(text)
+  print(text)
 
 
 def machine_info() -> dict[str, Any]:

@@ -141,10 +141,7 @@ def main(argv):
   report = {'results': results, 'device': machine['device_kind'], 'machine': machine,
             'config': {'examples_per_client': _EXAMPLES.value, 'rounds': _ROUNDS.value,
                        'warmup': _WARMUP.value, 'config_arg': _CONFIG_ARG.value}}
-  text = json.dumps(report, indent=1)
-  if _JSON.value:
-    pathlib.Path(_JSON.value).write_text(text)
-  print(text)
+  round_lib.print_report(report, _JSON.value)
 
 
 if __name__ == '__main__':

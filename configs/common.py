@@ -67,9 +67,11 @@ def get_common_config() -> ml_collections.ConfigDict:
       hidden=(512,), channels=(32, 64), latent_dim=32, pixel_shuffle=2,
       steps=1500, batch_size=64, learning_rate=1e-3,
       threshold_percentile=95.0,
-      # 'local': the score_percentile-th percentile of the squared residual blurred with a
-      # Gaussian of score_blur_sigma pixels (localized findings); 'mse': the image mean.
-      score='local', score_blur_sigma=2.0, score_percentile=99.0,
+      # 'signed': the score_percentile-th percentile of the square of the residual blurred
+      # with a Gaussian of score_blur_sigma pixels (localized findings; residuals that flip
+      # sign within a few pixels cancel); 'local': of the blurred squared residual;
+      # 'mse': the image mean.
+      score='signed', score_blur_sigma=2.0, score_percentile=99.0,
       generate_batch_size=256))
   # Attributes read back from generated images (record names; () turns the report off).
   config.conditioning = ml_collections.ConfigDict(dict(

@@ -8,32 +8,28 @@ Runs the membership-inference attacks of `fedgan_jax.privacy.audit` on the lates
 """
 
 import json
-import os
 
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
+from fedgan_jax import xla_cache
 from fedgan_jax.privacy import audit
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir holding checkpoints/.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint round to audit (default: the latest).')
-_COMPILATION_CACHE = flags.DEFINE_string(
-    'compilation_cache', os.path.join(os.path.expanduser('~'), '.cache', 'fedgan_jax', 'xla'),
-    'Persistent XLA compilation cache directory ("" disables it).')
+_COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
+                                          xla_cache.FLAG_HELP)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if _COMPILATION_CACHE.value:
-    jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  xla_cache.enable(_COMPILATION_CACHE.value)
   results = audit.run_audit(_CONFIG.value, _WORKDIR.value, _STEP.value)
   logging.info('audit of round %d: %s', results['step'],
                json.dumps({k: results[k] for k in ('discriminator', 'update_alignment',

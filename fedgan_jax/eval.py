@@ -14,19 +14,18 @@ import os
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
 from configs import eval_common
 from fedgan_jax import evaluation
+from fedgan_jax import xla_cache
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir holding checkpoints/.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint round to evaluate (default: the latest).')
-_COMPILATION_CACHE = flags.DEFINE_string(
-    'compilation_cache', os.path.join(os.path.expanduser('~'), '.cache', 'fedgan_jax', 'xla'),
-    'Persistent XLA compilation cache directory ("" disables it).')
+_COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
+                                          xla_cache.FLAG_HELP)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -45,9 +44,7 @@ def with_eval_section(config, config_argument: str):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if _COMPILATION_CACHE.value:
-    jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  xla_cache.enable(_COMPILATION_CACHE.value)
   config = with_eval_section(_CONFIG.value, config_flags.get_config_filename(flags.FLAGS['config']))
   results = evaluation.evaluate_checkpoint(config, _WORKDIR.value, _STEP.value)
   logging.info('Wrote %s (round %d, %.1f s).', os.path.join(_WORKDIR.value, 'eval', 'results.md'),

@@ -13,6 +13,7 @@ import jax
 from ml_collections import config_flags
 
 from fedgan_jax import train
+from fedgan_jax import xla_cache
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -21,10 +22,8 @@ _JAX_DISTRIBUTED = flags.DEFINE_bool(
     'jax_distributed', False,
     'Call jax.distributed.initialize() first (multi-host). On Cloud TPU VMs it needs nothing '
     'else; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.')
-_COMPILATION_CACHE = flags.DEFINE_string(
-    'compilation_cache', os.path.join(os.path.expanduser('~'), '.cache', 'fedgan_jax', 'xla'),
-    'Persistent XLA compilation cache directory ("" disables it): a resumed or repeated run '
-    'skips recompiling the round.')
+_COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
+                                          xla_cache.FLAG_HELP)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -42,9 +41,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _JAX_DISTRIBUTED.value:
     initialize_distributed()
-  if _COMPILATION_CACHE.value:
-    jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  xla_cache.enable(_COMPILATION_CACHE.value)
   logging.info('JAX %s, backend %s, %d device(s), process %d of %d.', jax.__version__,
                jax.default_backend(), jax.device_count(), jax.process_index(), jax.process_count())
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -6,7 +6,6 @@ round against the same round assembled by hand from per-client local updates; th
 against each other (in a subprocess, since the device count is fixed at start-up).
 """
 
-import json
 import os
 import subprocess
 import sys

@@ -82,6 +82,36 @@ def test_local_anomaly_score_is_a_percentile_of_the_blurred_residual():
   assert blurred[0] > blurred[1]
 
 
+def test_signed_anomaly_score_cancels_residuals_that_flip_sign():
+  from fedgan_jax.evaluators import anomaly  # pylint: disable=g-import-not-at-top
+  images = np.zeros((2, 8, 8, 1), np.float32)
+  rows, columns = np.indices((8, 8))
+  reconstructions = np.stack([np.ones((8, 8)),                       # A residual of one sign.
+                              (-1.0) ** (rows + columns)])[..., None]  # A +-1 checkerboard.
+  reconstructions = reconstructions.astype(np.float32)
+  signed = anomaly.anomaly_score(images, reconstructions, anomaly.ScoreConfig('signed', 1.0, 100.0))
+  squared = anomaly.anomaly_score(images, reconstructions, anomaly.ScoreConfig('local', 1.0, 100.0))
+  # Squared first, both maps are 1 everywhere: a pixel whose 7x7 kernel lies inside the image
+  # blurs to exactly 1.
+  np.testing.assert_allclose(squared, [1.0, 1.0], rtol=1e-5)
+  # Blurred first, the uniform residual still peaks at 1. Inside the checkerboard the blur
+  # leaves the kernel's alternating sum, (sum_k (-1)^k t_k / sum_k t_k)^2 = 0.0016 after
+  # squaring; the peak sits where zero padding breaks the cancellation, computed here by an
+  # explicit sum over the 7x7 kernel.
+  taps = np.exp(-0.5 * np.arange(-3, 4) ** 2) / np.exp(-0.5 * np.arange(-3, 4) ** 2).sum()
+  checkerboard = np.pad((-1.0) ** (rows + columns), 3)
+  blurred = np.array([[np.sum(np.outer(taps, taps) * checkerboard[i:i + 7, j:j + 7])
+                       for j in range(8)] for i in range(8)])
+  np.testing.assert_allclose(np.abs(blurred[3:5, 3:5]),
+                             np.sum(taps * (-1.0) ** np.arange(7)) ** 2, rtol=1e-6)
+  np.testing.assert_allclose(signed, [1.0, np.max(np.square(blurred))], rtol=1e-4)
+  assert signed[1] < 0.1 * signed[0]
+  # Without blur, signed and squared agree on one channel.
+  np.testing.assert_allclose(
+      anomaly.anomaly_score(images, reconstructions, anomaly.ScoreConfig('signed', 0.0, 99.0)),
+      anomaly.anomaly_score(images, reconstructions, anomaly.ScoreConfig('local', 0.0, 99.0)))
+
+
 def test_unknown_anomaly_score_is_rejected():
   import ml_collections  # pylint: disable=g-import-not-at-top
   from fedgan_jax.evaluators import anomaly  # pylint: disable=g-import-not-at-top

@@ -32,6 +32,7 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from fedgan_jax import xla_cache
 from fedgan_jax.data import conditions as conditions_lib
 from fedgan_jax.data import dataset as dataset_lib
 from fedgan_jax.deploy import common
@@ -53,9 +54,8 @@ _INSECURE = flags.DEFINE_bool('insecure', False, 'No TLS and unsigned messages: 
                               'loopback only.')
 _EXIT_AT_ROUND = flags.DEFINE_integer('exit_at_round', -1, 'Testing: die mid-round at this '
                                       '0-based round index (-1 = never).')
-_COMPILATION_CACHE = flags.DEFINE_string(
-    'compilation_cache', os.path.join(os.path.expanduser('~'), '.cache', 'fedgan_jax', 'xla'),
-    'Persistent XLA compilation cache directory ("" disables it).')
+_COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
+                                          xla_cache.FLAG_HELP)
 flags.mark_flags_as_required(['config', 'site', 'data', 'server'])
 
 
@@ -152,8 +152,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
-  if _COMPILATION_CACHE.value:
-    jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
+  xla_cache.enable(_COMPILATION_CACHE.value)
   if _INSECURE.value:
     security.warn_insecure('fedgan_jax.deploy.hospital')
     private_key, root_certificates = None, None

@@ -28,7 +28,6 @@ import os
 import secrets
 import sys
 import threading
-from typing import Any
 
 from absl import app
 from absl import flags
@@ -36,9 +35,9 @@ from absl import logging
 import flwr
 from flwr import common as flwr_common
 from flwr.server import strategy as flwr_strategy
-import jax
 from ml_collections import config_flags
 
+from fedgan_jax import xla_cache
 from fedgan_jax.deploy import common
 from fedgan_jax.deploy import coordinator as coordinator_lib
 from fedgan_jax.deploy import security
@@ -56,9 +55,8 @@ _HOSPITAL_KEYS = flags.DEFINE_string('hospital_keys', None,
                                      'roster site (node authentication).')
 _INSECURE = flags.DEFINE_bool('insecure', False, 'No TLS and no hospital authentication: tests '
                               'on loopback only.')
-_COMPILATION_CACHE = flags.DEFINE_string(
-    'compilation_cache', os.path.join(os.path.expanduser('~'), '.cache', 'fedgan_jax', 'xla'),
-    'Persistent XLA compilation cache directory ("" disables it).')
+_COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
+                                          xla_cache.FLAG_HELP)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -242,8 +240,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
-  if _COMPILATION_CACHE.value:
-    jax.config.update('jax_compilation_cache_dir', _COMPILATION_CACHE.value)
+  xla_cache.enable(_COMPILATION_CACHE.value)
   if _INSECURE.value:
     security.warn_insecure('fedgan_jax.deploy.server')
     certificates, hospital_keys = None, None
