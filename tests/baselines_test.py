@@ -102,6 +102,9 @@ def test_real_normal_autoencoders_train_and_threshold_on_training_normals(tiny_f
   federated = autoencoder_baseline.train_federated(tiny_federation, config.anomaly, settings, 0)
   centralized = autoencoder_baseline.train_centralized(tiny_federation, config.anomaly, 0)
   for detector in (federated, centralized):
+    # Both score by the configured rule, like the GANs' detectors they are compared with.
+    assert detector.score == autoencoder_baseline.anomaly_lib.score_config(config.anomaly)
+    assert detector.score.kind == config.anomaly.score
     report = autoencoder_baseline.evaluate(detector, tiny_federation, 90.0)
     assert 0.0 <= report['auc'] <= 1.0 and report['threshold_percentile'] == 90.0
     normals = autoencoder_baseline.normal_images(tiny_federation.pooled())

@@ -53,7 +53,9 @@ def train_federated(federation: dataset_lib.FederatedDataset, anomaly_config, fe
                                  fedavg_config.optimizer, 'baselines.autoencoder.optimizer')
   params, history = trainer.train(params, clients, fedavg_config.rounds,
                                   fedavg_config.local_steps, anomaly_config.batch_size, seed)
-  return anomaly_lib.Detector(model=model, params=params, final_loss=history[-1])
+  # Scored by the configured rule, as every other detector in the comparison.
+  return anomaly_lib.Detector(model=model, params=params, final_loss=history[-1],
+                              score=anomaly_lib.score_config(anomaly_config))
 
 
 def train_centralized(federation: dataset_lib.FederatedDataset, anomaly_config,
