@@ -1,4 +1,4 @@
-"""The same FedAvg round written the obvious PyTorch way (CPU): the peer to beat.
+"""The same FedAvg round written the obvious PyTorch way (CPU or CUDA): the peer to beat.
 
     /work/venvs/torch/bin/python benchmarks/torch_round.py --clients=3,8,32 \
         --round_json=/tmp/round.json --json=/tmp/torch_round.json
@@ -14,7 +14,8 @@ discriminator with input unshuffle, minibatch-std and attribute head), the clien
 local (D step, G step) pairs with fresh Adam states, and the server adds the example-weighted
 mean delta (FedAvg, server SGD with learning rate 1). A round is a Python loop over clients,
 as users would write it. With `--round_json` (benchmarks/round.py's output) the JSON gets
-`jax_round_s / torch_round_s` per JAX strategy.
+`jax_round_s / torch_round_s` per JAX strategy. `--device=cuda` runs the same loop on a GPU
+(benchmarks/gpu.sh), synchronizing before each clock read.
 """
 
 import argparse
@@ -173,7 +174,8 @@ def local_update(args, generator, discriminator, batches):
   for images, condition in batches:
     values, mask = condition[:, :half], condition[:, half:]
     with torch.no_grad():
-      fake = generator(condition, torch.randn(len(condition), args.z_dim))
+      fake = generator(condition, torch.randn(len(condition), args.z_dim,
+                                               device=condition.device))
     logits, attributes = discriminator(torch.cat([images, fake]), torch.cat([condition] * 2))
     real_logits, fake_logits = logits.chunk(2)
     attribute = (F.binary_cross_entropy_with_logits(attributes[:len(images)], values,
@@ -185,7 +187,8 @@ def local_update(args, generator, discriminator, batches):
 
     for p in discriminator.parameters():
       p.requires_grad_(False)
-    fake = generator(condition, torch.randn(len(condition), args.z_dim))
+    fake = generator(condition, torch.randn(len(condition), args.z_dim,
+                                               device=condition.device))
     logits, attributes = discriminator(fake, condition)
     predicted = torch.sigmoid(attributes) * mask
     cond = 1.0 - F.cosine_similarity(predicted, values * mask, dim=-1, eps=1e-8)
@@ -226,16 +229,27 @@ def random_round_inputs(args, clients, generator):
           [float(torch.randint(16, 64, (), generator=generator)) for _ in range(clients)])
 
 
+def synchronize(device):
+  if device.type == 'cuda':
+    torch.cuda.synchronize(device)
+
+
 def time_clients(args, clients):
+  device = torch.device(args.device)
   torch.manual_seed(0)
-  global_models = [Generator(args), Discriminator(args)]
+  global_models = [Generator(args).to(device), Discriminator(args).to(device)]
   local_models = copy.deepcopy(global_models)
   generator = torch.Generator().manual_seed(clients)
   times = []
   for r in range(args.warmup + args.rounds):
     batches, weights = random_round_inputs(args, clients, generator)
+    # Inputs are on the device before the clock starts, as a JAX round's batches are.
+    batches = [[(images.to(device), condition.to(device)) for images, condition in client]
+               for client in batches]
+    synchronize(device)
     started = time.perf_counter()
     fedavg_round(args, global_models, local_models, batches, weights)
+    synchronize(device)
     if r >= args.warmup:
       times.append(time.perf_counter() - started)
   return {'strategy': 'torch_loop', 'clients': clients, 'round_s': statistics.median(times),
@@ -248,6 +262,7 @@ def parse_args(argv):
   parser.add_argument('--clients', type=ints, default=(3, 8, 32))
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--warmup', type=int, default=1)
+  parser.add_argument('--device', default='cpu', help="torch device: 'cpu' or 'cuda'")
   parser.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
   # configs/common.py and configs/phantom.py defaults.
   parser.add_argument('--image_size', type=int, default=64)
@@ -281,7 +296,8 @@ def main(argv):
     for row in results:
       row['jax_over_torch'] = {j['strategy']: round(j['round_s'] / row['round_s'], 3)
                                for j in jax_rows if j['clients'] == row['clients']}
-  report = {'results': results, 'device': 'cpu', 'machine': {
+  device_name = (torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu')
+  report = {'results': results, 'device': device_name, 'machine': {
       'cpu_count': os.cpu_count(), 'torch': torch.__version__,
       'torch_threads': torch.get_num_threads(), 'python': platform.python_version(),
       'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
