@@ -122,7 +122,7 @@ def main(argv):
   report['matmul_peak_flops'] = peak
   report['efficiency'] = [
       {'strategy': s, 'round_s': t, 'achieved_flops': report['round_flops'] / t,
-       'fraction_of_peak': round(report['round_flops'] / t / peak, 3)}
+       'fraction_of_peak': float(f"{report['round_flops'] / t / peak:.3g}")}
       for s, t in sorted(round_times.items())]
   machine = round_lib.machine_info()
   machine['load_average_before'] = load_before

@@ -71,7 +71,7 @@ else
                 --examples_per_client=16 --strategy=vmap)
   COMPILE_ARGS=(--clients=32 --compile_clients=4 --strategies=vmap --matmul_size=8192)
   TORCH_ARGS=(--clients=32,4 --rounds=5)
-  ROUND_LIMIT=230; SCALING_LIMIT=120; COMPILE_LIMIT=70; TORCH_LIMIT=50
+  ROUND_LIMIT=240; SCALING_LIMIT=80; COMPILE_LIMIT=120; TORCH_LIMIT=40
 fi
 
 run_step() {  # name, limit in seconds, command...
