@@ -39,6 +39,9 @@ def get_common_config() -> ml_collections.ConfigDict:
   # 'vmap' | 'sequential' | 'threads' | 'auto' (fastest per backend: threads on CPU, else vmap).
   config.fl.strategy = 'auto'
   config.fl.client_threads = 0      # clients in flight under 'threads'; 0 = one per CPU core.
+  # 'sequential'/'threads': a client's local steps as one compiled program (~10% faster on CPU;
+  # compile time grows with local_steps). False: one program per step, compiled once for any K.
+  config.fl.fuse_local_steps = True
   config.fl.centralized = False     # True: one client holding all data (the baseline).
   # Decay of the server's moving average of G over rounds, which sampling and evaluation use
   # (0 = off: the last round's G). Averaging damps the round-to-round jitter of a short GAN run.

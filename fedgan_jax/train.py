@@ -140,7 +140,7 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
     else:
       state = jax.device_put(state, replicated)
   round_fn = algorithm.make_round_fn(task, server_optimizer, strategy, mesh, client_privacy,
-                                     fl.client_threads)
+                                     fl.client_threads, fl.get('fuse_local_steps', True))
   pad = mesh.size if mesh is not None else 1
   clients = federation.clients
   logging.info('Training %d rounds (from %d) over %d clients, %s per round, strategy %s on %s.',

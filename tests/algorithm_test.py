@@ -102,7 +102,9 @@ def test_auto_strategy_is_threads_on_cpu_and_vmap_on_accelerators():
   assert algorithm.resolve_strategy('auto', 'tpu') == 'vmap'
 
 
-def test_round_equals_hand_assembled_fedavg(runlocal_task, runlocal_federation):
+@pytest.mark.parametrize('fuse_local_steps', [True, False])
+def test_round_equals_hand_assembled_fedavg(runlocal_task, runlocal_federation,
+                                            fuse_local_steps):
   task, federation = runlocal_task, runlocal_federation
   server_optimizer = optax.sgd(1.0)  # Plain FedAvg: params + weighted average delta.
   params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
@@ -111,8 +113,9 @@ def test_round_equals_hand_assembled_fedavg(runlocal_task, runlocal_federation):
   ids = np.array([0, 2])  # Partial participation, clients of unequal size.
   batches, weights, ids = sampling.round_inputs(federation.clients, ids, 0, 5, 2, 8)
   round_rng = jax.random.key(3)
-  new_state, metrics = algorithm.make_round_fn(task, server_optimizer, 'sequential')(
-      state, batches, weights, ids, round_rng)
+  new_state, metrics = algorithm.make_round_fn(
+      task, server_optimizer, 'sequential', fuse_local_steps=fuse_local_steps)(
+          state, batches, weights, ids, round_rng)
 
   local = jax.jit(lambda p, b, r: client_lib.local_update(task, p, b, r))
   deltas = [local(params, jax.tree.map(lambda x, i=i: x[i], batches),

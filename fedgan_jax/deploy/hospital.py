@@ -60,9 +60,15 @@ flags.mark_flags_as_required(['config', 'site', 'data', 'server'])
 
 
 class LocalTrainer:
-  """`client_init`, K `client_step`s, `client_final`, each jitted once (as `SequentialRound`)."""
+  """A hospital's local update, compiled as `algorithm.SequentialRound` compiles it.
 
-  def __init__(self, task: client_lib.GanTask):
+  With `fuse_local_steps`, all K steps are one program (`client.local_update`); without,
+  `client_init`, `client_step` (reused for every step) and `client_final` are jitted apart.
+  """
+
+  def __init__(self, task: client_lib.GanTask, fuse_local_steps: bool = True):
+    self._fused = fuse_local_steps
+    self._local_update = jax.jit(functools.partial(client_lib.local_update, task))
     self._init = jax.jit(functools.partial(client_lib.client_init, task))
     self._step = jax.jit(functools.partial(client_lib.client_step, task))
     self._final = jax.jit(client_lib.client_final)
@@ -70,6 +76,9 @@ class LocalTrainer:
 
   def __call__(self, server_params, batches, rng):
     """Returns `(delta, mean losses over the K steps)`."""
+    if self._fused:
+      delta, metrics = self._local_update(server_params, batches, rng)
+      return delta, {k: float(v) for k, v in jax.device_get(metrics).items()}
     state = self._init(server_params)
     step_metrics = []
     for step in range(batches['condition'].shape[0]):
@@ -97,7 +106,7 @@ class Hospital(flwr.client.NumPyClient):
     task = task_lib.build_task(config, schema, data.images.shape[1:])
     self._template = jax.eval_shape(lambda: client_lib.init_params(
         task, jax.random.key(0, impl='rbg'), tuple(data.images.shape[1:]), schema.model_dim))
-    self._train = LocalTrainer(task)
+    self._train = LocalTrainer(task, config.fl.get('fuse_local_steps', True))
 
   def get_properties(self, config):
     digest = security.properties_digest(config['nonce'], self._site, self._client_id)

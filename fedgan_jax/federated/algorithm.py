@@ -14,14 +14,14 @@ identical math are offered (`fl.strategy`):
 
   * `vmap`: one jitted function; clients are vmapped and the client axis is sharded
     over all local devices (`jax.sharding`), params replicated. Fast on GPU/TPU.
-  * `sequential`: a Python loop calling a jitted per-client local update and a
-    jitted accumulation. On XLA's CPU backend this beats `vmap`, because vmapped
+  * `sequential`: a Python loop calling a jitted per-client local update (all K local
+    steps in one program unless `fl.fuse_local_steps=False`) and a jitted accumulation. On XLA's CPU backend this beats `vmap`, because vmapped
     per-client weights turn convolutions into slow grouped convolutions.
   * `threads`: `sequential` with up to `client_threads` clients in flight at once, each
     driven from its own host thread; deltas are still summed in client order, so the
     result is bit-identical to `sequential`. XLA's CPU convolutions at these sizes keep
-    barely one core busy, so concurrent clients fill the others (~1.4x over `sequential` on
-    2 idle cores, BENCHMARKS.md).
+    barely one core busy, so concurrent clients fill the others (~1.5x over the naive
+    per-client loop on 2 idle cores, BENCHMARKS.md).
 
 `auto` picks `threads` on CPU and `vmap` elsewhere (BENCHMARKS.md has the numbers).
 
@@ -257,13 +257,14 @@ def vmap_round(task, server_optimizer, state: ServerState, batches, weights, cli
 
 def make_round_fn(task, server_optimizer, strategy: str, mesh: Mesh | None = None,
                   client_privacy: ClientPrivacy | None = None,
-                  client_threads: int = 0) -> Callable:
+                  client_threads: int = 0, fuse_local_steps: bool = True) -> Callable:
   """Returns `round_fn(state, batches, weights, client_ids, round_rng) -> (state, metrics)`.
 
   The number of participating clients must be a multiple of the mesh size for
   `vmap` (pad with zero-weight clients; see `sampling.round_inputs`). With
   `client_privacy`, the round is DP-FedAvg (weights then only mark padding: 0 or not).
-  `client_threads` bounds the clients in flight under `threads` (0: one per CPU core).
+  `client_threads` bounds the clients in flight under `threads` (0: one per CPU core);
+  `fuse_local_steps` is `SequentialRound`'s (`sequential` and `threads` only).
   """
   strategy = resolve_strategy(strategy)
   if strategy == 'vmap':
@@ -275,25 +276,30 @@ def make_round_fn(task, server_optimizer, strategy: str, mesh: Mesh | None = Non
         in_shardings=(replicated, by_client, by_client, by_client, replicated),
         out_shardings=(replicated, replicated))
   workers = resolve_client_threads(client_threads) if strategy == 'threads' else 1
-  return SequentialRound(task, server_optimizer, client_privacy, workers)
+  return SequentialRound(task, server_optimizer, client_privacy, workers, fuse_local_steps)
 
 
 class SequentialRound:
-  """A Python loop over clients and local steps (the same math as `vmap_round`).
+  """A Python loop over clients (the same math as `vmap_round`).
 
-  Only `client_step` is compiled for the model (once, reused for every step of every
-  client), which halves compile time against jitting a K-step local update, and the
-  per-client work runs without batching over client weights. With `workers > 1`, up to
-  that many clients run at once on a thread pool (JAX releases the GIL while XLA runs);
-  their deltas are accumulated in client order, so the sum is the same to the bit, and
-  at most `workers + 1` client states are resident, whatever the number of clients.
+  With `fuse_local_steps` (the default), a client's K local steps are one compiled
+  program, `client.local_update`, the very function `vmap_round` vmaps: on XLA's CPU
+  backend that runs ~10% faster than one program per step (BENCHMARKS.md), and its compile
+  time grows with K. Without it, only `client_step` is compiled (once, reused for every
+  step of every client, whatever K). With `workers > 1`, up to that many clients run at
+  once on a thread pool (JAX releases the GIL while XLA runs); their deltas are
+  accumulated in client order, so the sum is the same to the bit, and at most
+  `workers + 1` client results are resident, whatever the number of clients.
   """
 
   def __init__(self, task, server_optimizer, client_privacy: ClientPrivacy | None = None,
-               workers: int = 1):
+               workers: int = 1, fuse_local_steps: bool = True):
     self._privacy = client_privacy
+    self._fused = fuse_local_steps
+    self._local_update = jax.jit(functools.partial(client_lib.local_update, task))
     self._init = jax.jit(functools.partial(client_lib.client_init, task))
     self._step = jax.jit(functools.partial(client_lib.client_step, task))
+    self._final = jax.jit(self._final_fn)
     self._accumulate = jax.jit(self._accumulate_fn)
     self._finish = jax.jit(functools.partial(self._finish_fn, server_optimizer))
     self._accumulate_clipped = jax.jit(self._accumulate_clipped_fn)
@@ -306,23 +312,24 @@ class SequentialRound:
     self._compiled = False
 
   @staticmethod
-  def _accumulate_fn(total, metric_sums, client_state, server_params, step_metrics, weight):
-    delta = client_lib.client_final(client_state, server_params)
+  def _final_fn(client_state, server_params, step_metrics):
+    """`client_final` and the step-mean metrics, as `client.local_update` ends."""
+    metrics = jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *step_metrics)
+    return client_lib.client_final(client_state, server_params), metrics
+
+  @staticmethod
+  def _accumulate_fn(total, metric_sums, delta, server_params, metrics, weight):
     check_client_message(delta, server_params)
     total = jax.tree.map(lambda t, d: t + weight * d, total, delta)
-    metrics = jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *step_metrics)
     metric_sums = jax.tree.map(lambda s, m: s + weight * m, metric_sums, metrics)
     return total, metric_sums
 
   @staticmethod
-  def _accumulate_clipped_fn(total, metric_sums, client_state, server_params, step_metrics,
-                             clip_norm):
+  def _accumulate_clipped_fn(total, metric_sums, delta, server_params, metrics, clip_norm):
     """Adds one client's clipped delta (uniform weight); returns its pre-clip norm too."""
-    delta = client_lib.client_final(client_state, server_params)
     check_client_message(delta, server_params)
     clipped, norm = client_dp.clip_update(delta, clip_norm)
     total = jax.tree.map(jnp.add, total, clipped)
-    metrics = jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *step_metrics)
     metric_sums = jax.tree.map(jnp.add, metric_sums, metrics)
     return total, metric_sums, norm
 
@@ -332,29 +339,33 @@ class SequentialRound:
     metrics = jax.tree.map(lambda m: m / total_weight, metric_sums)
     return server_update(server_optimizer, state, average), metrics
 
-  def _local_steps(self, server_params, batches, i, client_id, round_rng):
-    """One client's init and local steps: `(client_state, step_metrics)`, computed."""
+  def _client_update(self, server_params, batches, i, client_id, round_rng):
+    """One client's `(delta, metrics)`, computed (the worker's whole job)."""
     rng = self._fold_in(round_rng, client_id)
-    client_state = self._init(server_params)
-    step_metrics = []
-    for step in range(batches['condition'].shape[1]):
-      batch = jax.tree.map(lambda x, i=i, step=step: x[i, step], batches)
-      client_state, metrics = self._step(client_state, batch, self._fold_in(rng, step))
-      step_metrics.append(metrics)
-    # Blocking here keeps each worker on one client until its steps are done.
-    return jax.block_until_ready((client_state, step_metrics))
+    if self._fused:
+      result = self._local_update(server_params, jax.tree.map(lambda x: x[i], batches), rng)
+    else:
+      client_state = self._init(server_params)
+      step_metrics = []
+      for step in range(batches['condition'].shape[1]):
+        batch = jax.tree.map(lambda x, step=step: x[i, step], batches)
+        client_state, metrics = self._step(client_state, batch, self._fold_in(rng, step))
+        step_metrics.append(metrics)
+      result = self._final(client_state, server_params, step_metrics)
+    # Blocking here keeps each worker on one client until its work is done.
+    return jax.block_until_ready(result)
 
   def _client_results(self, server_params, batches, participants, client_ids, round_rng):
-    """Yields `(i, client_state, step_metrics)` in client order, <= workers in flight."""
+    """Yields `(i, delta, metrics)` in client order, <= workers in flight."""
     pending = collections.deque()
     for i in participants:
       if self._pool is None or not self._compiled:
         # Without a pool every client runs here; with one, the first client ever runs
         # alone, so threads never race to compile.
-        yield (i,) + self._local_steps(server_params, batches, i, client_ids[i], round_rng)
+        yield (i,) + self._client_update(server_params, batches, i, client_ids[i], round_rng)
         self._compiled = True
         continue
-      pending.append((i, self._pool.submit(self._local_steps, server_params, batches, i,
+      pending.append((i, self._pool.submit(self._client_update, server_params, batches, i,
                                            client_ids[i], round_rng)))
       if len(pending) > self._workers:
         j, future = pending.popleft()
@@ -371,16 +382,16 @@ class SequentialRound:
     norms = np.zeros(len(client_ids), np.float32)
     # Padding clients (weight 0) contribute nothing; skip their compute.
     participants = [i for i in range(len(client_ids)) if weights[i] != 0.0]
-    for i, client_state, step_metrics in self._client_results(
+    for i, delta, metrics in self._client_results(
         state.params, batches, participants, client_ids, round_rng):
       if metric_sums is None:
-        metric_sums = jax.tree.map(jnp.zeros_like, step_metrics[0])
+        metric_sums = jax.tree.map(jnp.zeros_like, metrics)
       if self._privacy is None:
-        total, metric_sums = self._accumulate(total, metric_sums, client_state, state.params,
-                                              step_metrics, weights[i])
+        total, metric_sums = self._accumulate(total, metric_sums, delta, state.params,
+                                              metrics, weights[i])
       else:
         total, metric_sums, norms[i] = self._accumulate_clipped(
-            total, metric_sums, client_state, state.params, step_metrics,
+            total, metric_sums, delta, state.params, metrics,
             current_clip_norm(self._privacy, state))
     if self._privacy is None:
       return self._finish(state, total, jnp.sum(weights), metric_sums)

@@ -231,8 +231,9 @@ def run_audit(config, workdir: str, step: int | None = None) -> dict[str, Any]:
   fold_in = jax.jit(jax.random.fold_in)
 
   def local(server_params, batches, client_rng):
-    # `client.local_update` step by step, as `algorithm.SequentialRound` runs it: one compiled
-    # step serves every local step (un-jitted, init and final would compile op by op).
+    # `client.local_update` step by step: one compiled step serves every local step, and the
+    # audit's few updates do not repay compiling all K steps as one program (un-jitted, init
+    # and final would compile op by op).
     state = init_fn(server_params)
     for local_step in range(batches['condition'].shape[0]):
       state, _ = step_fn(state, jax.tree.map(lambda x, s=local_step: x[s], batches),
