@@ -15,8 +15,9 @@ identical math are offered (`fl.strategy`):
   * `vmap`: one jitted function; clients are vmapped and the client axis is sharded
     over all local devices (`jax.sharding`), params replicated. Fast on GPU/TPU.
   * `sequential`: a Python loop calling a jitted per-client local update (all K local
-    steps in one program unless `fl.fuse_local_steps=False`) and a jitted accumulation. On XLA's CPU backend this beats `vmap`, because vmapped
-    per-client weights turn convolutions into slow grouped convolutions.
+    steps in one program unless `fl.fuse_local_steps=False`) and a jitted accumulation.
+    On XLA's CPU backend this beats `vmap`, because vmapped per-client weights turn
+    convolutions into slow grouped convolutions.
   * `threads`: `sequential` with up to `client_threads` clients in flight at once, each
     driven from its own host thread; deltas are still summed in client order, so the
     result is bit-identical to `sequential`. XLA's CPU convolutions at these sizes keep
