@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import baselines as baselines_config
 from configs import eval_common
+from fedgan_jax import cpu_backend
 from fedgan_jax import eval_report
 from fedgan_jax import xla_cache
 from fedgan_jax.baselines import compare
@@ -31,6 +32,7 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config fil
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where every method and the table go.')
 _COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
                                           xla_cache.FLAG_HELP)
+_CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', False, cpu_backend.FLAG_HELP)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -46,6 +48,7 @@ def with_sections(config, runlocal: bool):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cpu_backend.apply(_CPU_YNN_FUSIONS.value)
   xla_cache.enable(_COMPILATION_CACHE.value)
   argument = config_flags.get_config_filename(flags.FLAGS['config'])
   config = with_sections(_CONFIG.value, 'runlocal' in argument.partition(':')[2].split(','))

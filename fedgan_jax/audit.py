@@ -14,6 +14,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from fedgan_jax import cpu_backend
 from fedgan_jax import xla_cache
 from fedgan_jax.privacy import audit
 
@@ -23,12 +24,14 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir holding checkp
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint round to audit (default: the latest).')
 _COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
                                           xla_cache.FLAG_HELP)
+_CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', False, cpu_backend.FLAG_HELP)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cpu_backend.apply(_CPU_YNN_FUSIONS.value)
   xla_cache.enable(_COMPILATION_CACHE.value)
   results = audit.run_audit(_CONFIG.value, _WORKDIR.value, _STEP.value)
   logging.info('audit of round %d: %s', results['step'],

@@ -17,6 +17,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from configs import eval_common
+from fedgan_jax import cpu_backend
 from fedgan_jax import evaluation
 from fedgan_jax import xla_cache
 
@@ -26,6 +27,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir holding checkp
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint round to evaluate (default: the latest).')
 _COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
                                           xla_cache.FLAG_HELP)
+_CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', False, cpu_backend.FLAG_HELP)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -44,6 +46,7 @@ def with_eval_section(config, config_argument: str):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cpu_backend.apply(_CPU_YNN_FUSIONS.value)
   xla_cache.enable(_COMPILATION_CACHE.value)
   config = with_eval_section(_CONFIG.value, config_flags.get_config_filename(flags.FLAGS['config']))
   results = evaluation.evaluate_checkpoint(config, _WORKDIR.value, _STEP.value)

@@ -12,6 +12,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from fedgan_jax import cpu_backend
 from fedgan_jax import train
 from fedgan_jax import xla_cache
 
@@ -24,6 +25,7 @@ _JAX_DISTRIBUTED = flags.DEFINE_bool(
     'else; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.')
 _COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
                                           xla_cache.FLAG_HELP)
+_CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', False, cpu_backend.FLAG_HELP)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -39,11 +41,13 @@ def initialize_distributed() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cpu_ynn = cpu_backend.apply(_CPU_YNN_FUSIONS.value)
   if _JAX_DISTRIBUTED.value:
     initialize_distributed()
   xla_cache.enable(_COMPILATION_CACHE.value)
-  logging.info('JAX %s, backend %s, %d device(s), process %d of %d.', jax.__version__,
-               jax.default_backend(), jax.device_count(), jax.process_index(), jax.process_count())
+  logging.info('JAX %s, backend %s, %d device(s), process %d of %d; CPU YNNPACK fusions: %s.',
+               jax.__version__, jax.default_backend(), jax.device_count(), jax.process_index(),
+               jax.process_count(), cpu_ynn)
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

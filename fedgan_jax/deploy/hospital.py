@@ -32,6 +32,7 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from fedgan_jax import cpu_backend
 from fedgan_jax import xla_cache
 from fedgan_jax.data import conditions as conditions_lib
 from fedgan_jax.data import dataset as dataset_lib
@@ -56,6 +57,7 @@ _EXIT_AT_ROUND = flags.DEFINE_integer('exit_at_round', -1, 'Testing: die mid-rou
                                       '0-based round index (-1 = never).')
 _COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
                                           xla_cache.FLAG_HELP)
+_CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', False, cpu_backend.FLAG_HELP)
 flags.mark_flags_as_required(['config', 'site', 'data', 'server'])
 
 
@@ -161,6 +163,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
+  cpu_backend.apply(_CPU_YNN_FUSIONS.value)
   xla_cache.enable(_COMPILATION_CACHE.value)
   if _INSECURE.value:
     security.warn_insecure('fedgan_jax.deploy.hospital')

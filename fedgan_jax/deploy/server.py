@@ -37,6 +37,7 @@ from flwr import common as flwr_common
 from flwr.server import strategy as flwr_strategy
 from ml_collections import config_flags
 
+from fedgan_jax import cpu_backend
 from fedgan_jax import xla_cache
 from fedgan_jax.deploy import common
 from fedgan_jax.deploy import coordinator as coordinator_lib
@@ -57,6 +58,7 @@ _INSECURE = flags.DEFINE_bool('insecure', False, 'No TLS and no hospital authent
                               'on loopback only.')
 _COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
                                           xla_cache.FLAG_HELP)
+_CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', False, cpu_backend.FLAG_HELP)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -240,6 +242,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
+  cpu_backend.apply(_CPU_YNN_FUSIONS.value)
   xla_cache.enable(_COMPILATION_CACHE.value)
   if _INSECURE.value:
     security.warn_insecure('fedgan_jax.deploy.server')
