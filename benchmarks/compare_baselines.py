@@ -32,7 +32,7 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config fil
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where every method and the table go.')
 _COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
                                           xla_cache.FLAG_HELP)
-_CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', False, cpu_backend.FLAG_HELP)
+_CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', True, cpu_backend.FLAG_HELP)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 

@@ -24,7 +24,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir holding checkp
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint round to audit (default: the latest).')
 _COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
                                           xla_cache.FLAG_HELP)
-_CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', False, cpu_backend.FLAG_HELP)
+_CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', True, cpu_backend.FLAG_HELP)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 

@@ -1,10 +1,12 @@
-"""XLA CPU backend flags the binaries set before JAX starts.
+"""An XLA CPU backend flag the binaries can set before JAX starts (`--cpu_ynn_fusions`).
 
-jaxlib 0.10-0.11 hand XLA's CPU convolutions to YNNPACK fusions by default. On the 2-core
-development machine these ran a client's local update ~1.7x slower than XLA's own (Eigen)
-convolutions, for a naive per-client loop and for the engine alike (BENCHMARKS.md, issue 3):
-`--xla_cpu_experimental_ynn_fusion_type=` (an empty list of fusion types) turns them off.
-Only the library choice changes; the math is the same up to float rounding.
+jaxlib 0.10-0.11 hand XLA's CPU convolutions to YNNPACK fusions by default.
+`--xla_cpu_experimental_ynn_fusion_type=` (an empty list of fusion types) turns them off, so
+XLA uses its own (Eigen) convolutions; the math is the same up to float rounding. On the
+2-core development machine (BENCHMARKS.md, issue 3) that made rounds of 32 clients 1.2x
+(`threads`) to 1.5x (a naive per-client loop) faster, but the default 4-client pipeline was
+no faster per round and its autoencoder phases slower (F-AD 67 s -> 94 s), so it is opt-in:
+`--cpu_ynn_fusions=false` for large CPU simulations.
 
 XLA aborts the process on a flag it does not know, and the flag list is not exposed, so the
 flag is only set when the installed jaxlib's binary names it. It must be in `XLA_FLAGS`
@@ -20,8 +22,9 @@ import os
 from absl import logging
 
 YNN_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
-FLAG_HELP = ("Keep jaxlib's YNNPACK fusions for CPU convolutions (its default). Off by "
-             'default: measured ~1.7x slower than XLA\'s own convolutions here (BENCHMARKS.md).')
+FLAG_HELP = ("Keep jaxlib's YNNPACK fusions for CPU convolutions (its default). false: XLA's "
+             'own convolutions, 1.2-1.5x faster rounds of 32 CPU clients, slower autoencoder '
+             'phases (BENCHMARKS.md).')
 
 
 def jaxlib_knows_flag(name: str) -> bool:

@@ -25,7 +25,7 @@ _JAX_DISTRIBUTED = flags.DEFINE_bool(
     'else; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.')
 _COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
                                           xla_cache.FLAG_HELP)
-_CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', False, cpu_backend.FLAG_HELP)
+_CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', True, cpu_backend.FLAG_HELP)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 

@@ -194,8 +194,8 @@ _STRATEGY_SCRIPT = textwrap.dedent('''
 
 def test_vmap_on_1_and_4_devices_sequential_and_threads_agree(tmp_path):
   out = tmp_path / 'params.npz'
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-             PYTHONPATH=str(REPO_ROOT))
+  xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+  env = dict(os.environ, XLA_FLAGS=xla_flags.strip(), PYTHONPATH=str(REPO_ROOT))
   subprocess.run([sys.executable, '-c', _STRATEGY_SCRIPT, str(out)], cwd=REPO_ROOT, env=env,
                  check=True, timeout=900)
   results = np.load(out)

@@ -57,7 +57,7 @@ _EXIT_AT_ROUND = flags.DEFINE_integer('exit_at_round', -1, 'Testing: die mid-rou
                                       '0-based round index (-1 = never).')
 _COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
                                           xla_cache.FLAG_HELP)
-_CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', False, cpu_backend.FLAG_HELP)
+_CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', True, cpu_backend.FLAG_HELP)
 flags.mark_flags_as_required(['config', 'site', 'data', 'server'])
 
 

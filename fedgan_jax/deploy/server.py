@@ -58,7 +58,7 @@ _INSECURE = flags.DEFINE_bool('insecure', False, 'No TLS and no hospital authent
                               'on loopback only.')
 _COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
                                           xla_cache.FLAG_HELP)
-_CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', False, cpu_backend.FLAG_HELP)
+_CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', True, cpu_backend.FLAG_HELP)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
