@@ -43,8 +43,9 @@ def jaxlib_knows_flag(name: str) -> bool:
 
 
 def backends_started() -> bool:
+  """Whether JAX has started its backends (a private API; assumed not where it is missing)."""
   from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-  return xla_bridge.backends_are_initialized()
+  return getattr(xla_bridge, 'backends_are_initialized', lambda: False)()
 
 
 def apply(ynn_fusions: bool) -> str:
