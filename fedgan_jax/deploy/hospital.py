@@ -19,7 +19,6 @@ replying: a hospital dropping out mid-round, for fault-tolerance tests.
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import time
@@ -29,7 +28,6 @@ from absl import flags
 from absl import logging
 import flwr
 import jax
-import numpy as np
 from ml_collections import config_flags
 
 from fedgan_jax import cpu_backend
@@ -39,6 +37,7 @@ from fedgan_jax.data import dataset as dataset_lib
 from fedgan_jax.deploy import common
 from fedgan_jax.deploy import security
 from fedgan_jax.deploy import settings
+from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import client as client_lib
 from fedgan_jax.federated import sampling
 from fedgan_jax.federated import task as task_lib
@@ -62,35 +61,15 @@ flags.mark_flags_as_required(['config', 'site', 'data', 'server'])
 
 
 class LocalTrainer:
-  """A hospital's local update, compiled as `algorithm.SequentialRound` compiles it.
-
-  With `fuse_local_steps`, all K steps are one program (`client.local_update`); without,
-  `client_init`, `client_step` (reused for every step) and `client_final` are jitted apart.
-  """
+  """A hospital's local update, compiled as `algorithm.SequentialRound` compiles it."""
 
   def __init__(self, task: client_lib.GanTask, fuse_local_steps: bool = True):
-    self._fused = fuse_local_steps
-    self._local_update = jax.jit(functools.partial(client_lib.local_update, task))
-    self._init = jax.jit(functools.partial(client_lib.client_init, task))
-    self._step = jax.jit(functools.partial(client_lib.client_step, task))
-    self._final = jax.jit(client_lib.client_final)
-    self._fold_in = jax.jit(jax.random.fold_in)
+    self._client_update = algorithm.ClientUpdate(task, fuse_local_steps)
 
   def __call__(self, server_params, batches, rng):
     """Returns `(delta, mean losses over the K steps)`."""
-    if self._fused:
-      delta, metrics = self._local_update(server_params, batches, rng)
-      return delta, {k: float(v) for k, v in jax.device_get(metrics).items()}
-    state = self._init(server_params)
-    step_metrics = []
-    for step in range(batches['condition'].shape[0]):
-      batch = {k: v[step] for k, v in batches.items()}
-      state, metrics = self._step(state, batch, self._fold_in(rng, step))
-      step_metrics.append(metrics)
-    delta = self._final(state, server_params)
-    step_metrics = jax.device_get(step_metrics)
-    losses = {k: float(np.mean([m[k] for m in step_metrics])) for k in step_metrics[0]}
-    return delta, losses
+    delta, metrics = self._client_update(server_params, batches, rng)
+    return delta, {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
 class Hospital(flwr.client.NumPyClient):

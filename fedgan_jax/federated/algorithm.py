@@ -280,14 +280,47 @@ def make_round_fn(task, server_optimizer, strategy: str, mesh: Mesh | None = Non
   return SequentialRound(task, server_optimizer, client_privacy, workers, fuse_local_steps)
 
 
+class ClientUpdate:
+  """One client's `(delta, step-mean metrics)` from its `(K, B, ...)` batches, jitted.
+
+  With `fuse_local_steps`, a client's K local steps are one compiled program,
+  `client.local_update`, the very function `vmap_round` vmaps: on XLA's CPU backend that
+  runs ~10% faster than one program per step (BENCHMARKS.md), and its compile time grows
+  with K. Without it, only `client_step` is compiled for the model (once, reused for every
+  step of every client, whatever K). Used by `SequentialRound` and the Flower hospital.
+  """
+
+  def __init__(self, task, fuse_local_steps: bool = True):
+    self._fused = fuse_local_steps
+    self._local_update = jax.jit(functools.partial(client_lib.local_update, task))
+    self._init = jax.jit(functools.partial(client_lib.client_init, task))
+    self._step = jax.jit(functools.partial(client_lib.client_step, task))
+    self._final = jax.jit(self._final_fn)
+    self._fold_in = jax.jit(jax.random.fold_in)
+
+  @staticmethod
+  def _final_fn(client_state, server_params, step_metrics):
+    """`client_final` and the step-mean metrics, as `client.local_update` ends."""
+    metrics = jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *step_metrics)
+    return client_lib.client_final(client_state, server_params), metrics
+
+  def __call__(self, server_params, batches, rng):
+    if self._fused:
+      return self._local_update(server_params, batches, rng)
+    client_state = self._init(server_params)
+    step_metrics = []
+    for step in range(batches['condition'].shape[0]):
+      batch = jax.tree.map(lambda x, step=step: x[step], batches)
+      client_state, metrics = self._step(client_state, batch, self._fold_in(rng, step))
+      step_metrics.append(metrics)
+    return self._final(client_state, server_params, step_metrics)
+
+
 class SequentialRound:
   """A Python loop over clients (the same math as `vmap_round`).
 
-  With `fuse_local_steps` (the default), a client's K local steps are one compiled
-  program, `client.local_update`, the very function `vmap_round` vmaps: on XLA's CPU
-  backend that runs ~10% faster than one program per step (BENCHMARKS.md), and its compile
-  time grows with K. Without it, only `client_step` is compiled (once, reused for every
-  step of every client, whatever K). With `workers > 1`, up to that many clients run at
+  Each client's work is a `ClientUpdate` (`fuse_local_steps` is its). With `workers > 1`,
+  up to that many clients run at
   once on a thread pool (JAX releases the GIL while XLA runs); their deltas are
   accumulated in client order, so the sum is the same to the bit, and at most
   `workers + 1` client results are resident, whatever the number of clients.
@@ -296,11 +329,7 @@ class SequentialRound:
   def __init__(self, task, server_optimizer, client_privacy: ClientPrivacy | None = None,
                workers: int = 1, fuse_local_steps: bool = True):
     self._privacy = client_privacy
-    self._fused = fuse_local_steps
-    self._local_update = jax.jit(functools.partial(client_lib.local_update, task))
-    self._init = jax.jit(functools.partial(client_lib.client_init, task))
-    self._step = jax.jit(functools.partial(client_lib.client_step, task))
-    self._final = jax.jit(self._final_fn)
+    self._client_update_fn = ClientUpdate(task, fuse_local_steps)
     self._accumulate = jax.jit(self._accumulate_fn)
     self._finish = jax.jit(functools.partial(self._finish_fn, server_optimizer))
     self._accumulate_clipped = jax.jit(self._accumulate_clipped_fn)
@@ -311,12 +340,6 @@ class SequentialRound:
     self._pool = (concurrent.futures.ThreadPoolExecutor(workers, 'client')
                   if workers > 1 else None)
     self._compiled = False
-
-  @staticmethod
-  def _final_fn(client_state, server_params, step_metrics):
-    """`client_final` and the step-mean metrics, as `client.local_update` ends."""
-    metrics = jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *step_metrics)
-    return client_lib.client_final(client_state, server_params), metrics
 
   @staticmethod
   def _accumulate_fn(total, metric_sums, delta, server_params, metrics, weight):
@@ -342,17 +365,8 @@ class SequentialRound:
 
   def _client_update(self, server_params, batches, i, client_id, round_rng):
     """One client's `(delta, metrics)`, computed (the worker's whole job)."""
-    rng = self._fold_in(round_rng, client_id)
-    if self._fused:
-      result = self._local_update(server_params, jax.tree.map(lambda x: x[i], batches), rng)
-    else:
-      client_state = self._init(server_params)
-      step_metrics = []
-      for step in range(batches['condition'].shape[1]):
-        batch = jax.tree.map(lambda x, step=step: x[i, step], batches)
-        client_state, metrics = self._step(client_state, batch, self._fold_in(rng, step))
-        step_metrics.append(metrics)
-      result = self._final(client_state, server_params, step_metrics)
+    result = self._client_update_fn(server_params, jax.tree.map(lambda x: x[i], batches),
+                                    self._fold_in(round_rng, client_id))
     # Blocking here keeps each worker on one client until its work is done.
     return jax.block_until_ready(result)
 
