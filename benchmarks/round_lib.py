@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 
 from configs import phantom as phantom_config
+from fedgan_jax import cpu_backend
 from fedgan_jax.data import phantom
 from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import client as client_lib
@@ -162,11 +163,17 @@ class NaiveRound:
 
 
 def make_round(setup: Setup, strategy: str) -> Callable:
-  """A round function by name: 'naive', an engine strategy, or a candidate."""
+  """A round function by name: 'naive', an engine strategy (+'+ynn'), or a candidate."""
   if strategy == 'naive':
     return NaiveRound(setup.task, setup.server_optimizer)
-  if strategy in algorithm.STRATEGIES:
-    return algorithm.make_round_fn(setup.task, setup.server_optimizer, strategy)
+  engine, _, suffix = strategy.partition('+')
+  if engine in algorithm.STRATEGIES and suffix in ('', 'ynn'):
+    # The engine's client-update compile options, as train.py sets them from the config;
+    # '<strategy>+ynn' keeps jaxlib's YNNPACK fusions (`fl.client_ynn_fusions=True`).
+    ynn_fusions = suffix == 'ynn' or setup.config.fl.get('client_ynn_fusions', True)
+    return algorithm.make_round_fn(
+        setup.task, setup.server_optimizer, engine,
+        client_compiler_options=cpu_backend.client_compiler_options(ynn_fusions))
   from benchmarks import round_candidates  # pylint: disable=g-import-not-at-top
   return round_candidates.make(strategy, setup.task, setup.server_optimizer)
 
@@ -177,6 +184,7 @@ def place_state(strategy: str, state):
   The vmap round returns a mesh-replicated state; an unsharded first state would make the
   second round compile again.
   """
+  strategy = strategy.partition('+')[0]
   if strategy not in algorithm.STRATEGIES or algorithm.resolve_strategy(strategy) != 'vmap':
     return state
   return jax.device_put(state, NamedSharding(algorithm.client_mesh(), PartitionSpec()))

@@ -42,6 +42,10 @@ def get_common_config() -> ml_collections.ConfigDict:
   # 'sequential'/'threads': a client's local steps as one compiled program (~10% faster on CPU;
   # compile time grows with local_steps). False: one program per step, compiled once for any K.
   config.fl.fuse_local_steps = True
+  # XLA CPU only: False compiles the client-update programs (and only those) without jaxlib's
+  # YNNPACK convolution fusions; XLA's own convolutions run those small batches faster
+  # (BENCHMARKS.md, issue 3). True keeps jaxlib's default. No effect on GPU/TPU.
+  config.fl.client_ynn_fusions = False
   config.fl.centralized = False     # True: one client holding all data (the baseline).
   # Decay of the server's moving average of G over rounds, which sampling and evaluation use
   # (0 = off: the last round's G). Averaging damps the round-to-round jitter of a short GAN run.

@@ -1,20 +1,24 @@
-"""An XLA CPU backend flag the binaries can set before JAX starts (`--cpu_ynn_fusions`).
+"""XLA CPU options for YNNPACK convolution fusions: per program, and process-wide.
 
-jaxlib 0.10-0.11 hand XLA's CPU convolutions to YNNPACK fusions by default.
-`--xla_cpu_experimental_ynn_fusion_type=` (an empty list of fusion types) turns them off, so
-XLA uses its own (Eigen) convolutions; the math is the same up to float rounding. On the
-2-core development machine (BENCHMARKS.md, issue 3) that made rounds of 32 clients 1.2x
-(`threads`) to 1.5x (a naive per-client loop) faster, but the default 4-client pipeline was
-no faster per round and its autoencoder phases slower (F-AD 67 s -> 94 s), so it is opt-in:
-`--cpu_ynn_fusions=false` for large CPU simulations.
+jaxlib 0.10-0.11 hand XLA's CPU convolutions to YNNPACK fusions by default; the option
+`xla_cpu_experimental_ynn_fusion_type` set to an empty list of fusion types turns them
+off, so XLA uses its own (Eigen) convolutions: the same math up to float rounding. Which is
+faster depends on the program (BENCHMARKS.md, issue 3, 2-core machine): XLA's own run a
+client's small-batch local update ~7% faster, jaxlib's run synthesis and the autoencoders
+(batches of 64-256) faster.
 
-XLA aborts the process on a flag it does not know, and the flag list is not exposed, so the
-flag is only set when the installed jaxlib's binary names it. It must be in `XLA_FLAGS`
-before the first computation starts the backend; a user's own setting of the same flag in
-`XLA_FLAGS` always wins. Binaries own the `--cpu_ynn_fusions` flag; this module only holds
-its help text and applies its value.
+* `client_compiler_options` gives the option to the round's client-update programs only
+  (`jax.jit(..., compiler_options=...)`), under `fl.client_ynn_fusions=False`, the default.
+* `apply` sets it process-wide in `XLA_FLAGS` (the binaries' opt-in
+  `--cpu_ynn_fusions=false`); it must run before the first computation starts the backend.
+
+XLA aborts the process on a flag it does not know (and rejects an unknown compile option),
+and the flag list is not exposed, so either is only set when the installed jaxlib's binary
+names it. A user's own setting in `XLA_FLAGS` always wins. Binaries own the
+`--cpu_ynn_fusions` flag; this module only holds its help text and applies its value.
 """
 
+import functools
 import glob
 import mmap
 import os
@@ -22,11 +26,12 @@ import os
 from absl import logging
 
 YNN_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
-FLAG_HELP = ("Keep jaxlib's YNNPACK fusions for CPU convolutions (its default). false: XLA's "
-             'own convolutions, 1.2-1.5x faster rounds of 32 CPU clients, slower autoencoder '
-             'phases (BENCHMARKS.md).')
+FLAG_HELP = ("Keep jaxlib's YNNPACK fusions for CPU convolutions (its default) in every program "
+             "but the round's client updates, which fl.client_ynn_fusions governs. false: XLA's "
+             'own convolutions everywhere, slower synthesis and autoencoders (BENCHMARKS.md).')
 
 
+@functools.cache
 def jaxlib_knows_flag(name: str) -> bool:
   """Whether the installed jaxlib's shared libraries contain the XLA flag `name`."""
   import jaxlib  # pylint: disable=g-import-not-at-top
@@ -63,3 +68,19 @@ def apply(ynn_fusions: bool) -> str:
     return 'not known to this jaxlib'
   os.environ['XLA_FLAGS'] = f'{existing} --{YNN_FLAG}='.strip()
   return 'off'
+
+
+def client_compiler_options(ynn_fusions: bool, backend: str | None = None) -> dict | None:
+  """XLA compile options for the client-update programs (`fl.client_ynn_fusions`).
+
+  Per program, so only the round's small-batch convolutions change: synthesis and the
+  autoencoders keep jaxlib's default, which is faster for them (BENCHMARKS.md). None (the
+  default options) unless `ynn_fusions` is False, the backend is CPU, this jaxlib knows the
+  option, and the user's `XLA_FLAGS` does not set it already (theirs wins).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if ynn_fusions or (backend or jax.default_backend()) != 'cpu':
+    return None
+  if YNN_FLAG in os.environ.get('XLA_FLAGS', '') or not jaxlib_knows_flag(YNN_FLAG):
+    return None
+  return {YNN_FLAG: ''}

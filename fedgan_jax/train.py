@@ -27,6 +27,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from fedgan_jax import checkpointing
+from fedgan_jax import cpu_backend
 from fedgan_jax import metrics_log
 from fedgan_jax import plots
 from fedgan_jax import synthesis
@@ -139,8 +140,10 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
       state = global_arrays(jax.device_get(state), replicated)
     else:
       state = jax.device_put(state, replicated)
-  round_fn = algorithm.make_round_fn(task, server_optimizer, strategy, mesh, client_privacy,
-                                     fl.client_threads, fl.get('fuse_local_steps', True))
+  round_fn = algorithm.make_round_fn(
+      task, server_optimizer, strategy, mesh, client_privacy, fl.client_threads,
+      fl.get('fuse_local_steps', True),
+      cpu_backend.client_compiler_options(fl.get('client_ynn_fusions', True)))
   pad = mesh.size if mesh is not None else 1
   clients = federation.clients
   logging.info('Training %d rounds (from %d) over %d clients, %s per round, strategy %s on %s.',

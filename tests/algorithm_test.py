@@ -17,6 +17,7 @@ import numpy as np
 import optax
 import pytest
 
+from fedgan_jax import cpu_backend
 from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import client as client_lib
 from fedgan_jax.federated import optimizers
@@ -102,9 +103,9 @@ def test_auto_strategy_is_threads_on_cpu_and_vmap_on_accelerators():
   assert algorithm.resolve_strategy('auto', 'tpu') == 'vmap'
 
 
-@pytest.mark.parametrize('fuse_local_steps', [True, False])
+@pytest.mark.parametrize('fuse_local_steps, ynn_fusions', [(True, False), (False, True)])
 def test_round_equals_hand_assembled_fedavg(runlocal_task, runlocal_federation,
-                                            fuse_local_steps):
+                                            fuse_local_steps, ynn_fusions):
   task, federation = runlocal_task, runlocal_federation
   server_optimizer = optax.sgd(1.0)  # Plain FedAvg: params + weighted average delta.
   params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
@@ -114,7 +115,8 @@ def test_round_equals_hand_assembled_fedavg(runlocal_task, runlocal_federation,
   batches, weights, ids = sampling.round_inputs(federation.clients, ids, 0, 5, 2, 8)
   round_rng = jax.random.key(3)
   new_state, metrics = algorithm.make_round_fn(
-      task, server_optimizer, 'sequential', fuse_local_steps=fuse_local_steps)(
+      task, server_optimizer, 'sequential', fuse_local_steps=fuse_local_steps,
+      client_compiler_options=cpu_backend.client_compiler_options(ynn_fusions))(
           state, batches, weights, ids, round_rng)
 
   local = jax.jit(lambda p, b, r: client_lib.local_update(task, p, b, r))

@@ -91,3 +91,29 @@ def test_convolution_under_the_flag_matches_the_default():
   expected = jax.lax.conv_general_dilated(images, kernel, (1, 1), 'SAME',
                                           dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   np.testing.assert_allclose(np.array(report['y']), np.asarray(expected), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('ynn_fusions, backend, xla_flags, knows, expected', [
+    (False, 'cpu', '', True, {cpu_backend.YNN_FLAG: ''}),
+    (True, 'cpu', '', True, None),                      # Asked to keep jaxlib's default.
+    (False, 'gpu', '', True, None),                     # Only XLA:CPU has the option.
+    (False, 'cpu', f'--{cpu_backend.YNN_FLAG}=', True, None),  # The user's XLA_FLAGS win.
+    (False, 'cpu', '', False, None),                    # XLA would reject an unknown option.
+])
+def test_client_compiler_options(monkeypatch, ynn_fusions, backend, xla_flags, knows, expected):
+  monkeypatch.setattr(cpu_backend, 'jaxlib_knows_flag', lambda name: knows)
+  monkeypatch.setenv('XLA_FLAGS', xla_flags)
+  assert cpu_backend.client_compiler_options(ynn_fusions, backend) == expected
+
+
+@pytest.mark.skipif(not cpu_backend.jaxlib_knows_flag(cpu_backend.YNN_FLAG),
+                    reason='this jaxlib has no YNNPACK fusion option')
+def test_program_compiled_with_the_client_options_matches_the_default(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '')
+  options = cpu_backend.client_compiler_options(False, 'cpu')
+  images = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 8))
+  conv = lambda x, k: jax.lax.conv_general_dilated(  # pylint: disable=g-long-lambda
+      x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(jax.jit(conv, compiler_options=options)(images, kernel),
+                             jax.jit(conv)(images, kernel), rtol=1e-5, atol=1e-5)

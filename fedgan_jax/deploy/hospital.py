@@ -63,8 +63,9 @@ flags.mark_flags_as_required(['config', 'site', 'data', 'server'])
 class LocalTrainer:
   """A hospital's local update, compiled as `algorithm.SequentialRound` compiles it."""
 
-  def __init__(self, task: client_lib.GanTask, fuse_local_steps: bool = True):
-    self._client_update = algorithm.ClientUpdate(task, fuse_local_steps)
+  def __init__(self, task: client_lib.GanTask, fuse_local_steps: bool = True,
+               compiler_options: dict | None = None):
+    self._client_update = algorithm.ClientUpdate(task, fuse_local_steps, compiler_options)
 
   def __call__(self, server_params, batches, rng):
     """Returns `(delta, mean losses over the K steps)`."""
@@ -87,7 +88,9 @@ class Hospital(flwr.client.NumPyClient):
     task = task_lib.build_task(config, schema, data.images.shape[1:])
     self._template = jax.eval_shape(lambda: client_lib.init_params(
         task, jax.random.key(0, impl='rbg'), tuple(data.images.shape[1:]), schema.model_dim))
-    self._train = LocalTrainer(task, config.fl.get('fuse_local_steps', True))
+    self._train = LocalTrainer(task, config.fl.get('fuse_local_steps', True),
+                               cpu_backend.client_compiler_options(
+                                   config.fl.get('client_ynn_fusions', True)))
 
   def get_properties(self, config):
     digest = security.properties_digest(config['nonce'], self._site, self._client_id)

@@ -258,14 +258,17 @@ def vmap_round(task, server_optimizer, state: ServerState, batches, weights, cli
 
 def make_round_fn(task, server_optimizer, strategy: str, mesh: Mesh | None = None,
                   client_privacy: ClientPrivacy | None = None,
-                  client_threads: int = 0, fuse_local_steps: bool = True) -> Callable:
+                  client_threads: int = 0, fuse_local_steps: bool = True,
+                  client_compiler_options: dict | None = None) -> Callable:
   """Returns `round_fn(state, batches, weights, client_ids, round_rng) -> (state, metrics)`.
 
   The number of participating clients must be a multiple of the mesh size for
   `vmap` (pad with zero-weight clients; see `sampling.round_inputs`). With
   `client_privacy`, the round is DP-FedAvg (weights then only mark padding: 0 or not).
   `client_threads` bounds the clients in flight under `threads` (0: one per CPU core);
-  `fuse_local_steps` is `SequentialRound`'s (`sequential` and `threads` only).
+  `fuse_local_steps` and `client_compiler_options` (XLA options for the client-update
+  programs, e.g. `cpu_backend.client_compiler_options`) are `SequentialRound`'s
+  (`sequential` and `threads` only).
   """
   strategy = resolve_strategy(strategy)
   if strategy == 'vmap':
@@ -277,7 +280,8 @@ def make_round_fn(task, server_optimizer, strategy: str, mesh: Mesh | None = Non
         in_shardings=(replicated, by_client, by_client, by_client, replicated),
         out_shardings=(replicated, replicated))
   workers = resolve_client_threads(client_threads) if strategy == 'threads' else 1
-  return SequentialRound(task, server_optimizer, client_privacy, workers, fuse_local_steps)
+  return SequentialRound(task, server_optimizer, client_privacy, workers, fuse_local_steps,
+                         client_compiler_options)
 
 
 class ClientUpdate:
@@ -287,14 +291,16 @@ class ClientUpdate:
   `client.local_update`, the very function `vmap_round` vmaps: on XLA's CPU backend that
   runs ~10% faster than one program per step (BENCHMARKS.md), and its compile time grows
   with K. Without it, only `client_step` is compiled for the model (once, reused for every
-  step of every client, whatever K). Used by `SequentialRound` and the Flower hospital.
+  step of every client, whatever K). `compiler_options` go to XLA for those programs.
+  Used by `SequentialRound` and the Flower hospital.
   """
 
-  def __init__(self, task, fuse_local_steps: bool = True):
+  def __init__(self, task, fuse_local_steps: bool = True, compiler_options: dict | None = None):
     self._fused = fuse_local_steps
-    self._local_update = jax.jit(functools.partial(client_lib.local_update, task))
+    jit = functools.partial(jax.jit, compiler_options=compiler_options)
+    self._local_update = jit(functools.partial(client_lib.local_update, task))
     self._init = jax.jit(functools.partial(client_lib.client_init, task))
-    self._step = jax.jit(functools.partial(client_lib.client_step, task))
+    self._step = jit(functools.partial(client_lib.client_step, task))
     self._final = jax.jit(self._final_fn)
     self._fold_in = jax.jit(jax.random.fold_in)
 
@@ -319,7 +325,8 @@ class ClientUpdate:
 class SequentialRound:
   """A Python loop over clients (the same math as `vmap_round`).
 
-  Each client's work is a `ClientUpdate` (`fuse_local_steps` is its). With `workers > 1`,
+  Each client's work is a `ClientUpdate` (`fuse_local_steps` and `client_compiler_options`
+  are its). With `workers > 1`,
   up to that many clients run at
   once on a thread pool (JAX releases the GIL while XLA runs); their deltas are
   accumulated in client order, so the sum is the same to the bit, and at most
@@ -327,9 +334,10 @@ class SequentialRound:
   """
 
   def __init__(self, task, server_optimizer, client_privacy: ClientPrivacy | None = None,
-               workers: int = 1, fuse_local_steps: bool = True):
+               workers: int = 1, fuse_local_steps: bool = True,
+               client_compiler_options: dict | None = None):
     self._privacy = client_privacy
-    self._client_update_fn = ClientUpdate(task, fuse_local_steps)
+    self._client_update_fn = ClientUpdate(task, fuse_local_steps, client_compiler_options)
     self._accumulate = jax.jit(self._accumulate_fn)
     self._finish = jax.jit(functools.partial(self._finish_fn, server_optimizer))
     self._accumulate_clipped = jax.jit(self._accumulate_clipped_fn)
