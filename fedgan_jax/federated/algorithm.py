@@ -326,11 +326,10 @@ class SequentialRound:
   """A Python loop over clients (the same math as `vmap_round`).
 
   Each client's work is a `ClientUpdate` (`fuse_local_steps` and `client_compiler_options`
-  are its). With `workers > 1`,
-  up to that many clients run at
-  once on a thread pool (JAX releases the GIL while XLA runs); their deltas are
-  accumulated in client order, so the sum is the same to the bit, and at most
-  `workers + 1` client results are resident, whatever the number of clients.
+  are its). With `workers > 1`, up to that many clients run at once on a thread pool
+  (JAX releases the GIL while XLA runs); their deltas are accumulated in client order, so
+  the sum is the same to the bit, and at most `workers + 1` client results are resident,
+  whatever the number of clients.
   """
 
   def __init__(self, task, server_optimizer, client_privacy: ClientPrivacy | None = None,
