@@ -2,10 +2,11 @@
 
     PYTHONPATH=. python benchmarks/privacy_cost.py [--rounds=5] [--out=benchmarks/privacy_cost.json]
 
-Three variants of the same federation (configs/phantom_dp.py: 4 hospitals, 64x64, batch 16,
-2 local steps, `sequential` strategy, the CPU default when it was measured):
-  * `nondp_minibatch_std`: the phantom default's D (minibatch std on), no DP;
-  * `nondp`: the DP configs' D (minibatch std off), no DP: the like-for-like baseline;
+Three variants of the same federation (configs/phantom_dp.py: 4 hospitals, 64x64, 2 local
+steps, its batch size (32), `sequential` strategy, the CPU default when it was first measured):
+  * `nondp_minibatch_std`: the phantom default's round: its D (minibatch std on) and its batch
+    size (16), no DP;
+  * `nondp`: the DP config's D (minibatch std off) and batch, no DP: the like-for-like baseline;
   * `dp_example`: the same with per-example clipping and noise (dp.mode=example).
 Each variant compiles (timed separately), runs one warm-up round, then `--rounds` timed rounds;
 the median is reported with the load average (`os.getloadavg`) before and after, since other
@@ -21,6 +22,7 @@ from absl import app
 from absl import flags
 import jax
 
+from configs import phantom
 from configs import phantom_dp
 from fedgan_jax.data import registry
 from fedgan_jax.federated import algorithm
@@ -41,8 +43,10 @@ def variant_config(name: str):
   config = phantom_dp.get_config()
   config.fl.strategy = 'sequential'
   if name == 'nondp_minibatch_std':
+    default = phantom.get_config()
     config.dp.mode = 'none'
-    config.model.discriminator.minibatch_std_group = 4
+    config.model.discriminator.minibatch_std_group = default.model.discriminator.minibatch_std_group
+    config.fl.batch_size = default.fl.batch_size
   elif name == 'nondp':
     config.dp.mode = 'none'
   elif name != 'dp_example':
