@@ -159,6 +159,13 @@ def results_markdown(results: Mapping[str, Any]) -> str:
       parts += ['Per-finding AUC (each finding vs normal images):', '', table(
           ['detector'] + names, [[label] + [number(auc[n]) for n in names]
                                  for label, auc in findings]), '']
+  record_only = personalized.get('record_only_auc', {})
+  telling = {name: auc for name, auc in record_only.items() if abs(auc - 0.5) >= 0.1}
+  if telling:
+    parts += ['Record columns that alone rank abnormal test patients (AUC; a personalized '
+              "detector's gain may come from them rather than from the image): " + ', '.join(
+                  f'{name} {number(auc)}' for name, auc in sorted(
+                      telling.items(), key=lambda item: -abs(item[1] - 0.5))), '']
   timing = results.get('timing_s', {})
   if timing:
     parts += ['Evaluation time: ' + ', '.join(f'{k} {v:.1f} s' for k, v in timing.items()), '']

@@ -271,6 +271,8 @@ def personalized(context: EvalContext) -> dict:
     report[method]['auc_minus_unconditioned'] = (report[method]['auc']
                                                  - report['unconditioned']['auc'])
   report['label_features'] = list(settings.label_features)
+  report['record_only_auc'] = personalized_lib.record_only_auc(
+      test.conditions, schema, test.abnormal, settings.label_features)
   return report
 
 

@@ -54,3 +54,21 @@ def test_distance_to_expected_is_mean_squared_difference_in_model_units():
   np.testing.assert_allclose(personalized.distance_to_expected(images, expected), [1.0])
   with pytest.raises(ValueError, match='shape'):
     personalized.distance_to_expected(images, expected[:, :1])
+
+
+def test_record_only_auc_ranks_each_known_column_against_the_label():
+  schema = conditions_lib.ConditionSchema.from_config([
+      dict(name='age', kind='continuous', mean=50.0, std=10.0),
+      dict(name='sex', kind='categorical', categories=('female', 'male')),
+      dict(name='findings', kind='multi_hot', categories=('a', 'b'))])
+  values, mask = schema.encode({
+      'age': np.array([30.0, 60.0, 50.0, 70.0, np.nan]),
+      'sex': np.array(['female', 'female', 'male', 'male', 'female']),
+      'findings': np.array([[0, 0], [1, 0], [0, 0], [0, 1], [1, 0]], np.float64)})
+  conditions = conditions_lib.model_condition(values, mask)
+  abnormal = np.array([False, True, False, True, True])
+  aucs = personalized.record_only_auc(conditions, schema, abnormal, ['findings'])
+  # Age, the 4 known: abnormal 60, 70 vs normal 30, 50 -> every pair ordered -> 1.
+  # sex=male: abnormal (0, 1, 0) vs normal (0, 1) -> pairs 0.5 + 0 + 1 + 0.5 + 0.5 + 0 -> 2.5 / 6.
+  assert aucs == {'age': pytest.approx(1.0), 'sex=female': pytest.approx(1 - 2.5 / 6),
+                  'sex=male': pytest.approx(2.5 / 6)}

@@ -143,3 +143,44 @@ def generator_distance_scores(task, g_params, synthetic: np.ndarray,
                                          batch_size)
   return (distance_to_expected(synthetic, synthetic_expected),
           distance_to_expected(test_images, test_expected))
+
+
+def record_only_auc(conditions: np.ndarray, schema: conditions_lib.ConditionSchema,
+                    abnormal: np.ndarray, label_features: Sequence[str]) -> dict[str, float]:
+  """How well each record column alone ranks the abnormal patients (AUC; 0.5 = no signal).
+
+  A personalized detector reads the record. A column that carries the label (in the
+  phantom, `severity_score` is generated from the findings) lets it score the record rather
+  than the image, and its gain over the unconditioned detector is then not personalization.
+  Continuous features by value, categorical and multi-hot ones per category (1 = present);
+  masked values are left out, and so are columns with one class or one value among the rest.
+
+  Args:
+    conditions: `(N, model_dim)` model condition vectors of the test patients.
+    schema: the schema that encoded them.
+    abnormal: bool `(N,)`.
+    label_features: features that are the label itself (not reported).
+  """
+  abnormal = np.asarray(abnormal, bool)
+  records = schema.decode(conditions)
+  report = {}
+  for feature in schema.features:
+    if feature.name in label_features:
+      continue
+    record = records[feature.name]
+    if feature.kind == 'continuous':
+      columns = {feature.name: record}
+    elif feature.kind == 'categorical':
+      columns = {f'{feature.name}={category}': np.where(record < 0, np.nan, record == index)
+                 for index, category in enumerate(feature.categories)}
+    else:
+      columns = {f'{feature.name}={category}': record[:, index]
+                 for index, category in enumerate(feature.categories)}
+    for name, column in columns.items():
+      column = np.asarray(column, np.float64)
+      known = ~np.isnan(column)
+      labels = abnormal[known]
+      if labels.all() or not labels.any() or len(np.unique(column[known])) < 2:
+        continue
+      report[name] = float(sk_metrics.roc_auc_score(labels, column[known]))
+  return report
