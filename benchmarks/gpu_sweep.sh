@@ -5,15 +5,18 @@
 #
 #   bash benchmarks/gpu_sweep.sh [OUTPUT_DIR [VARIANTS_FILE]]   # OUTPUT_DIR: else $OUT, else /tmp
 #
-# Each variant is a line `name|config|overrides...`, from VARIANTS_FILE or the list below.
+# Each variant is a line `name|config|overrides...` of VARIANTS_FILE (default: the first sweep's,
+# benchmarks/gpu_h200_sweep/variants1.txt).
 # All run at once (one process each, no memory preallocation), each under PER_RUN_LIMIT
 # seconds; summary.jsonl gets one line per variant (its results.json's anomaly, conditioning
 # and privacy fields, or the error and the last metrics row), log.txt the tails of the logs.
 # Wheels in .whl/ are installed first, as in benchmarks/gpu.sh.
 set -uo pipefail
 
+# Paths given on the command line are relative to where the script was started.
+OUTPUT_DIR="$(realpath -m "${1:-${OUT:-/tmp/fedgan_gpu_sweep}}")"
+VARIANTS_FILE="$(realpath -m "${2:-$(dirname "$0")/gpu_h200_sweep/variants1.txt}")"
 cd "$(dirname "$0")/.."
-OUTPUT_DIR="${1:-${OUT:-/tmp/fedgan_gpu_sweep}}"
 PYTHON="${PYTHON:-python3}"
 PER_RUN_LIMIT="${PER_RUN_LIMIT:-480}"
 mkdir -p "$OUTPUT_DIR"
@@ -26,21 +29,7 @@ if compgen -G '.whl/*.whl' > /dev/null; then
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-if [ -n "${2:-}" ]; then
-  VARIANTS=$(cat "$2") || exit 1
-else
-  VARIANTS=$(cat <<'EOF'
-default|configs/phantom.py|
-coarse|configs/phantom.py|--config.model.generator.smooth_upsampling=coarse
-all|configs/phantom.py|--config.model.generator.smooth_upsampling=all
-coarse_cond2|configs/phantom.py|--config.model.generator.smooth_upsampling=coarse --config.loss.cond_weight=2.0
-dp|configs/phantom_dp.py|
-nondp|configs/phantom_dp.py|--config.dp.mode=none
-dp_clip0.1|configs/phantom_dp.py|--config.dp.clip_norm=0.1
-dp_batch32|configs/phantom_dp.py|--config.fl.batch_size=32
-EOF
-)
-fi
+VARIANTS=$(cat "$VARIANTS_FILE") || exit 1
 
 RUNS="$(mktemp -d)"
 while IFS='|' read -r name config overrides; do
