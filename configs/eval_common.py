@@ -52,14 +52,18 @@ def get_eval_config(runlocal: bool = False) -> ml_collections.ConfigDict:
 
   # Personalization ablation: detectors that use the patient's own PD/CD.
   config.personalized = ml_collections.ConfigDict(dict(
-      methods=('conditional_ae', 'generator_distance'),
+      methods=('conditional_ae', 'generator_distance', 'profile_calibrated'),
       # Features that are the label itself: replaced by their value in normal profiles
       # (no findings) before conditioning, so a detector never reads the answer.
       label_features=('findings',),
       expected_normal_samples=2,      # z draws averaged into G's expected normal image.
       # Synthetic normals whose distance to G's expected normal sets that detector's threshold
       # (each costs expected_normal_samples generations; the percentile is stable well before).
-      threshold_samples=250))
+      threshold_samples=250,
+      # profile_calibrated: schema groups the normal score is regressed on (label features
+      # excluded). PD only: CD holds acute-disease markers that track the findings.
+      calibration_groups=('PD',),
+      calibration_ridge=1.0))
 
   if runlocal:
     config.kid_subsets = 10

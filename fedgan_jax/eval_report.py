@@ -12,6 +12,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from fedgan_jax.evaluators import personalized as personalized_lib
+
 DOMAIN_NOTE = ('Domain features: penultimate layer of a small CNN trained on the real training '
                'images to predict their attributes and findings. FID in this space is NOT '
                'comparable to ImageNet-Inception FID, nor across datasets or encoder configs.')
@@ -142,8 +144,7 @@ def results_markdown(results: Mapping[str, Any]) -> str:
   if 'anomaly' in results:
     detections.append(('F-AD: AE on synthetic normals', results['anomaly']))
   personalized = results.get('personalized', {})
-  for method, label in (('conditional_ae', 'personalized: conditional AE (PD/CD)'),
-                        ('generator_distance', 'personalized: distance to G(c) normal')):
+  for method, label in personalized_lib.METHOD_LABELS.items():
     if method in personalized:
       detections.append((label, personalized[method]))
   if 'anomaly' not in results and 'unconditioned' in personalized:

@@ -154,13 +154,14 @@ def test_compare_writes_one_table_for_the_supervised_baselines(tmp_path):
 def test_targets_and_mean_rows_follow_the_issue():
   from fedgan_jax.baselines import compare  # pylint: disable=g-import-not-at-top
   rows = [{'method': 'federated GAN', 'fid': 11.0, 'auc': 0.7, 'auc_conditional_ae': 0.72,
-           'auc_generator_distance': 0.65},
+           'auc_generator_distance': 0.65, 'auc_profile_calibrated': 0.7},
           {'method': 'centralized GAN', 'fid': 10.0, 'auc': 0.75}]
   targets = compare.targets(rows)
   assert targets['fid_federated_over_centralized'] == pytest.approx(1.1)
   assert targets['fid_within_1.2x_centralized'] is True
   assert targets['conditional_ae_auc_at_least_unconditioned'] is True
   assert targets['generator_distance_auc_at_least_unconditioned'] is False
+  assert targets['profile_calibrated_auc_at_least_unconditioned'] is True  # Ties count.
   mean = compare.mean_row('mean', [{'method': 'a', 'fid': 1.0, 'train_time_s': 2.0, 'step': 4},
                                    {'method': 'b', 'fid': 3.0, 'train_time_s': 5.0, 'step': 4}])
   assert mean == {'method': 'mean', 'fid': 2.0, 'train_time_s': 7.0}

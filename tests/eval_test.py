@@ -80,7 +80,11 @@ def test_binary_writes_results_plots_and_never_touches_checkpoints(binary_run):
     assert name in results and results['timing_s'][name] >= 0
   quality = results['domain_quality']
   assert quality['kid_subset_size'] == 32 and 0 <= quality['precision'] <= 1
-  assert set(results['personalized']) >= {'unconditioned', 'conditional_ae', 'generator_distance'}
+  personal = results['personalized']
+  assert set(personal) >= {'unconditioned', 'conditional_ae', 'generator_distance',
+                           'profile_calibrated'}
+  assert 0.0 <= personal['profile_calibrated']['profile_r2'] <= 1.0
+  assert '| personalized: AE score calibrated to the PD profile |' in binary_run['markdown']
   assert set(results['anomaly']['per_finding_auc']) == {'pneumonia', 'nodule', 'effusion',
                                                         'cardiomegaly'}
 

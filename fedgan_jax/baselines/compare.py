@@ -32,6 +32,7 @@ COLUMNS = (('method', 'method'), ('fid', 'FID (domain)'), ('kid_mean', 'KID (dom
            ('precision', 'precision'), ('recall', 'recall'), ('auc', 'AUC'),
            ('auc_conditional_ae', 'AUC personalized (cond. AE)'),
            ('auc_generator_distance', 'AUC personalized (G distance)'),
+           ('auc_profile_calibrated', 'AUC personalized (profile-calibrated)'),
            ('sensitivity', 'sensitivity'), ('specificity', 'specificity'),
            ('train_time_s', 'train time (s)'), ('eval_time_s', 'eval time (s)'))
 SUPERVISED_METHODS = ('ae_real_centralized', 'ae_real_federated', 'fedavg_classifier')
@@ -49,6 +50,7 @@ def gan_row(method: str, results: dict, train_time_s: float) -> dict:
           'specificity': detection.get('specificity'),
           'auc_conditional_ae': personalized.get('conditional_ae', {}).get('auc'),
           'auc_generator_distance': personalized.get('generator_distance', {}).get('auc'),
+          'auc_profile_calibrated': personalized.get('profile_calibrated', {}).get('auc'),
           'train_time_s': train_time_s, 'eval_time_s': results['timing_s']['total'],
           'workdir': results['workdir'], 'step': results['step']}
 
@@ -182,7 +184,7 @@ def targets(rows: list[dict]) -> dict:
   if federated and centralized and federated.get('fid') and centralized.get('fid'):
     report['fid_federated_over_centralized'] = federated['fid'] / centralized['fid']
     report['fid_within_1.2x_centralized'] = bool(federated['fid'] <= 1.2 * centralized['fid'])
-  for method in ('conditional_ae', 'generator_distance'):
+  for method in ('conditional_ae', 'generator_distance', 'profile_calibrated'):
     if federated and federated.get(f'auc_{method}') is not None and federated.get('auc'):
       report[f'{method}_auc_at_least_unconditioned'] = bool(
           federated[f'auc_{method}'] >= federated['auc'])

@@ -12,6 +12,14 @@ the unconditioned F-AD autoencoder:
     patient's condition.
   * `generator_distance`: no second model; score = mean squared distance between the image
     and G's expected normal image for the patient (the mean of `G(c, z)` over a few z).
+  * `profile_calibrated`: the unconditioned F-AD score, read against what a normal patient of
+    the same profile scores: a ridge regression of the log score on the patient's
+    demographics (`calibration_groups`, PD by default), fitted on the synthetic normals, is
+    subtracted from it. A COPD patient's hyperinflated lungs, an AP film or an old
+    patient's thin bones raise every normal film's error; the threshold then no longer
+    treats that as disease. Clinical data (CD) stay out by default: acute-disease markers
+    such as CRP or a severity score track the findings, and a regression on normals
+    extrapolates arbitrarily to the values only sick patients have.
 
 A test patient's condition vector holds the label itself (the findings); those features
 (`label_features`) are replaced by their value in normal profiles before any detector
@@ -31,7 +39,10 @@ from fedgan_jax import synthesis
 from fedgan_jax.data import conditions as conditions_lib
 from fedgan_jax.evaluators import anomaly as anomaly_lib
 
-METHODS = ('conditional_ae', 'generator_distance')
+METHODS = ('conditional_ae', 'generator_distance', 'profile_calibrated')
+METHOD_LABELS = {'conditional_ae': 'personalized: conditional AE (PD/CD)',
+                 'generator_distance': 'personalized: distance to G(c) normal',
+                 'profile_calibrated': 'personalized: AE score calibrated to the PD profile'}
 
 
 def with_normal_labels(conditions: np.ndarray, schema: conditions_lib.ConditionSchema,
@@ -143,6 +154,71 @@ def generator_distance_scores(task, g_params, synthetic: np.ndarray,
                                          batch_size)
   return (distance_to_expected(synthetic, synthetic_expected),
           distance_to_expected(test_images, test_expected))
+
+
+def profile_columns(schema: conditions_lib.ConditionSchema, groups: Sequence[str],
+                    label_features: Sequence[str]) -> np.ndarray:
+  """Indices into the model condition vector of the features in `groups`, values and masks.
+
+  Label features are never included, whatever their group.
+  """
+  unknown = set(groups) - {'PD', 'CD'}
+  if unknown:
+    raise ValueError(f'eval.personalized.calibration_groups: unknown {sorted(unknown)}; '
+                     'expected "PD" and/or "CD".')
+  columns = [np.arange(schema.slice(f.name).start, schema.slice(f.name).stop)
+             for f in schema.features if f.group in groups and f.name not in label_features]
+  if not columns:
+    raise ValueError(f'eval.personalized.calibration_groups {list(groups)}: the schema has no '
+                     'feature in them besides the label features; add a group or drop '
+                     'profile_calibrated from eval.personalized.methods.')
+  values = np.concatenate(columns)
+  return np.concatenate([values, values + schema.value_dim])
+
+
+def fit_ridge(features: np.ndarray, targets: np.ndarray, penalty: float):
+  """`(weights, intercept)` of ridge regression with an unpenalized intercept (float64)."""
+  if penalty < 0:
+    raise ValueError(f'eval.personalized.calibration_ridge must be >= 0, got {penalty}.')
+  features, targets = np.asarray(features, np.float64), np.asarray(targets, np.float64)
+  feature_mean, target_mean = features.mean(axis=0), targets.mean()
+  centered = features - feature_mean
+  gram = centered.T @ centered + penalty * np.eye(features.shape[1])
+  # lstsq rather than solve: a constant column (a mask that is always 1) makes the
+  # unpenalized system singular, and its weight should simply be 0.
+  weights = np.linalg.lstsq(gram, centered.T @ (targets - target_mean), rcond=None)[0]
+  return weights, float(target_mean - feature_mean @ weights)
+
+
+def profile_calibrated_scores(synthetic_scores: np.ndarray, synthetic_conditions: np.ndarray,
+                              test_scores: np.ndarray, test_conditions: np.ndarray,
+                              columns: np.ndarray, penalty: float,
+                              floor: float = 1e-12) -> tuple[np.ndarray, np.ndarray, float]:
+  """Log scores minus the log score a normal patient of that profile is expected to have.
+
+  Args:
+    synthetic_scores: `(M,)` F-AD scores of the synthetic normals (the fit's targets).
+    synthetic_conditions: `(M, model_dim)` their condition vectors.
+    test_scores: `(N,)` F-AD scores of the patients to score.
+    test_conditions: `(N, model_dim)` their condition vectors (labels set to normal).
+    columns: which condition columns the profile is (`profile_columns`).
+    penalty: ridge penalty.
+    floor: scores are clipped below at this before the log.
+
+  Returns:
+    `(synthetic_calibrated, test_calibrated, r2)`, r2 = the share of the synthetic normals'
+    log-score variance the profile explains.
+  """
+  log_synthetic = np.log(np.maximum(np.asarray(synthetic_scores, np.float64), floor))
+  log_test = np.log(np.maximum(np.asarray(test_scores, np.float64), floor))
+  weights, intercept = fit_ridge(np.asarray(synthetic_conditions)[:, columns], log_synthetic,
+                                 penalty)
+  synthetic_residual = log_synthetic - (np.asarray(synthetic_conditions)[:, columns] @ weights
+                                        + intercept)
+  test_residual = log_test - (np.asarray(test_conditions)[:, columns] @ weights + intercept)
+  variance = np.var(log_synthetic)
+  r2 = float(1.0 - np.var(synthetic_residual) / variance) if variance > 0 else 0.0
+  return synthetic_residual, test_residual, r2
 
 
 def record_only_auc(conditions: np.ndarray, schema: conditions_lib.ConditionSchema,
