@@ -101,7 +101,10 @@ def results_markdown(results: Mapping[str, Any]) -> str:
   """`results.md`: one section per evaluator that ran."""
   parts = [f'# Evaluation of `{results["workdir"]}` at round {results["step"]}', '',
            f'Data: {results["data"]}; generated images are compared with the real '
-           f'{results["reference"]} split, one per real image, for its condition vector.', '']
+           f'{results["reference"]} split, one per real image, for its condition vector.'
+           + (f' Every generated image draws z ~ N(0, s^2 I) with s = '
+              f'{results["sampling_noise_scale"]:g} (sampling.noise_scale; 1 = as in training).'
+              if 'sampling_noise_scale' in results else ''), '']
   privacy = results['privacy']
   if privacy.get('mode', 'none') == 'none':
     parts += ['Privacy: ' + privacy.get('note', 'DP was off.'), '']

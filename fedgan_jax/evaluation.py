@@ -368,6 +368,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None,
   results = {'workdir': os.path.abspath(workdir), 'step': int(step),
              'data': federation.info.get('source', config.data.name),
              'reference': config.eval.reference, 'privacy': privacy_report(meta),
+             'sampling_noise_scale': task.sample_noise_scale,
              'evaluators': list(config.eval.evaluators)}
   for name in config.eval.evaluators:
     evaluator_started = time.perf_counter()

@@ -53,12 +53,15 @@ def profile_conditions(schema, profiles) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _generate_batch(task, g_params, conditions, rng):
-  return client_lib.generate(task, g_params, conditions, rng)
+  return client_lib.generate(task, g_params, conditions, rng, task.sample_noise_scale)
 
 
 def synthesize(task: client_lib.GanTask, g_params, conditions: np.ndarray, seed: int,
                batch_size: int = 256) -> np.ndarray:
-  """uint8 images `(N, H, W, C)` for condition vectors `(N, C)`; noise from `seed`."""
+  """uint8 images `(N, H, W, C)` for condition vectors `(N, C)`; noise from `seed`.
+
+  z is drawn with standard deviation `task.sample_noise_scale` (`config.sampling`).
+  """
   conditions = np.asarray(conditions, np.float32)
   n = len(conditions)
   rng = jax.random.key(seed)
@@ -76,7 +79,7 @@ def sample_grid(task, g_params, schema, profiles, columns: int, seed: int) -> np
   """uint8 `(rows, columns, H, W, C)`: one row per profile, one column per fixed z."""
   conditions = np.repeat(profile_conditions(schema, profiles), columns, axis=0)
   rng = jax.random.key(seed)
-  z_columns = jax.random.normal(rng, (columns, task.z_dim))
+  z_columns = task.sample_noise_scale * jax.random.normal(rng, (columns, task.z_dim))
   z = np.tile(np.asarray(z_columns), (len(profiles), 1))
   images = jax.jit(task.generator.apply)({'params': g_params}, conditions, z)
   images = dataset_lib.images_from_model(images)

@@ -74,6 +74,9 @@ def test_binary_writes_results_plots_and_never_touches_checkpoints(binary_run):
   assert binary_run['after'] == binary_run['before']
   results = binary_run['results']
   assert results['step'] == 4  # The latest checkpoint.
+  scale = results['sampling_noise_scale']
+  assert scale == _config().sampling.noise_scale
+  assert f'z ~ N(0, s^2 I) with s = {scale:g}' in binary_run['markdown']
   assert results['privacy']['mode'] == 'none' and 'DP was off' in results['privacy']['note']
   assert 'convert_inception' in results['inception_fid']['skipped']
   for name in ('domain_quality', 'conditioning', 'anomaly', 'personalized'):

@@ -53,6 +53,9 @@ class GanTask:
   # `discriminator_gradient(loss_fn, d_params, batch, rng) -> (grads, metrics)` replaces
   # the plain mean gradient of D's loss (example-level DP-SGD plugs in here). None = plain.
   discriminator_gradient: Callable[..., Any] | None = None
+  # Standard deviation of z when sampling a trained G (`synthesis`); training always draws
+  # z ~ N(0, I). Below 1 trades diversity for fidelity (the "truncation trick").
+  sample_noise_scale: float = 1.0
 
 
 @flax.struct.dataclass
@@ -79,8 +82,8 @@ def init_params(task: GanTask, rng: jax.Array, image_shape, condition_dim: int) 
           'discriminator': task.discriminator.init(d_rng, images, condition)['params']}
 
 
-def generate(task: GanTask, g_params, condition, rng):
-  z = jax.random.normal(rng, (condition.shape[0], task.z_dim), jnp.float32)
+def generate(task: GanTask, g_params, condition, rng, noise_scale: float = 1.0):
+  z = noise_scale * jax.random.normal(rng, (condition.shape[0], task.z_dim), jnp.float32)
   return task.generator.apply({'params': g_params}, condition, z)
 
 

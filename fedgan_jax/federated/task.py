@@ -56,6 +56,18 @@ def cond_complement_binary(config, schema: conditions_lib.ConditionSchema) -> bo
   return complement
 
 
+def sample_noise_scale(config) -> float:
+  """`config.sampling.noise_scale`, checked: the std of z when sampling a trained G."""
+  if 'sampling' not in config:
+    raise ValueError('the config has no `sampling` section; start from '
+                     'configs/common.get_common_config() or add `config.sampling.noise_scale`.')
+  scale = float(config.sampling.noise_scale)
+  if not 0.0 <= scale <= 1.0:
+    raise ValueError(f'sampling.noise_scale must be in [0, 1] (1 = z ~ N(0, I) as in training), '
+                     f'got {scale}.')
+  return scale
+
+
 def build_task(config, schema: conditions_lib.ConditionSchema, image_shape,
                discriminator_gradient=None, client_sizes=None) -> client_lib.GanTask:
   """The task of `config`; with `config.dp.mode='example'`, D trains by DP-SGD.
@@ -88,4 +100,5 @@ def build_task(config, schema: conditions_lib.ConditionSchema, image_shape,
       d_optimizer=d_optimizer,
       g_optimizer=g_optimizer,
       augment=build_augment(augment_config(config)),
-      discriminator_gradient=discriminator_gradient)
+      discriminator_gradient=discriminator_gradient,
+      sample_noise_scale=sample_noise_scale(config))
