@@ -270,6 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results = evaluate_generator(config, workdir, federation, task,
                                host_local(algorithm.sampling_generator(state)))
   results.update(rounds=int(state.round), privacy=plan.summary(int(state.round)),
+                 sampling_noise_scale=task.sample_noise_scale,
                  wall_time_s=time.time() - started,
                  config=json.loads(config.to_json_best_effort()))
   path = os.path.join(workdir, 'results.json')

@@ -62,6 +62,7 @@ def test_pipeline_writes_every_output(uninterrupted):
   assert {'age_pearson_r', 'sex_auc'} <= set(results['conditioning'])
   assert results['rounds'] == 12 and results['wall_time_s'] > 0
   assert results['config']['fl']['num_rounds'] == 12
+  assert results['sampling_noise_scale'] == results['config']['sampling']['noise_scale']
   rows = [json.loads(line) for line in (uninterrupted / 'metrics.jsonl').read_text().splitlines()]
   assert [r['round'] for r in rows] == list(range(1, 13))
   assert all(np.isfinite(r['d_loss']) and r['examples_per_s'] > 0 for r in rows)
