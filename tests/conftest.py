@@ -31,6 +31,19 @@ def cxr14_csv_path() -> pathlib.Path:
   return path
 
 
+def tiny_runlocal_config():
+  """The runlocal phantom config with the smallest networks the generator's geometry allows.
+
+  For tests of mechanisms (recompiles, sampling) that do not depend on the networks' width.
+  """
+  from configs import phantom  # pylint: disable=g-import-not-at-top
+  config = phantom.get_config('runlocal')
+  config.model.generator.update(encoder_channels=(8,), decoder_channels=(8,), embedding_dim=8,
+                                z_dim=4)
+  config.model.discriminator.channels = (8,)
+  return config
+
+
 @pytest.fixture(scope='session')
 def runlocal_config():
   from configs import phantom  # pylint: disable=g-import-not-at-top

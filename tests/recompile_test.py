@@ -15,7 +15,8 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from configs import phantom as phantom_config
+from conftest import tiny_runlocal_config
+
 from fedgan_jax.data import phantom
 from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import client as client_lib
@@ -49,11 +50,7 @@ class _Counter:
 
 @pytest.fixture(scope='module')
 def tiny_federation_config():
-  config = phantom_config.get_config('runlocal')
-  # The smallest networks the generator's geometry allows: recompiles do not depend on width.
-  config.model.generator.update(encoder_channels=(8,), decoder_channels=(8,), embedding_dim=8,
-                                z_dim=4)
-  config.model.discriminator.channels = (8,)
+  config = tiny_runlocal_config()  # Recompiles do not depend on the networks' width.
   config.data.num_hospitals = len(_CLIENT_SIZES)
   for hospital, examples in zip(config.data.hospitals, _CLIENT_SIZES):
     hospital.examples = examples

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import phantom as phantom_config
+from conftest import tiny_runlocal_config
 from fedgan_jax import synthesis
 from fedgan_jax.data import conditions as conditions_lib
 from fedgan_jax.federated import client as client_lib
@@ -15,10 +15,7 @@ from fedgan_jax.federated import task as task_lib
 
 @pytest.fixture(scope='module')
 def tiny_generator():
-  config = phantom_config.get_config('runlocal')
-  config.model.generator.update(encoder_channels=(8,), decoder_channels=(8,), embedding_dim=8,
-                                z_dim=4)
-  config.model.discriminator.channels = (8,)
+  config = tiny_runlocal_config()
   schema = conditions_lib.ConditionSchema.from_config(config.conditions)
   image_shape = (config.data.image_size, config.data.image_size, 1)
   task = task_lib.build_task(config, schema, image_shape)
