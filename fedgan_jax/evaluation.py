@@ -255,6 +255,7 @@ def personalized(context: EvalContext) -> dict:
       baseline['synthetic_scores'], baseline['test_scores'], test.abnormal, percentile)}
   report['unconditioned'].pop('roc')
   for method in settings.methods:
+    extra = {}
     if method == 'conditional_ae':
       synthetic_scores, test_scores, _ = personalized_lib.conditional_ae_scores(
           synthetic, synthetic_conditions, test.images, test_conditions, context.config.anomaly,
@@ -262,19 +263,18 @@ def personalized(context: EvalContext) -> dict:
     elif method == 'profile_calibrated':
       columns = personalized_lib.profile_columns(schema, settings.calibration_groups,
                                                  settings.label_features)
-      synthetic_scores, test_scores, r2 = personalized_lib.profile_calibrated_scores(
-          baseline['synthetic_scores'], synthetic_conditions, baseline['test_scores'],
-          test_conditions, columns, float(settings.calibration_ridge))
+      synthetic_scores, test_scores, extra['profile_r2'] = (
+          personalized_lib.profile_calibrated_scores(
+              baseline['synthetic_scores'], synthetic_conditions, baseline['test_scores'],
+              test_conditions, columns, float(settings.calibration_ridge)))
     else:
       count = settings.threshold_samples
       synthetic_scores, test_scores = personalized_lib.generator_distance_scores(
           context.task, context.g_params, synthetic[:count], synthetic_conditions[:count],
           test.images, test_conditions, settings.expected_normal_samples, context.seed + 3,
           context.eval_config.generate_batch_size)
-    report[method] = context.detection_summary(personalized_lib.METHOD_LABELS[method],
-                                               synthetic_scores, test_scores)
-    if method == 'profile_calibrated':
-      report[method]['profile_r2'] = r2
+    report[method] = dict(context.detection_summary(personalized_lib.METHOD_LABELS[method],
+                                                    synthetic_scores, test_scores), **extra)
     report[method]['auc_minus_unconditioned'] = (report[method]['auc']
                                                  - report['unconditioned']['auc'])
   report['label_features'] = list(settings.label_features)
