@@ -147,8 +147,11 @@ def results_markdown(results: Mapping[str, Any]) -> str:
   if 'anomaly' in results:
     detections.append(('F-AD: AE on synthetic normals', results['anomaly']))
   personalized = results.get('personalized', {})
+  skipped = []
   for method, label in personalized_lib.METHOD_LABELS.items():
-    if method in personalized:
+    if 'skipped' in personalized.get(method, {}):
+      skipped.append(f'{label}: not run, {personalized[method]["skipped"]}')
+    elif method in personalized:
       detections.append((label, personalized[method]))
   if 'anomaly' not in results and 'unconditioned' in personalized:
     detections.insert(0, ('F-AD: AE on synthetic normals', personalized['unconditioned']))
@@ -163,6 +166,8 @@ def results_markdown(results: Mapping[str, Any]) -> str:
       parts += ['Per-finding AUC (each finding vs normal images):', '', table(
           ['detector'] + names, [[label] + [number(auc[n]) for n in names]
                                  for label, auc in findings]), '']
+  if skipped:
+    parts += ['; '.join(skipped), '']
   record_only = personalized.get('record_only_auc', {})
   telling = {name: auc for name, auc in record_only.items() if abs(auc - 0.5) >= 0.1}
   if telling:

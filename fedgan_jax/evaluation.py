@@ -263,6 +263,11 @@ def personalized(context: EvalContext) -> dict:
     elif method == 'profile_calibrated':
       columns = personalized_lib.profile_columns(schema, settings.calibration_groups,
                                                  settings.label_features)
+      if not len(columns):
+        report[method] = {'skipped': f'the schema has no feature in eval.personalized.'
+                                     f'calibration_groups {list(settings.calibration_groups)} '
+                                     'besides the label features: no profile to calibrate to.'}
+        continue
       synthetic_scores, test_scores, extra['profile_r2'] = (
           personalized_lib.profile_calibrated_scores(
               baseline['synthetic_scores'], synthetic_conditions, baseline['test_scores'],

@@ -132,6 +132,20 @@ def test_anomaly_evaluator_reproduces_the_training_pipeline(trained):
       training_results['anomaly']['threshold'], rel=1e-5)
 
 
+def test_profile_calibration_without_a_profile_is_skipped_with_a_reason(trained):
+  # A schema whose only features are labels (PneumoniaMNIST's) has no profile; here every PD
+  # feature of the phantom is declared a label to get one.
+  workdir, _ = trained
+  config = _config()
+  config.eval.evaluators = ('personalized',)
+  config.eval.personalized.update(methods=('profile_calibrated',), calibration_groups=('PD',),
+                                  label_features=('age', 'sex', 'view', 'history', 'findings'))
+  results = evaluation.evaluate_checkpoint(config, workdir)
+  assert 'no profile to calibrate to' in results['personalized']['profile_calibrated']['skipped']
+  with open(os.path.join(workdir, 'eval', 'results.md')) as f:
+    assert 'AE score calibrated to the PD profile: not run, the schema has no feature' in f.read()
+
+
 @pytest.mark.parametrize('field, value', [('model.generator.z_dim', 4),
                                           ('data.image_size', 16)])
 def test_refuses_a_checkpoint_of_an_incompatible_config(trained, field, value):
