@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 KINDS = ('continuous', 'categorical', 'multi_hot')
+GROUPS = ('PD', 'CD')  # Patient demographics, clinical data.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +53,7 @@ class ConditionSchema:
         raise ValueError(f'conditions.{f.name}: kind {f.kind!r} is not one of {KINDS}.')
       if f.kind != 'continuous' and not f.categories:
         raise ValueError(f'conditions.{f.name}: a {f.kind} feature needs `categories`.')
-      if f.group not in ('PD', 'CD'):
+      if f.group not in GROUPS:
         raise ValueError(f'conditions.{f.name}: group must be "PD" or "CD", got {f.group!r}.')
     self.features = tuple(features)
     offsets = np.cumsum([0] + [f.width for f in self.features])

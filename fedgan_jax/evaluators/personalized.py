@@ -163,7 +163,7 @@ def profile_columns(schema: conditions_lib.ConditionSchema, groups: Sequence[str
   Label features are never included, whatever their group. Empty when the schema has no
   such feature (PneumoniaMNIST's only feature is its label): there is no profile to calibrate to.
   """
-  unknown = set(groups) - {'PD', 'CD'}
+  unknown = set(groups) - set(conditions_lib.GROUPS)
   if unknown:
     raise ValueError(f'eval.personalized.calibration_groups: unknown {sorted(unknown)}; '
                      'expected "PD" and/or "CD".')
@@ -210,10 +210,9 @@ def profile_calibrated_scores(synthetic_scores: np.ndarray, synthetic_conditions
   """
   log_synthetic = np.log(np.maximum(np.asarray(synthetic_scores, np.float64), floor))
   log_test = np.log(np.maximum(np.asarray(test_scores, np.float64), floor))
-  weights, intercept = fit_ridge(np.asarray(synthetic_conditions)[:, columns], log_synthetic,
-                                 penalty)
-  synthetic_residual = log_synthetic - (np.asarray(synthetic_conditions)[:, columns] @ weights
-                                        + intercept)
+  synthetic_profiles = np.asarray(synthetic_conditions)[:, columns]
+  weights, intercept = fit_ridge(synthetic_profiles, log_synthetic, penalty)
+  synthetic_residual = log_synthetic - (synthetic_profiles @ weights + intercept)
   test_residual = log_test - (np.asarray(test_conditions)[:, columns] @ weights + intercept)
   variance = np.var(log_synthetic)
   r2 = float(1.0 - np.var(synthetic_residual) / variance) if variance > 0 else 0.0
