@@ -47,6 +47,11 @@ def get_common_config() -> ml_collections.ConfigDict:
   # (BENCHMARKS.md, issue 3). True keeps jaxlib's default. No effect on GPU/TPU.
   config.fl.client_ynn_fusions = False
   config.fl.centralized = False     # True: one client holding all data (the baseline).
+  # Conditions G's images are drawn for during training: 'batch' (the real batch's records) or
+  # 'public_prior' (drawn from the data source's public condition prior, built from config
+  # numbers only; phantom has one). With 'public_prior' no record reaches G or D's fake term,
+  # so example-level DP-SGD clips and noises only the real-image term (README "Privacy").
+  config.fl.fake_conditions = 'batch'
   # Decay of the server's moving average of G over rounds, which sampling and evaluation use
   # (0 = off: the last round's G). Averaging damps the round-to-round jitter of a short GAN run.
   config.fl.generator_ema = 0.99
@@ -101,6 +106,9 @@ def get_common_config() -> ml_collections.ConfigDict:
       delta=config_dict.placeholder(float),           # None: 10^-ceil(log10(10 N)) < 1/N.
       accountant='rdp',          # or 'pld'.
       microbatch_size=config_dict.placeholder(int),   # per-example gradients this many at once.
+      # With fl.fake_conditions='public_prior': clip each fake example's D gradient at clip_norm
+      # too (no noise; it keeps the two terms on one scale) instead of the plain mean.
+      clip_fake_term=False,
       adaptive_clip=ml_collections.ConfigDict(dict(   # client mode: clip norm -> a norm quantile.
           enabled=False, target_quantile=0.5, learning_rate=0.2,
           count_noise_multiplier=config_dict.placeholder(float)))))

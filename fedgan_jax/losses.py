@@ -15,13 +15,27 @@ import optax
 GAN_LOSSES = ('non_saturating', 'hinge')
 
 
+def discriminator_real_loss(real_logits, kind: str):
+  """Per-example D loss on real logits, shape `(B,)` (the term that reads real images)."""
+  if kind == 'non_saturating':
+    return jax.nn.softplus(-real_logits)
+  if kind == 'hinge':
+    return jax.nn.relu(1.0 - real_logits)
+  raise ValueError(f'loss.gan: {kind!r} is not one of {GAN_LOSSES}.')
+
+
+def discriminator_fake_loss(fake_logits, kind: str):
+  """Per-example D loss on G's logits, shape `(B,)` (no real image enters it)."""
+  if kind == 'non_saturating':
+    return jax.nn.softplus(fake_logits)
+  if kind == 'hinge':
+    return jax.nn.relu(1.0 + fake_logits)
+  raise ValueError(f'loss.gan: {kind!r} is not one of {GAN_LOSSES}.')
+
+
 def discriminator_gan_loss(real_logits, fake_logits, kind: str):
   """Per-example D loss on paired real/fake logits, shape `(B,)`."""
-  if kind == 'non_saturating':
-    return jax.nn.softplus(-real_logits) + jax.nn.softplus(fake_logits)
-  if kind == 'hinge':
-    return jax.nn.relu(1.0 - real_logits) + jax.nn.relu(1.0 + fake_logits)
-  raise ValueError(f'loss.gan: {kind!r} is not one of {GAN_LOSSES}.')
+  return discriminator_real_loss(real_logits, kind) + discriminator_fake_loss(fake_logits, kind)
 
 
 def generator_gan_loss(fake_logits, kind: str):

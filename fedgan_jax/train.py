@@ -103,6 +103,7 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
                  if config.dp.get('target_epsilon') is not None else 'dp.noise_multiplier',
                  plan.query.clip_norm, plan.delta, fl.num_rounds, plan.epsilon(fl.num_rounds),
                  plan.accountant, plan.budget)
+  condition_prior = task_lib.training_condition_prior(task, federation, config)
   server_optimizer = optimizers.build_server_optimizer(fl.server_optimizer)
   # Initialization draws with the 'rbg' generator: XLA compiles the many threefry
   # draws of a network's init ~4x slower on CPU. Training keys stay threefry, whose
@@ -164,7 +165,8 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
     client_ids = sampling.sample_clients(config.seed, round_index, len(clients),
                                          fl.clients_per_round)
     batches, weights, ids = sampling.round_inputs(
-        clients, client_ids, config.seed, round_index, fl.local_steps, fl.batch_size, pad)
+        clients, client_ids, config.seed, round_index, fl.local_steps, fl.batch_size, pad,
+        condition_prior)
     round_rng = jax.random.fold_in(train_rng, round_index)
     if mesh is not None:
       batches, weights, ids = global_arrays((batches, weights, ids), by_client)

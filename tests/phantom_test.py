@@ -251,6 +251,40 @@ def test_normal_profiles_have_no_findings(small_federation):
   assert 35 < age.mean() < 60
 
 
+def test_condition_prior_draws_each_hospitals_configured_population(small_federation):
+  config, federation = small_federation
+  prior, schema = federation.condition_prior, federation.schema
+  findings, view = schema.slice('findings'), schema.slice('view')
+  for index in range(len(federation.clients)):
+    hospital = config.hospitals[index % len(config.hospitals)]
+    drawn = prior(np.random.default_rng(index), 400, index)
+    assert drawn.shape == (400, schema.model_dim) and drawn.dtype == np.float32
+    values = drawn[:, :schema.value_dim]
+    # Exactly the configured share of patients with findings (sample_records rounds it).
+    assert values[:, findings].any(axis=1).mean() == pytest.approx(config.abnormal_fraction)
+    ap_share = values[:, view][:, 1].mean()  # One-hot (PA, AP).
+    expected = hospital.get('ap_fraction', config.demographics.ap_fraction)
+    assert ap_share == pytest.approx(expected, abs=0.08)
+  # None draws the whole population; the same generator state gives the same draw.
+  np.testing.assert_array_equal(prior(np.random.default_rng(5), 16),
+                                prior(np.random.default_rng(5), 16, None))
+  with pytest.raises(IndexError, match='hospital 9 out of range'):
+    prior(np.random.default_rng(0), 4, 9)
+
+
+def test_restricted_prior_maps_clients_to_hospitals(small_federation):
+  from fedgan_jax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  _, federation = small_federation
+  prior = federation.condition_prior
+  local = dataset_lib.restricted_prior(prior, [2])
+  np.testing.assert_array_equal(local(np.random.default_rng(0), 8, 0),
+                                prior(np.random.default_rng(0), 8, 2))
+  pooled = dataset_lib.restricted_prior(prior, [None])
+  np.testing.assert_array_equal(pooled(np.random.default_rng(0), 8, 0),
+                                prior(np.random.default_rng(0), 8))
+  assert dataset_lib.restricted_prior(None, [0]) is None
+
+
 def test_missing_crp_is_masked_not_zero(small_federation):
   _, federation = small_federation
   schema = federation.schema

@@ -5,6 +5,7 @@ so both execution strategies are checked against hand-computed numbers in millis
 example-level DP runs the real runlocal GAN.
 """
 
+import dataclasses
 import json
 
 import jax
@@ -109,6 +110,132 @@ def test_generator_update_depends_on_conditions_and_noise_not_images(dp_config, 
     np.testing.assert_array_equal(a, b)
   assert any(not np.array_equal(a, b) for a, b in zip(
       jax.tree.leaves(state_a.params['generator']), jax.tree.leaves(params['generator'])))
+
+
+def _public_prior_config(dp_config, **dp_overrides):
+  config = dp_config.copy_and_resolve_references()
+  config.fl.fake_conditions = 'public_prior'
+  config.dp.update(target_epsilon=None, **dp_overrides)
+  return config
+
+
+def _public_prior_batch(federation, client_index=0, batch_size=8):
+  batches = sampling.client_batches(federation.clients[client_index], 0, 0, client_index, 1,
+                                    batch_size, federation.condition_prior)
+  return jax.tree.map(lambda x: x[0], batches)
+
+
+def test_public_fakes_bound_one_records_influence_on_d_by_the_clip(dp_config, dp_federation):
+  # Noise off and a tiny clip: if anything unclipped (G's images, D's fake term) read the real
+  # records, replacing one record would move D's gradient by far more than 2 C / B.
+  clip = 1e-4
+  config = _public_prior_config(dp_config, clip_norm=clip, noise_multiplier=0.0)
+  task = task_lib.build_task(config, dp_federation.schema, dp_federation.image_shape,
+                             client_sizes=dp_federation.client_sizes)
+  assert task.public_fake_conditions and task.fake_term_gradient is None
+  params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
+                                  tuple(dp_federation.image_shape),
+                                  dp_federation.schema.model_dim)
+  batch = _public_prior_batch(dp_federation)
+  other = _public_prior_batch(dp_federation, client_index=1)
+  neighbour = dict(batch)
+  for key in ('image', 'condition'):  # Example 0's whole record replaced by another patient's.
+    neighbour[key] = np.concatenate([other[key][:1], batch[key][1:]])
+  fake = client_lib.generate(task, params['generator'],
+                             batch[client_lib.FAKE_CONDITION_KEY], jax.random.key(2))
+
+  @jax.jit
+  def d_gradient(b):
+    return client_lib.private_split_discriminator_gradient(
+        task, params['discriminator'], b, fake, b[client_lib.FAKE_CONDITION_KEY],
+        jax.random.key(3))
+
+  grads_a, metrics = d_gradient(batch)
+  grads_b, _ = d_gradient(neighbour)
+  assert float(metrics['clipped_fraction']) == 1.0  # Every real example is clipped.
+  difference = optax.global_norm(jax.tree.map(jnp.subtract, grads_a, grads_b))
+  assert 0 < float(difference) <= 2 * clip / 8 * (1 + 1e-4)
+  # The fake term is there, unclipped: D's gradient is far larger than the clipped real sum.
+  assert float(optax.global_norm(grads_a)) > 100 * clip
+
+
+def test_public_fakes_keep_every_record_out_of_gs_update(dp_config, dp_federation):
+  config = _public_prior_config(dp_config, noise_multiplier=0.0)
+  config.fl.client_optimizer.d_learning_rate = 0.0  # D frozen: G's step sees the same D.
+  task = task_lib.build_task(config, dp_federation.schema, dp_federation.image_shape,
+                             client_sizes=dp_federation.client_sizes)
+  params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
+                                  tuple(dp_federation.image_shape),
+                                  dp_federation.schema.model_dim)
+  batch = _public_prior_batch(dp_federation)
+  other = _public_prior_batch(dp_federation, client_index=1)
+  records_swapped = dict(batch, image=other['image'], condition=other['condition'])
+  step = jax.jit(lambda b: client_lib.client_step(task, client_lib.client_init(task, params), b,
+                                                  jax.random.key(1)))
+  state_a, metrics_a = step(batch)
+  state_b, metrics_b = step(records_swapped)
+  assert abs(float(metrics_a['d_real']) - float(metrics_b['d_real'])) > 1e-4
+  for a, b in zip(jax.tree.leaves(state_a.params['generator']),
+                  jax.tree.leaves(state_b.params['generator'])):
+    np.testing.assert_array_equal(a, b)
+  # With the batch's own conditions ('batch'), the same swap does reach G.
+  batch_task = task_lib.build_task(dp_config, dp_federation.schema, dp_federation.image_shape,
+                                   client_sizes=dp_federation.client_sizes)
+  batch_step = jax.jit(lambda b: client_lib.client_step(
+      batch_task, client_lib.client_init(batch_task, params), b, jax.random.key(1)))
+  plain = {k: batch[k] for k in ('image', 'condition')}
+  state_c, _ = batch_step(plain)
+  state_d, _ = batch_step(dict(plain, image=other['image'], condition=other['condition']))
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(state_c.params['generator']), jax.tree.leaves(state_d.params['generator'])))
+
+
+def test_clipped_fake_term_bounds_each_fake_examples_gradient(dp_config, dp_federation):
+  clip = 0.01
+  config = _public_prior_config(dp_config, clip_norm=clip, noise_multiplier=0.0,
+                                clip_fake_term=True)
+  task = task_lib.build_task(config, dp_federation.schema, dp_federation.image_shape,
+                             client_sizes=dp_federation.client_sizes)
+  params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
+                                  tuple(dp_federation.image_shape),
+                                  dp_federation.schema.model_dim)
+  batch = _public_prior_batch(dp_federation)
+  fake_batch = {'fake': client_lib.generate(task, params['generator'],
+                                            batch[client_lib.FAKE_CONDITION_KEY],
+                                            jax.random.key(2)),
+                client_lib.FAKE_CONDITION_KEY: batch[client_lib.FAKE_CONDITION_KEY]}
+  fake_loss = lambda p, b, r: client_lib.discriminator_fake_loss(task, p, b, r)
+  grads, metrics = task.fake_term_gradient(fake_loss, params['discriminator'], fake_batch,
+                                           jax.random.key(3))
+  assert float(metrics['clipped_fraction']) == 1.0
+  # The mean of 8 gradients each clipped to C, with no noise: norm <= C.
+  assert 0 < float(optax.global_norm(grads)) <= clip * (1 + 1e-5)
+  # The same call inside a whole step runs and reports both terms.
+  _, step_metrics = jax.jit(lambda b: client_lib.client_step(
+      task, client_lib.client_init(task, params), b, jax.random.key(1)))(batch)
+  assert float(step_metrics['d_gan_loss']) == pytest.approx(
+      float(step_metrics['d_real_gan_loss']) + float(step_metrics['d_fake_gan_loss']), rel=1e-6)
+
+
+def test_public_fake_settings_name_what_to_fix(dp_config, dp_federation):
+  typo = dp_config.copy_and_resolve_references()
+  typo.fl.fake_conditions = 'prior'
+  with pytest.raises(ValueError, match="fl.fake_conditions must be one of"):
+    task_lib.build_task(typo, dp_federation.schema, dp_federation.image_shape,
+                        client_sizes=dp_federation.client_sizes)
+  clip_without_prior = dp_config.copy_and_resolve_references()
+  clip_without_prior.dp.clip_fake_term = True
+  with pytest.raises(ValueError, match='fl.fake_conditions="public_prior"'):
+    task_lib.build_task(clip_without_prior, dp_federation.schema, dp_federation.image_shape,
+                        client_sizes=dp_federation.client_sizes)
+  config = _public_prior_config(dp_config)
+  task = task_lib.build_task(config, dp_federation.schema, dp_federation.image_shape,
+                             client_sizes=dp_federation.client_sizes)
+  without_prior = dataclasses.replace(dp_federation, condition_prior=None)
+  with pytest.raises(ValueError, match='has no public condition prior'):
+    task_lib.training_condition_prior(task, without_prior, config)
+  assert task_lib.training_condition_prior(task, dp_federation, config) is (
+      dp_federation.condition_prior)
 
 
 # ------------------------------------------------ client level, on a stand-in local update

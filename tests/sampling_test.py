@@ -1,6 +1,7 @@
 """Client and batch sampling are pure functions of (seed, round, client)."""
 
 import numpy as np
+import pytest
 
 from fedgan_jax.data import dataset as dataset_lib
 from fedgan_jax.federated import sampling
@@ -52,3 +53,33 @@ def test_client_batches_do_not_depend_on_which_other_clients_take_part():
   alone, _, _ = sampling.round_inputs(clients, np.array([1]), 0, 4, 2, 4)
   together, _, _ = sampling.round_inputs(clients, np.array([0, 1]), 0, 4, 2, 4)
   np.testing.assert_array_equal(alone['condition'][0], together['condition'][1])
+
+
+def test_public_prior_conditions_ride_beside_the_batch_without_moving_it():
+  calls = []
+
+  def prior(rng, n, client_index):
+    calls.append(client_index)
+    return np.full((n, 2), 100.0 + client_index) + rng.random((n, 1))
+
+  clients = [make_client(10, 'a', 1), make_client(30, 'b', 2)]
+  plain, _, _ = sampling.round_inputs(clients, np.array([0, 1]), 0, 4, 2, 4, pad_to_multiple=4)
+  with_prior, _, _ = sampling.round_inputs(clients, np.array([0, 1]), 0, 4, 2, 4,
+                                           pad_to_multiple=4, condition_prior=prior)
+  for key in ('image', 'condition'):
+    np.testing.assert_array_equal(plain[key], with_prior[key])
+  fake = with_prior[sampling.FAKE_CONDITION_KEY]
+  assert fake.shape == (4, 2, 4, 2) and fake.dtype == np.float32
+  assert calls == [0, 1]  # Each hospital draws from its own prior; padding copies client 0.
+  assert np.all(np.floor(fake[1]) == 101) and np.all(np.floor(fake[0]) == 100)
+  np.testing.assert_array_equal(fake[3], fake[0])
+  again = sampling.client_batches(clients[1], 0, 4, 1, 2, 4, prior)
+  np.testing.assert_array_equal(again[sampling.FAKE_CONDITION_KEY], fake[1])
+  next_round = sampling.client_batches(clients[1], 0, 5, 1, 2, 4, prior)
+  assert not np.array_equal(next_round[sampling.FAKE_CONDITION_KEY], fake[1])
+
+
+def test_public_prior_of_the_wrong_width_is_refused():
+  prior = lambda rng, n, client_index: np.zeros((n, 3))
+  with pytest.raises(ValueError, match=r'condition_prior gave shape \(4, 3\), expected \(4, 2\)'):
+    sampling.client_batches(make_client(10), 0, 0, 0, 1, 4, prior)

@@ -25,6 +25,7 @@ def single_hospital(federation: dataset_lib.FederatedDataset,
   return dataset_lib.FederatedDataset(
       schema=federation.schema, clients=[federation.clients[index]], test=federation.test,
       normal_profiles=federation.normal_profiles,
+      condition_prior=dataset_lib.restricted_prior(federation.condition_prior, [index]),
       info=dict(federation.info, local_only=federation.clients[index].name))
 
 

@@ -69,6 +69,11 @@ class FederatedDataset:
   # Draws condition vectors `(n, model_dim)` of *normal* patients for synthesis:
   # `normal_profiles(rng: np.random.Generator, n) -> np.ndarray`.
   normal_profiles: Any = None
+  # Draws condition vectors `(n, model_dim)` of hospital `client_index` (None: any hospital),
+  # normal and abnormal, from public numbers only (config, never records), for G's training
+  # images under `fl.fake_conditions='public_prior'`:
+  # `condition_prior(rng: np.random.Generator, n, client_index=None) -> np.ndarray`.
+  condition_prior: Any = None
   info: dict = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
@@ -136,3 +141,19 @@ def client_summary(client: ClientData) -> dict[str, Any]:
     # Sex codes follow the schema's categories; ('F', 'M') everywhere in this project.
     row['male_ratio'] = float(np.mean(known == 1)) if len(known) else None
   return row
+
+
+class HospitalPrior:
+  """`condition_prior` of a federation whose client i is hospital `hospitals[i]` of another
+  (None: the whole population, as for the one pooled client of centralized training)."""
+
+  def __init__(self, prior, hospitals: list[int | None]):
+    self.prior, self.hospitals = prior, list(hospitals)
+
+  def __call__(self, rng, n: int, client_index: int | None = None):
+    return self.prior(rng, n, None if client_index is None else self.hospitals[client_index])
+
+
+def restricted_prior(prior, hospitals: list[int | None]):
+  """`HospitalPrior(prior, hospitals)`, or None without a prior."""
+  return None if prior is None else HospitalPrior(prior, hospitals)

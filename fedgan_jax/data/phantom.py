@@ -431,25 +431,46 @@ def render(records, image_size: int, hospital, rng: np.random.Generator,
   return images
 
 
-class NormalProfiles:
-  """Condition vectors of normal patients drawn from the federation's configured population.
+class ConditionPrior:
+  """Condition vectors drawn from the federation's configured population: public numbers only.
 
-  Hospitals are picked in proportion to their configured sizes and each draws records from
-  its own age mix and view ratio with no findings; stored records are never reused.
+  Hospitals are picked in proportion to their configured sizes (or one is named) and each
+  draws records from its own age mix and view ratio, with findings at `abnormal_fraction`;
+  stored records are never reused, so a draw reveals nothing about any patient.
   """
 
   def __init__(self, schema: conditions_lib.ConditionSchema, demographics,
-               hospitals: list[dict], weights: np.ndarray):
+               hospitals: list[dict], weights: np.ndarray, abnormal_fraction: float):
     self.schema, self.demographics, self.hospitals = schema, demographics, hospitals
     self.weights = np.asarray(weights, np.float64) / np.sum(weights)
+    self.abnormal_fraction = float(abnormal_fraction)
 
-  def __call__(self, rng: np.random.Generator, n: int) -> np.ndarray:
-    counts = rng.multinomial(n, self.weights)
-    parts = [sample_records(int(c), rng, self.demographics, h, 0.0)
-             for c, h in zip(counts, self.hospitals)]
+  def __call__(self, rng: np.random.Generator, n: int,
+               client_index: int | None = None) -> np.ndarray:
+    """`(n, model_dim)` conditions of hospital `client_index`, or of the whole population."""
+    if client_index is None:
+      counts = rng.multinomial(n, self.weights)
+    else:
+      if not 0 <= client_index < len(self.hospitals):
+        raise IndexError(f'condition prior: hospital {client_index} out of range for '
+                         f'{len(self.hospitals)} hospitals.')
+      counts = np.zeros(len(self.hospitals), np.int64)
+      counts[client_index] = n
+    parts = [sample_records(int(c), rng, self.demographics, h, self.abnormal_fraction)
+             for c, h in zip(counts, self.hospitals) if c]
     records = {k: np.concatenate([p[k] for p in parts]) for k in RECORD_KEYS}
     values, mask = self.schema.encode(records)
     return conditions_lib.model_condition(values, mask)[rng.permutation(n)]
+
+
+class NormalProfiles(ConditionPrior):
+  """Condition vectors of normal patients drawn from the federation's configured population."""
+
+  def __init__(self, schema, demographics, hospitals, weights):
+    super().__init__(schema, demographics, hospitals, weights, abnormal_fraction=0.0)
+
+  def __call__(self, rng: np.random.Generator, n: int) -> np.ndarray:  # pylint: disable=arguments-differ
+    return super().__call__(rng, n)
 
 
 def _as_dict(tree) -> dict:
@@ -520,6 +541,8 @@ def build_federation(data_config, conditions_config, seed: int) -> dataset_lib.F
   return dataset_lib.FederatedDataset(
       schema=schema, clients=clients, test=test,
       normal_profiles=NormalProfiles(schema, demographics, hospitals, weights),
+      condition_prior=ConditionPrior(schema, demographics, hospitals, weights,
+                                     float(data_config.abnormal_fraction)),
       info=dict(source='phantom', image_size=size, seed=seed,
                 hospitals=[h['name'] for h in hospitals], test_style=data_config.test_style))
 

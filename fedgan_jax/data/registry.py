@@ -28,5 +28,7 @@ def load_federation(config) -> dataset_lib.FederatedDataset:
   if config.fl.get('centralized', False):
     federation = dataset_lib.FederatedDataset(
         schema=federation.schema, clients=[federation.pooled()], test=federation.test,
-        normal_profiles=federation.normal_profiles, info=dict(federation.info, centralized=True))
+        normal_profiles=federation.normal_profiles,
+        condition_prior=dataset_lib.restricted_prior(federation.condition_prior, [None]),
+        info=dict(federation.info, centralized=True))
   return federation

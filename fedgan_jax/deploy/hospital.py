@@ -86,6 +86,10 @@ class Hospital(flwr.client.NumPyClient):
     self._exit_at_round = exit_at_round
     schema = conditions_lib.ConditionSchema.from_config(config.conditions)
     task = task_lib.build_task(config, schema, data.images.shape[1:])
+    if task.public_fake_conditions:
+      raise ValueError('fl.fake_conditions="public_prior" is not available to deployed hospitals '
+                       '(no public condition prior reaches a site yet); set '
+                       '--config.fl.fake_conditions=batch.')
     self._template = jax.eval_shape(lambda: client_lib.init_params(
         task, jax.random.key(0, impl='rbg'), tuple(data.images.shape[1:]), schema.model_dim))
     self._train = LocalTrainer(task, config.fl.get('fuse_local_steps', True),

@@ -56,6 +56,17 @@ class GanTask:
   # Standard deviation of z when sampling a trained G (`synthesis`); training always draws
   # z ~ N(0, I). Below 1 trades diversity for fidelity (the "truncation trick").
   sample_noise_scale: float = 1.0
+  # G's images are drawn for `batch[FAKE_CONDITION_KEY]`, conditions from a public prior,
+  # instead of the real batch's records. Then D's loss on them reads nothing private, and
+  # DP-SGD clips and noises only the real-image term (`client_step`).
+  public_fake_conditions: bool = False
+  # With public fake conditions and DP-SGD: `(loss_fn, d_params, fake_batch, rng)` giving the
+  # fake term's gradient with per-example clipping and no noise; None = the plain mean.
+  fake_term_gradient: Callable[..., Any] | None = None
+
+
+# Batch key of the public-prior conditions G's images are drawn for (`sampling.client_batches`).
+FAKE_CONDITION_KEY = 'fake_condition'
 
 
 @flax.struct.dataclass
@@ -90,16 +101,18 @@ def generate(task: GanTask, g_params, condition, rng, noise_scale: float = 1.0):
 def discriminator_loss(task: GanTask, d_params, batch, rng):
   """Per-example D loss `(B,)` (GAN loss on a real/fake pair + attribute loss on the real).
 
-  `batch['fake']` holds G's images for the batch's conditions (no gradient flows to G).
+  `batch['fake']` holds G's images (no gradient flows to G), drawn for
+  `batch[FAKE_CONDITION_KEY]` when present, else for the batch's own conditions.
   """
   real_rng, fake_rng = jax.random.split(rng)
   condition = batch['condition']
+  fake_condition = batch.get(FAKE_CONDITION_KEY, condition)
   real = images_to_float(batch['image'])
   fake = jax.lax.stop_gradient(batch['fake'])
   if task.augment is not None:
     real, fake = task.augment(real, real_rng), task.augment(fake, fake_rng)
   outputs = task.discriminator.apply({'params': d_params}, jnp.concatenate([real, fake]),
-                                     jnp.concatenate([condition, condition]))
+                                     jnp.concatenate([condition, fake_condition]))
   real_logits, fake_logits = jnp.split(outputs['logit'], 2)
   real_attributes = jnp.split(outputs['attributes'], 2)[0]
   values, mask = conditions_lib.split_condition(condition)
@@ -108,6 +121,70 @@ def discriminator_loss(task: GanTask, d_params, batch, rng):
   aux = {'d_gan_loss': gan, 'attribute_loss': attribute,
          'd_real': jax.nn.sigmoid(real_logits), 'd_fake': jax.nn.sigmoid(fake_logits)}
   return gan + task.attribute_weight * attribute, aux
+
+
+def discriminator_real_loss(task: GanTask, d_params, batch, rng):
+  """Per-example D loss `(B,)` of the terms that read real images: GAN loss on the real
+  image and the attribute head's loss on it. The part DP-SGD clips when fakes are public."""
+  real = images_to_float(batch['image'])
+  if task.augment is not None:
+    real = task.augment(real, rng)
+  condition = batch['condition']
+  outputs = task.discriminator.apply({'params': d_params}, real, condition)
+  values, mask = conditions_lib.split_condition(condition)
+  gan = losses.discriminator_real_loss(outputs['logit'], task.gan_loss)
+  attribute = losses.attribute_loss(outputs['attributes'], values, mask,
+                                    task.continuous_columns)
+  aux = {'d_real_gan_loss': gan, 'attribute_loss': attribute,
+         'd_real': jax.nn.sigmoid(outputs['logit'])}
+  return gan + task.attribute_weight * attribute, aux
+
+
+def discriminator_fake_loss(task: GanTask, d_params, batch, rng):
+  """Per-example D loss `(B,)` on G's images `batch['fake']` for `batch[FAKE_CONDITION_KEY]`.
+
+  With public-prior conditions no real image or record enters, so its gradient is
+  post-processing of what D and G already released.
+  """
+  fake = jax.lax.stop_gradient(batch['fake'])
+  if task.augment is not None:
+    fake = task.augment(fake, rng)
+  outputs = task.discriminator.apply({'params': d_params}, fake, batch[FAKE_CONDITION_KEY])
+  gan = losses.discriminator_fake_loss(outputs['logit'], task.gan_loss)
+  return gan, {'d_fake_gan_loss': gan, 'd_fake': jax.nn.sigmoid(outputs['logit'])}
+
+
+def private_split_discriminator_gradient(task: GanTask, d_params, batch, fake, fake_condition,
+                                         rng):
+  """D's gradient with DP-SGD on the real-image term only, plus the fake term's gradient.
+
+  Adding or removing one real example changes only the clipped real sum (by at most the clip
+  norm); the fake term depends on the current parameters and public conditions and noise,
+  so the sensitivity and the accounting are those of the real term alone. The fake term is
+  the plain mean gradient, or with `task.fake_term_gradient` each fake example's gradient
+  clipped like a real one (no noise), which keeps the two terms on one scale.
+  """
+  real_rng, fake_rng = jax.random.split(rng)
+  real_batch = {k: v for k, v in batch.items() if k != FAKE_CONDITION_KEY}
+  real_grads, metrics = task.discriminator_gradient(
+      functools.partial(discriminator_real_loss, task), d_params, real_batch, real_rng)
+  fake_loss = functools.partial(discriminator_fake_loss, task)
+  fake_batch = {'fake': fake, FAKE_CONDITION_KEY: fake_condition}
+  if task.fake_term_gradient is None:
+
+    def mean_fake_loss(params, batch, rng):
+      example_losses, aux = fake_loss(params, batch, rng)
+      return jnp.mean(example_losses), jax.tree.map(jnp.mean, aux)
+
+    fake_grads, fake_metrics = jax.grad(mean_fake_loss, has_aux=True)(d_params, fake_batch,
+                                                                       fake_rng)
+  else:
+    fake_grads, fake_metrics = task.fake_term_gradient(fake_loss, d_params, fake_batch,
+                                                       fake_rng)
+    fake_metrics = {k: v for k, v in fake_metrics.items() if k.startswith('d_fake')}
+  metrics = dict(metrics, **fake_metrics)
+  metrics['d_gan_loss'] = metrics['d_real_gan_loss'] + metrics['d_fake_gan_loss']
+  return jax.tree.map(jnp.add, real_grads, fake_grads), metrics
 
 
 def generator_loss(task: GanTask, fake, d_params, condition, rng):
@@ -139,9 +216,10 @@ def client_step(task: GanTask, state: ClientState, batch, rng):
   """
   z_rng, d_rng, g_rng = jax.random.split(rng, 3)
   g_params, d_params = state.params['generator'], state.params['discriminator']
-  condition = batch['condition']
-  fake, generator_vjp = jax.vjp(lambda p: generate(task, p, condition, z_rng), g_params)
-  d_batch = dict(batch, fake=fake)
+  fake_condition = (batch[FAKE_CONDITION_KEY] if task.public_fake_conditions
+                    else batch['condition'])
+  fake, generator_vjp = jax.vjp(lambda p: generate(task, p, fake_condition, z_rng), g_params)
+  d_batch = dict(batch, fake=fake, **{FAKE_CONDITION_KEY: fake_condition})
   per_example = functools.partial(discriminator_loss, task)
 
   def mean_d_loss(params, batch, rng):
@@ -150,13 +228,16 @@ def client_step(task: GanTask, state: ClientState, batch, rng):
 
   if task.discriminator_gradient is None:
     d_grads, d_metrics = jax.grad(mean_d_loss, has_aux=True)(d_params, d_batch, d_rng)
+  elif task.public_fake_conditions:
+    d_grads, d_metrics = private_split_discriminator_gradient(
+        task, d_params, batch, fake, fake_condition, d_rng)
   else:
     d_grads, d_metrics = task.discriminator_gradient(per_example, d_params, d_batch, d_rng)
   d_updates, d_opt_state = task.d_optimizer.update(d_grads, state.d_opt_state, d_params)
   d_params = optax.apply_updates(d_params, d_updates)
 
   (g_loss, g_metrics), fake_grads = jax.value_and_grad(
-      lambda f: generator_loss(task, f, d_params, condition, g_rng), has_aux=True)(fake)
+      lambda f: generator_loss(task, f, d_params, fake_condition, g_rng), has_aux=True)(fake)
   (g_grads,) = generator_vjp(fake_grads)
   g_updates, g_opt_state = task.g_optimizer.update(g_grads, state.g_opt_state, g_params)
   g_params = optax.apply_updates(g_params, g_updates)
@@ -178,7 +259,8 @@ def local_update(task: GanTask, server_params: Params, batches, rng):
   """client_init, K unrolled client steps, client_final.
 
   Args:
-    batches: `{'image': (K, B, H, W, 1), 'condition': (K, B, C)}`, K = local steps.
+    batches: `{'image': (K, B, H, W, 1), 'condition': (K, B, C)}`, K = local steps, and
+      `FAKE_CONDITION_KEY: (K, B, C)` when `task.public_fake_conditions`.
   Returns:
     `(delta, metrics)`, metrics averaged over the K steps.
   """

@@ -18,6 +18,10 @@ from fedgan_jax.data import dataset as dataset_lib
 # Distinct streams for the two kinds of draws, so changing one never shifts the other.
 _CLIENT_STREAM = 1
 _BATCH_STREAM = 2
+_PRIOR_STREAM = 3
+# The batch key of public-prior conditions (`client.FAKE_CONDITION_KEY`; not imported, so the
+# host-side sampler does not pull in the models).
+FAKE_CONDITION_KEY = 'fake_condition'
 
 
 def sample_clients(seed: int, round_index: int, num_clients: int,
@@ -40,24 +44,38 @@ def batch_indices(seed: int, round_index: int, client_id: int, num_examples: int
 
 
 def client_batches(client: dataset_lib.ClientData, seed: int, round_index: int, client_id: int,
-                   local_steps: int, batch_size: int) -> dict[str, np.ndarray]:
-  """`{'image': uint8 (K, B, H, W, 1), 'condition': float32 (K, B, C)}` for one client."""
+                   local_steps: int, batch_size: int, condition_prior=None) -> dict[str, np.ndarray]:
+  """`{'image': uint8 (K, B, H, W, 1), 'condition': float32 (K, B, C)}` for one client.
+
+  With `condition_prior` (`FederatedDataset.condition_prior`), also `FAKE_CONDITION_KEY`:
+  `(K, B, C)` conditions of this hospital's population drawn from the prior, for G's images.
+  """
   index = batch_indices(seed, round_index, client_id, len(client), local_steps, batch_size)
   flat = index.reshape(-1)
   images = np.asarray(client.images[flat])
   conditions = np.asarray(client.conditions[flat], np.float32)
-  return {'image': images.reshape(index.shape + images.shape[1:]),
-          'condition': conditions.reshape(index.shape + conditions.shape[1:])}
+  batches = {'image': images.reshape(index.shape + images.shape[1:]),
+             'condition': conditions.reshape(index.shape + conditions.shape[1:])}
+  if condition_prior is not None:
+    rng = np.random.default_rng([seed, round_index, client_id, _PRIOR_STREAM])
+    drawn = np.asarray(condition_prior(rng, flat.size, client_id), np.float32)
+    if drawn.shape != (flat.size, conditions.shape[-1]):
+      raise ValueError(f'condition_prior gave shape {drawn.shape}, expected '
+                       f'{(flat.size, conditions.shape[-1])} like the records\' conditions.')
+    batches[FAKE_CONDITION_KEY] = drawn.reshape(index.shape + drawn.shape[1:])
+  return batches
 
 
 def round_inputs(clients: Sequence[dataset_lib.ClientData], client_ids: np.ndarray, seed: int,
-                 round_index: int, local_steps: int, batch_size: int, pad_to_multiple: int = 1):
+                 round_index: int, local_steps: int, batch_size: int, pad_to_multiple: int = 1,
+                 condition_prior=None):
   """Stacked batches, example-count weights and ids of the round's clients.
 
   The client axis is padded to a multiple of `pad_to_multiple` (the device count)
   with zero-weight copies of the first client, which change nothing in the average.
   """
-  per_client = [client_batches(clients[i], seed, round_index, int(i), local_steps, batch_size)
+  per_client = [client_batches(clients[i], seed, round_index, int(i), local_steps, batch_size,
+                               condition_prior)
                 for i in client_ids]
   weights = [float(len(clients[i])) for i in client_ids]
   ids = [int(i) for i in client_ids]

@@ -68,6 +68,29 @@ def sample_noise_scale(config) -> float:
   return scale
 
 
+FAKE_CONDITIONS = ('batch', 'public_prior')
+
+
+def public_fake_conditions(config) -> bool:
+  """Whether `config.fl.fake_conditions` asks for G's images on public-prior conditions."""
+  kind = config.fl.get('fake_conditions', 'batch')
+  if kind not in FAKE_CONDITIONS:
+    raise ValueError(f'fl.fake_conditions must be one of {FAKE_CONDITIONS}, got {kind!r}.')
+  return kind == 'public_prior'
+
+
+def training_condition_prior(task, federation, config):
+  """The public condition prior G trains on (`fl.fake_conditions`), or None for 'batch'."""
+  if not task.public_fake_conditions:
+    return None
+  if federation.condition_prior is None:
+    raise ValueError(
+        f'fl.fake_conditions="public_prior": data source {config.data.name!r} has no public '
+        'condition prior (only phantom builds one from its config); set '
+        '--config.fl.fake_conditions=batch.')
+  return federation.condition_prior
+
+
 def build_task(config, schema: conditions_lib.ConditionSchema, image_shape,
                discriminator_gradient=None, client_sizes=None) -> client_lib.GanTask:
   """The task of `config`; with `config.dp.mode='example'`, D trains by DP-SGD.
@@ -101,4 +124,6 @@ def build_task(config, schema: conditions_lib.ConditionSchema, image_shape,
       g_optimizer=g_optimizer,
       augment=build_augment(augment_config(config)),
       discriminator_gradient=discriminator_gradient,
-      sample_noise_scale=sample_noise_scale(config))
+      sample_noise_scale=sample_noise_scale(config),
+      public_fake_conditions=public_fake_conditions(config),
+      fake_term_gradient=privacy_engine.fake_term_gradient(config))

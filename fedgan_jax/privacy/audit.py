@@ -213,8 +213,10 @@ def run_audit(config, workdir: str, step: int | None = None) -> dict[str, Any]:
   fl = config.fl
   max_examples = int(audit.max_examples)
 
+  # The prior G trained on, so the re-created rounds draw the same batches as training did.
+  prior = task_lib.training_condition_prior(task, federation, config)
   first = sampling.client_batches(trained, config.seed, step, hospital, fl.local_steps,
-                                  fl.batch_size)
+                                  fl.batch_size, prior)
   leaves = privacy_engine.check_messages_of_task(task, params, first)
 
   members = _take(trained, max_examples, config.seed)
@@ -247,7 +249,7 @@ def run_audit(config, workdir: str, step: int | None = None) -> dict[str, Any]:
     index = sampling.batch_indices(config.seed, round_index, hospital, len(trained),
                                    fl.local_steps, fl.batch_size)
     batches = sampling.client_batches(trained, config.seed, round_index, hospital,
-                                      fl.local_steps, fl.batch_size)
+                                      fl.local_steps, fl.batch_size, prior)
     client_rng = jax.random.fold_in(jax.random.fold_in(train_rng, round_index), hospital)
     delta = local(params, batches, client_rng)
     algorithm.check_client_message(delta, params)

@@ -12,7 +12,11 @@ anyone who sees the deltas or the final models.
     G's update reads only D's parameters, conditions and noise, never an image, so it is
     post-processing of the private D. The condition vectors G is trained on are those of the
     sampled batch: the guarantee covers images; conditions (age, sex, view, ...) reach G
-    unclipped and are not covered. D's minibatch-std layer couples the examples of a group,
+    unclipped and are not covered. With `fl.fake_conditions = 'public_prior'` G's images are
+    drawn for conditions from the data source's public prior instead: then D's loss splits
+    into the real term (GAN loss on the real image and attribute loss, clipped per example
+    and noised) and the fake term, which reads no record and is added without noise
+    (post-processing of the released D and G), and the guarantee covers whole records. D's minibatch-std layer couples the examples of a group,
     so one example could move the others' gradients past the clip: it must be off
     (`model.discriminator.minibatch_std_group = 0`). Hospital sizes are treated as public
     (the accountant's sampling rate needs them and FedAvg weights by them).
@@ -80,6 +84,11 @@ def check_config(config) -> None:
       raise ValueError('config.dp.adaptive_clip.enabled needs '
                        'dp.adaptive_clip.count_noise_multiplier: the clipped count is released '
                        'too and must be noised.')
+  if dp.get('clip_fake_term', False) and not (
+      mode == 'example' and config.fl.get('fake_conditions', 'batch') == 'public_prior'):
+    raise ValueError('config.dp.clip_fake_term clips the fake term of DP-SGD\'s split D '
+                     'gradient: it needs dp.mode="example" and fl.fake_conditions="public_prior" '
+                     f'(got {mode!r} and {config.fl.get("fake_conditions", "batch")!r}).')
   microbatch = dp.get('microbatch_size')
   if microbatch is not None and not (int(microbatch) == microbatch and microbatch >= 1):
     raise ValueError(f'config.dp.microbatch_size must be a positive integer or None, got '
@@ -120,6 +129,17 @@ def example_level_gradient(query: dp_sgd.GaussianSumQuery, expected_batch_size: 
         example_mask=mask, microbatch_size=microbatch_size, has_aux=True)
 
   return discriminator_gradient
+
+
+def fake_term_gradient(config):
+  """The fake term's per-example-clipped, noiseless gradient (`GanTask.fake_term_gradient`)
+  when `dp.clip_fake_term`, else None. Clipping there is for balance with the clipped real
+  term, not privacy: the fake term reads no private data."""
+  if dp_mode(config) != 'example' or not config.dp.get('clip_fake_term', False):
+    return None
+  check_config(config)
+  return example_level_gradient(dp_sgd.GaussianSumQuery(float(config.dp.clip_norm), 0.0),
+                                int(config.fl.batch_size), config.dp.get('microbatch_size'))
 
 
 def _json_number(value: float) -> float | None:
