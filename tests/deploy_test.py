@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from fedgan_jax import checkpointing
+from fedgan_jax import cpu_backend
 from fedgan_jax.data import registry
 from fedgan_jax.deploy import common
 from fedgan_jax.deploy import coordinator as coordinator_lib
@@ -205,7 +206,13 @@ def write_reference(root: pathlib.Path) -> None:
   task = coordinator_lib.build_task(config)
   server_optimizer = optimizers.build_server_optimizer(config.fl.server_optimizer)
   state = algorithm.server_init(coordinator_lib.initial_params(config, task), server_optimizer)
-  round_fn = algorithm.make_round_fn(task, server_optimizer, 'sequential')
+  # The hospitals' client-update program, options included: the XLA cache is keyed on them,
+  # and a miss makes 3 hospitals compile at once on the test machine's cores.
+  round_fn = algorithm.make_round_fn(
+      task, server_optimizer, 'sequential',
+      fuse_local_steps=config.fl.get('fuse_local_steps', True),
+      client_compiler_options=cpu_backend.client_compiler_options(
+          config.fl.get('client_ynn_fusions', True)))
   train_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
 
   def run_round(state, round_index, client_ids):
