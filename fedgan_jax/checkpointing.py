@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 # Config fields that change parameter shapes or the meaning of the condition vector.
@@ -120,6 +121,22 @@ def restore_meta(checkpoint_manager: ocp.CheckpointManager, step: int) -> dict:
       meta=ocp.args.JsonRestore()))['meta']
 
 
+def _placed_like(restored: dict, templates: dict) -> dict:
+  """Each restored item's arrays, uncommitted to a device where the template item's are.
+
+  Orbax returns arrays committed to their device where a fresh state's are not; a jitted
+  round lowers differently for committed inputs (a sharding annotation), so a resumed run
+  would miss the XLA cache entries of a fresh one and compile its round again. The values
+  are unchanged.
+  """
+  def place(value, template):
+    if not isinstance(template, jax.Array) or template.committed:
+      return value
+    return jax.device_put(np.asarray(value))  # Through the host: the way to uncommit.
+  return {name: jax.tree.map(place, restored[name], template)
+          for name, template in templates.items() if name in restored}
+
+
 def restore_server_state(checkpoint_manager, step: int, template_state, config):
   """Restores params + optimizer state into the structure of `template_state`."""
   meta = restore_meta(checkpoint_manager, step)
@@ -129,7 +146,10 @@ def restore_server_state(checkpoint_manager, step: int, template_state, config):
                server=ocp.args.StandardRestore(abstract(_server_item(template_state))))
   if getattr(template_state, 'generator_ema', None) is not None:
     items[GENERATOR_EMA_ITEM] = ocp.args.StandardRestore(abstract(template_state.generator_ema))
-  restored = checkpoint_manager.restore(step, args=ocp.args.Composite(**items))
+  restored = _placed_like(checkpoint_manager.restore(step, args=ocp.args.Composite(**items)),
+                          {'params': template_state.params,
+                           'server': _server_item(template_state),
+                           GENERATOR_EMA_ITEM: getattr(template_state, 'generator_ema', None)})
   if GENERATOR_EMA_ITEM in restored:
     template_state = template_state.replace(generator_ema=restored[GENERATOR_EMA_ITEM])
   state = template_state.replace(params=restored['params'],
