@@ -18,11 +18,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
+from conftest import tiny_model_flags
+from conftest import with_tiny_model
 
 
 def main_command(workdir, cache_dir, *overrides):
   return [sys.executable, '-m', 'fedgan_jax.main', '--config=configs/phantom.py:runlocal',
-          f'--workdir={workdir}', f'--compilation_cache={cache_dir}', *overrides]
+          f'--workdir={workdir}', f'--compilation_cache={cache_dir}', *tiny_model_flags(),
+          *overrides]
 
 
 def run_main(workdir, cache_dir, *overrides, check=True):
@@ -31,13 +34,17 @@ def run_main(workdir, cache_dir, *overrides, check=True):
                         env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
 
 
-def final_params(workdir, runlocal_config, runlocal_task, runlocal_federation):
+def final_params(workdir, runlocal_federation):
+  from configs import phantom  # pylint: disable=g-import-not-at-top
   from fedgan_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from fedgan_jax.federated import client as client_lib  # pylint: disable=g-import-not-at-top
-  template = client_lib.init_params(runlocal_task, jax.random.key(0, impl='rbg'),
-                                    tuple(runlocal_federation.image_shape),
-                                    runlocal_federation.schema.model_dim)
-  params, _, step = checkpointing.restore_params(str(workdir), runlocal_config, template)
+  from fedgan_jax.federated import task as task_lib  # pylint: disable=g-import-not-at-top
+  config = with_tiny_model(phantom.get_config('runlocal'))  # As main_command runs it.
+  task = task_lib.build_task(config, runlocal_federation.schema, runlocal_federation.image_shape)
+  template = jax.eval_shape(lambda: client_lib.init_params(
+      task, jax.random.key(0, impl='rbg'), tuple(runlocal_federation.image_shape),
+      runlocal_federation.schema.model_dim))
+  params, _, step = checkpointing.restore_params(str(workdir), config, template)
   # G's moving average (fl.generator_ema, on by default) must resume exactly too.
   ema = checkpointing.restore_sampling_generator(str(workdir), step, template['generator'])
   assert ema is not None
@@ -73,8 +80,7 @@ def test_pipeline_writes_every_output(uninterrupted):
 
 
 def test_sigkill_and_restart_ends_with_the_same_params(uninterrupted, tmp_path,
-                                                       compilation_cache_dir, runlocal_config,
-                                                       runlocal_task, runlocal_federation):
+                                                       compilation_cache_dir, runlocal_federation):
   log = tmp_path / 'killed_run.log'
   with open(log, 'w') as log_file:
     process = subprocess.Popen(main_command(tmp_path, compilation_cache_dir, *RESUME_OVERRIDES),
@@ -90,9 +96,8 @@ def test_sigkill_and_restart_ends_with_the_same_params(uninterrupted, tmp_path,
   assert not (tmp_path / 'results.json').exists()
 
   run_main(tmp_path, compilation_cache_dir, *RESUME_OVERRIDES)
-  step_a, resumed = final_params(tmp_path, runlocal_config, runlocal_task, runlocal_federation)
-  step_b, reference = final_params(uninterrupted, runlocal_config, runlocal_task,
-                                   runlocal_federation)
+  step_a, resumed = final_params(tmp_path, runlocal_federation)
+  step_b, reference = final_params(uninterrupted, runlocal_federation)
   assert step_a == step_b == 12
   np.testing.assert_array_equal(resumed, reference)
   rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
