@@ -24,6 +24,20 @@ from fedgan_jax.federated import optimizers
 from fedgan_jax.federated import sampling
 
 from conftest import REPO_ROOT
+from conftest import TINY_MODEL
+from conftest import with_tiny_model
+
+
+@pytest.fixture(scope='module')
+def tiny_task_and_federation():
+  """The runlocal federation with `TINY_MODEL`'s networks: these tests check how rounds are
+  assembled, which does not depend on the width, and XLA's compile shrinks with the layers."""
+  from configs import phantom  # pylint: disable=g-import-not-at-top
+  from fedgan_jax.data import registry  # pylint: disable=g-import-not-at-top
+  from fedgan_jax.federated import task as task_lib  # pylint: disable=g-import-not-at-top
+  config = with_tiny_model(phantom.get_config('runlocal'))
+  federation = registry.load_federation(config)
+  return task_lib.build_task(config, federation.schema, federation.image_shape), federation
 
 
 def test_fedavg_aggregate_weights_by_example_count():
@@ -104,9 +118,9 @@ def test_auto_strategy_is_threads_on_cpu_and_vmap_on_accelerators():
 
 
 @pytest.mark.parametrize('fuse_local_steps, ynn_fusions', [(True, False), (False, True)])
-def test_round_equals_hand_assembled_fedavg(runlocal_task, runlocal_federation,
-                                            fuse_local_steps, ynn_fusions):
-  task, federation = runlocal_task, runlocal_federation
+def test_round_equals_hand_assembled_fedavg(tiny_task_and_federation, fuse_local_steps,
+                                            ynn_fusions):
+  task, federation = tiny_task_and_federation
   server_optimizer = optax.sgd(1.0)  # Plain FedAvg: params + weighted average delta.
   params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
                                   tuple(federation.image_shape), federation.schema.model_dim)
@@ -119,7 +133,8 @@ def test_round_equals_hand_assembled_fedavg(runlocal_task, runlocal_federation,
       client_compiler_options=cpu_backend.client_compiler_options(ynn_fusions))(
           state, batches, weights, ids, round_rng)
 
-  local = jax.jit(lambda p, b, r: client_lib.local_update(task, p, b, r))
+  # The reference deltas: `client.local_update` per client, one program for every case.
+  local = algorithm.ClientUpdate(task, True, cpu_backend.client_compiler_options(False))
   deltas = [local(params, jax.tree.map(lambda x, i=i: x[i], batches),
                   jax.random.fold_in(round_rng, ids[i]))[0] for i in range(2)]
   sizes = [len(federation.clients[0]), len(federation.clients[2])]
@@ -131,15 +146,18 @@ def test_round_equals_hand_assembled_fedavg(runlocal_task, runlocal_federation,
   assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
 
 
-def test_threads_give_bit_identical_params_to_sequential(runlocal_task, runlocal_federation):
-  task, federation = runlocal_task, runlocal_federation
+def test_threads_give_bit_identical_params_to_sequential(tiny_task_and_federation):
+  task, federation = tiny_task_and_federation
   server_optimizer = optax.sgd(1.0, momentum=0.9)
   params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
                                   tuple(federation.image_shape), federation.schema.model_dim)
   results = {}
   # 2 workers over 3 clients (and a padding slot): completion order varies, the sum must not.
   for name, strategy, threads in [('sequential', 'sequential', 0), ('threads', 'threads', 2)]:
-    round_fn = algorithm.make_round_fn(task, server_optimizer, strategy, client_threads=threads)
+    # The options of the hand-assembled test's round, whose compiled client program this reuses.
+    round_fn = algorithm.make_round_fn(
+        task, server_optimizer, strategy, client_threads=threads,
+        client_compiler_options=cpu_backend.client_compiler_options(False))
     state = algorithm.server_init(params, server_optimizer)
     for r in range(3):
       batches, weights, ids = sampling.round_inputs(federation.clients, np.array([0, 1, 2]), 0,
@@ -159,6 +177,7 @@ def test_client_threads_must_not_be_negative():
 
 _STRATEGY_SCRIPT = textwrap.dedent('''
     import json, sys
+    TINY_MODEL = %r
     import jax, numpy as np
     from configs import phantom
     from fedgan_jax.data import registry
@@ -166,6 +185,8 @@ _STRATEGY_SCRIPT = textwrap.dedent('''
     from fedgan_jax.federated import task as task_lib
     assert jax.device_count() == 4, jax.devices()
     config = phantom.get_config('runlocal')
+    for network, fields in TINY_MODEL.items():
+      config.model[network].update(fields)
     config.fl.server_optimizer.momentum = 0.9
     # SGD clients: Adam's first step from a fresh state is ~lr * sign(g), which turns the
     # rounding differences of another device layout into lr-sized ones wherever a gradient
@@ -186,12 +207,14 @@ _STRATEGY_SCRIPT = textwrap.dedent('''
       state = algorithm.server_init(params, server_optimizer)
       for r in range(2):
         ids = sampling.sample_clients(0, r, 3, 0)
+        # One local step: the client axis's layout is what differs here, and XLA's CPU
+        # compile of a vmapped round grows with the steps (~35 s a step, twice).
         batches, weights, ids = sampling.round_inputs(
-            federation.clients, ids, 0, r, 2, 8, mesh.size if mesh else 1)
+            federation.clients, ids, 0, r, 1, 8, mesh.size if mesh else 1)
         state, _ = round_fn(state, batches, weights, ids, jax.random.key(r))
       results[name] = np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.params)])
     np.savez(sys.argv[1], **results)
-''')
+''') % (TINY_MODEL,)
 
 
 def test_vmap_on_1_and_4_devices_sequential_and_threads_agree(tmp_path):
@@ -207,3 +230,14 @@ def test_vmap_on_1_and_4_devices_sequential_and_threads_agree(tmp_path):
                              atol=1e-6)
   np.testing.assert_array_equal(results['threads'], results['sequential'])
   assert not np.allclose(results['sequential'], 0.0)
+
+
+def test_client_updates_of_one_task_share_their_compiled_programs(tiny_task_and_federation):
+  task, _ = tiny_task_and_federation
+  options = cpu_backend.client_compiler_options(False)
+  first, second = algorithm.ClientUpdate(task, True, options), algorithm.ClientUpdate(task, False,
+                                                                                      options)
+  # Same task and options: the same jitted programs, so a second strategy compiles nothing.
+  assert first._local_update is second._local_update and first._step is second._step  # pylint: disable=protected-access
+  other_options = algorithm.ClientUpdate(task, True, {'xla_cpu_enable_fast_math': 'false'})
+  assert other_options._local_update is not first._local_update  # pylint: disable=protected-access

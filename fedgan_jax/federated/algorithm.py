@@ -284,6 +284,20 @@ def make_round_fn(task, server_optimizer, strategy: str, mesh: Mesh | None = Non
                          client_compiler_options)
 
 
+@functools.lru_cache(maxsize=8)
+def _client_programs(task, compiler_options: tuple):
+  """The jitted `(local_update, client_init, client_step)` of `task`, one set per process.
+
+  Every `ClientUpdate` of one task (the `sequential` and `threads` rounds of a comparison,
+  a baseline's several rounds) then compiles each program once. Tasks hash by identity;
+  the cache holds the few most recent ones.
+  """
+  jit = functools.partial(jax.jit, compiler_options=dict(compiler_options) or None)
+  return (jit(functools.partial(client_lib.local_update, task)),
+          jax.jit(functools.partial(client_lib.client_init, task)),
+          jit(functools.partial(client_lib.client_step, task)))
+
+
 class ClientUpdate:
   """One client's `(delta, step-mean metrics)` from its `(K, B, ...)` batches, jitted.
 
@@ -297,10 +311,8 @@ class ClientUpdate:
 
   def __init__(self, task, fuse_local_steps: bool = True, compiler_options: dict | None = None):
     self._fused = fuse_local_steps
-    jit = functools.partial(jax.jit, compiler_options=compiler_options)
-    self._local_update = jit(functools.partial(client_lib.local_update, task))
-    self._init = jax.jit(functools.partial(client_lib.client_init, task))
-    self._step = jit(functools.partial(client_lib.client_step, task))
+    self._local_update, self._init, self._step = _client_programs(
+        task, tuple(sorted((compiler_options or {}).items())))
     self._final = jax.jit(self._final_fn)
     self._fold_in = jax.jit(jax.random.fold_in)
 
