@@ -26,6 +26,7 @@ import optax
 
 from fedgan_jax import losses
 from fedgan_jax.data import conditions as conditions_lib
+from fedgan_jax.federated import sampling
 
 Params = Any
 
@@ -66,7 +67,7 @@ class GanTask:
 
 
 # Batch key of the public-prior conditions G's images are drawn for (`sampling.client_batches`).
-FAKE_CONDITION_KEY = 'fake_condition'
+FAKE_CONDITION_KEY = sampling.FAKE_CONDITION_KEY
 
 
 @flax.struct.dataclass

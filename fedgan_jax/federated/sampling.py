@@ -19,8 +19,7 @@ from fedgan_jax.data import dataset as dataset_lib
 _CLIENT_STREAM = 1
 _BATCH_STREAM = 2
 _PRIOR_STREAM = 3
-# The batch key of public-prior conditions (`client.FAKE_CONDITION_KEY`; not imported, so the
-# host-side sampler does not pull in the models).
+# The batch key of public-prior conditions G's images are drawn for (`client_batches`).
 FAKE_CONDITION_KEY = 'fake_condition'
 
 
