@@ -1,10 +1,7 @@
 """Tests for the baselines: FedAvg loop, AE on real normals, FedAvg classifier, local GANs."""
 
 import json
-import os
-import tempfile
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -17,10 +14,6 @@ from fedgan_jax.baselines import classifier
 from fedgan_jax.baselines import fedavg
 from fedgan_jax.baselines import local_gan
 from fedgan_jax.data import registry
-
-jax.config.update('jax_compilation_cache_dir',
-                  os.path.join(tempfile.gettempdir(), 'fedgan_jax_test_xla'))
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 
 SGD_HALF = dict(name='sgd', learning_rate=0.5, momentum=0.0, nesterov=False)
 

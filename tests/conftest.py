@@ -2,6 +2,8 @@
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
@@ -84,7 +86,24 @@ def runlocal_task(runlocal_config, runlocal_federation):
                              runlocal_federation.image_shape)
 
 
+def pytest_configure(config):
+  """One fresh persistent XLA cache for the session, this process's compiles included.
+
+  Identical programs (a task rebuilt by another test, the binaries' repeated runs) then
+  compile once per session, and nothing carries over from one session or CI run to the next.
+  Set before collection, so no test module's import compiles without it.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  config.xla_cache_dir = tempfile.mkdtemp(prefix='fedgan_jax_test_xla_')
+  jax.config.update('jax_compilation_cache_dir', config.xla_cache_dir)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+
+
+def pytest_unconfigure(config):
+  shutil.rmtree(getattr(config, 'xla_cache_dir', ''), ignore_errors=True)
+
+
 @pytest.fixture(scope='session')
-def compilation_cache_dir(tmp_path_factory):
-  """A persistent XLA cache shared by the subprocess tests of one session."""
-  return str(tmp_path_factory.mktemp('xla_cache'))
+def compilation_cache_dir(pytestconfig):
+  """The session's persistent XLA cache, for the binaries the tests start."""
+  return pytestconfig.xla_cache_dir

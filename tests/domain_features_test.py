@@ -1,19 +1,11 @@
 """Tests for the domain encoder behind FID/KID/precision/recall without external weights."""
 
-import os
-import tempfile
-
-import jax
 import ml_collections
 import numpy as np
 import pytest
 
 from fedgan_jax.evaluators import domain_features
 from fedgan_jax.evaluators import fid
-
-jax.config.update('jax_compilation_cache_dir',
-                  os.path.join(tempfile.gettempdir(), 'fedgan_jax_test_xla'))
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 
 SETTINGS = ml_collections.ConfigDict(dict(channels=(8, 16), feature_dim=8, input_unshuffle=2,
                                           steps=60, batch_size=32, learning_rate=3e-3))

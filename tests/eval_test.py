@@ -5,12 +5,12 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 
-import jax
 import numpy as np
 import pytest
 
+from conftest import tiny_model_flags
+from conftest import with_tiny_model
 from configs import eval_common
 from configs import phantom
 from fedgan_jax import checkpointing
@@ -21,13 +21,10 @@ from fedgan_jax.data import conditions as conditions_lib
 from fedgan_jax.evaluators import schema_attributes
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMPILATION_CACHE = os.path.join(tempfile.gettempdir(), 'fedgan_jax_test_xla')
-jax.config.update('jax_compilation_cache_dir', COMPILATION_CACHE)
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 
 
 def _config():
-  config = phantom.get_config('runlocal')
+  config = with_tiny_model(phantom.get_config('runlocal'))  # Evaluation is width-blind.
   if 'eval' not in config:
     config.eval = eval_common.get_eval_config(runlocal=True)
   return config
@@ -52,12 +49,13 @@ def trained(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def binary_run(trained):
+def binary_run(trained, compilation_cache_dir):
   """Runs `python -m fedgan_jax.eval` once; returns what it wrote and the checkpoints around it."""
   workdir, _ = trained
   before = _checkpoint_files(workdir)
   subprocess.run([sys.executable, '-m', 'fedgan_jax.eval', '--config=configs/phantom.py:runlocal',
-                  f'--workdir={workdir}', f'--compilation_cache={COMPILATION_CACHE}'],
+                  f'--workdir={workdir}', f'--compilation_cache={compilation_cache_dir}',
+                  *tiny_model_flags()],
                  cwd=REPO_ROOT, check=True, capture_output=True)
   out = os.path.join(workdir, 'eval')
   with open(os.path.join(out, 'results.json')) as f:
