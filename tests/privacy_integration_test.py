@@ -75,6 +75,8 @@ def test_example_dp_run_logs_epsilon_and_stops_cleanly_at_the_budget(dp_config, 
   assert privacy['mode'] == 'example' and privacy['rounds'] == 2
   assert privacy['epsilon'] == pytest.approx(probe.epsilon(2))
   assert privacy['delta'] == 1e-5 and privacy['noise_multiplier'] == 1.0
+  assert privacy['protects'].startswith('one training image') and 'not covered' in (
+      privacy['protects'])
   assert evaluation.privacy_report(meta)['epsilon'] == privacy['epsilon']
 
 
@@ -232,6 +234,8 @@ def test_public_fake_settings_name_what_to_fix(dp_config, dp_federation):
     task_lib.training_condition_prior(task, without_prior, config)
   assert task_lib.training_condition_prior(task, dp_federation, config) is (
       dp_federation.condition_prior)
+  assert engine.protected_unit(config).startswith('one training record: its image and its '
+                                                  'condition vector')
 
 
 # ------------------------------------------------ client level, on a stand-in local update
@@ -329,6 +333,7 @@ def test_client_plan_uses_expected_clients_and_split_noise():
   # 1/z_total^2 = 1/z_update^2 + 1/z_count^2 with z_total 2, z_count 10.
   assert privacy.noise_multiplier == pytest.approx((2.0 ** -2 - 10.0 ** -2) ** -0.5)
   assert plan.discriminator_gradient() is None
+  assert plan.summary(1)['protects'] == "one hospital's whole data (client-level)"
   config.dp.adaptive_clip.count_noise_multiplier = None
   with pytest.raises(ValueError, match='count_noise_multiplier'):
     engine.PrivacyPlan.from_config(config, [80, 48, 64])

@@ -99,6 +99,19 @@ def check_config(config) -> None:
       raise ValueError(f'config.dp.{name} must be > 0 or None, got {value}.')
 
 
+def protected_unit(config) -> str | None:
+  """What adding or removing one unit means under `config`'s DP, in words (None without DP)."""
+  mode = dp_mode(config)
+  if mode == 'client':
+    return 'one hospital\'s whole data (client-level)'
+  if mode == 'example':
+    if config.fl.get('fake_conditions', 'batch') == 'public_prior':
+      return 'one training record: its image and its condition vector (example-level)'
+    return ('one training image (example-level); the condition vectors G trains on are not '
+            'covered (fl.fake_conditions="batch")')
+  return None
+
+
 def accounting_fl(config, num_clients: int) -> dict:
   """`config.fl` as the accountant needs it: the real client count and per-round count."""
   per_round = int(config.fl.clients_per_round)
@@ -169,6 +182,8 @@ class PrivacyPlan:
   client_sizes: tuple[int, ...] = ()
   microbatch_size: int | None = None
   adaptive: Any = None
+  # What one unit of the guarantee is, in words, for results and papers.
+  protects: str | None = None
   # Epsilon by number of rounds, filled as the run asks (a dict mutates inside a frozen class).
   _epsilons: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
@@ -185,7 +200,7 @@ class PrivacyPlan:
     if budget is None:
       budget = dp.get('target_epsilon')
     adaptive = _adaptive(dp)
-    return cls(mode=mode, query=accounting.query_from_config(dp, fl, sizes),
+    return cls(mode=mode, protects=protected_unit(config), query=accounting.query_from_config(dp, fl, sizes),
                noise_multiplier=accounting.noise_multiplier_from_config(dp, fl, sizes),
                delta=accounting.delta_from_config(dp, fl, sizes), accountant=dp.accountant,
                budget=None if budget is None else float(budget), dp_config=dp.to_dict(),
@@ -238,7 +253,7 @@ class PrivacyPlan:
             'delta': self.delta, 'noise_multiplier': self.noise_multiplier,
             'update_noise_multiplier': self.query.noise_multiplier,
             'clip_norm': self.query.clip_norm, 'accountant': self.accountant,
-            'rounds': int(rounds), 'budget': self.budget,
+            'rounds': int(rounds), 'budget': self.budget, 'protects': self.protects,
             'sampling': 'fixed-size batches accounted as Poisson'
                         if self.mode == 'example' else 'fixed-size client sample accounted as '
                                                        'Poisson'}
