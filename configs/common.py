@@ -76,7 +76,6 @@ def get_common_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict(dict(
       log_every_rounds=10,
       sample_every_rounds=100,
-      sample_columns=8,
       max_abs_loss=1e4))   # a loss beyond this (or NaN/inf) stops the run as diverged.
 
   config.anomaly = ml_collections.ConfigDict(dict(
@@ -89,12 +88,7 @@ def get_common_config() -> ml_collections.ConfigDict:
       # with a Gaussian of score_blur_sigma pixels (localized findings; residuals that flip
       # sign within a few pixels cancel); 'local': of the blurred squared residual;
       # 'mse': the image mean.
-      score='signed', score_blur_sigma=2.0, score_percentile=99.0,
-      generate_batch_size=256))
-  # Attributes read back from generated images (record names; () turns the report off).
-  config.conditioning = ml_collections.ConfigDict(dict(
-      num_generated=1000, continuous=('age',), binary=('sex',)))
-
+      score='signed', score_blur_sigma=2.0, score_percentile=99.0))
   # Differential privacy (fedgan_jax/privacy/; README "Privacy"). 'example': DP-SGD on D at each
   # hospital; 'client': DP-FedAvg on whole hospital updates. Unset numbers are None.
   config.dp = ml_collections.ConfigDict(dict(
@@ -123,8 +117,6 @@ def shrink_training_for_runlocal(config: ml_collections.ConfigDict) -> None:
   config.checkpoint.every_rounds = 2
   config.train.log_every_rounds = 1
   config.train.sample_every_rounds = 2
-  config.train.sample_columns = 4
   config.anomaly.update(num_synthetic=64, steps=20, batch_size=16, hidden=(32,),
                         channels=(8, 16), latent_dim=8)
-  config.conditioning.num_generated = 64
   config.eval = eval_common.get_eval_config(runlocal=True)

@@ -41,8 +41,6 @@ def get_config(arg: str | None = None):
   config.train.profiles = [dict(), dict(findings=[0])]
   # One 0/1 label: the plain cosine L_cond would be identically 0 (see losses).
   config.loss.cond_complement_binary = True
-  # No age or sex to read back from generated images.
-  config.conditioning.update(continuous=(), binary=())
   # A narrower bottleneck: trained on the real normal training images, the dense AE scores the
   # real test split at AUC 0.75 with 8 latents, 0.59 with the common 32 (benchmarks/real_data.md).
   config.anomaly.latent_dim = 8

@@ -126,7 +126,7 @@ class EvalContext:
       rng = np.random.default_rng([self.seed, 99])
       conditions = self.federation.normal_profiles(rng, anomaly_config.num_synthetic)
       images = synthesis.synthesize(self.task, self.g_params, conditions, self.seed + 1,
-                                    anomaly_config.generate_batch_size)
+                                    self.eval_config.generate_batch_size)
       return images, conditions
     return self._cached('synthetic_normals', build)
 
@@ -325,6 +325,17 @@ def checkpoint_meta(workdir: str, step: int | None = None) -> tuple[int, dict]:
     return int(step), checkpointing.restore_meta(checkpoint_manager, step)
 
 
+def check_eval_config(config) -> None:
+  """Raises for a config without an `eval` section or with an unknown evaluator (checked
+  before training, so a typo never costs a run)."""
+  if 'eval' not in config:
+    raise ValueError('the config has no `eval` section; add `config.eval = '
+                     'eval_common.get_eval_config()` (configs/eval_common.py) to it.')
+  unknown = [name for name in config.eval.evaluators if name not in EVALUATORS]
+  if unknown:
+    raise ValueError(f'eval.evaluators: unknown {unknown}; expected some of {sorted(EVALUATORS)}.')
+
+
 def evaluate_checkpoint(config, workdir: str, step: int | None = None,
                         shared: SharedModels | None = None,
                         federation: dataset_lib.FederatedDataset | None = None) -> dict:
@@ -341,12 +352,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None,
   Returns:
     The content of `results.json`.
   """
-  if 'eval' not in config:
-    raise ValueError('the config has no `eval` section; add `config.eval = '
-                     'eval_common.get_eval_config()` (configs/eval_common.py) to it.')
-  unknown = [name for name in config.eval.evaluators if name not in EVALUATORS]
-  if unknown:
-    raise ValueError(f'eval.evaluators: unknown {unknown}; expected some of {sorted(EVALUATORS)}.')
+  check_eval_config(config)
   started = time.perf_counter()
   # Refuse an incompatible checkpoint before building anything from the config: a changed
   # image size or schema would otherwise fail in model code with a less helpful message.
@@ -364,6 +370,25 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None,
   g_params = checkpointing.restore_sampling_generator(workdir, step, template['generator'])
   if g_params is None:
     g_params = params['generator']
+  return evaluate_generator(config, workdir, step, meta, federation, task, g_params, shared,
+                            started)
+
+
+def evaluate_generator(config, workdir: str, step: int, meta: dict,
+                       federation: dataset_lib.FederatedDataset, task: client_lib.GanTask,
+                       g_params, shared: SharedModels | None = None,
+                       started: float | None = None) -> dict:
+  """Runs `config.eval.evaluators` on G's sampling params and writes `workdir/eval/`.
+
+  The main job calls this with the state it just checkpointed (a restore would be a
+  collective on multi-host runs), the eval binary with the params it restored: the same
+  function, so both report the same numbers for the same checkpoint.
+
+  Args:
+    meta: the checkpoint's metadata (its `privacy` entry is reported).
+    started: `time.perf_counter()` when the caller started (for the timing report).
+  """
+  started = time.perf_counter() if started is None else started
   out_dir = os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
   context = EvalContext(config=config, federation=federation, task=task,
@@ -372,6 +397,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None,
   timing = {'setup': time.perf_counter() - started}
   results = {'workdir': os.path.abspath(workdir), 'step': int(step),
              'data': federation.info.get('source', config.data.name),
+             'scored_split': federation.info.get('scored_split', 'test'),
              'reference': config.eval.reference, 'privacy': privacy_report(meta),
              'sampling_noise_scale': task.sample_noise_scale,
              'evaluators': list(config.eval.evaluators)}

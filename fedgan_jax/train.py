@@ -1,10 +1,12 @@
-"""The main job: federated GAN training, then F-AD and conditioning on the result.
+"""The main job: federated GAN training, then the evaluation of the result.
 
 `train_and_evaluate(config, workdir)` builds the federation, runs FedAvg rounds
-(resuming from the latest checkpoint in `workdir`), then synthesizes normal
-images for profiles drawn from the federation's demographics, trains the anomaly
-detector on them alone, scores the real test split and writes
-`workdir/results.json` and `workdir/roc.png`.
+(resuming from the latest checkpoint in `workdir`), then runs the evaluators of
+`config.eval.evaluators` on the final G, the same function the eval binary runs on a
+checkpoint (`evaluation.evaluate_generator`): F-AD on synthetic normals scored on the
+real scored split, conditioning, sample quality, personalization. It writes
+`workdir/eval/results.{json,md}`, `roc.png`, sample grids, and `workdir/results.json`
+(the same results plus the rounds run and the config).
 
 With `config.dp.mode != 'none'` (fedgan_jax/privacy/engine.py) the run is differentially
 private: the noise multiplier is calibrated to `dp.target_epsilon` before training when that is
@@ -27,14 +29,14 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from fedgan_jax import checkpointing
+from fedgan_jax import eval_report
+from fedgan_jax import evaluation
 from fedgan_jax import cpu_backend
 from fedgan_jax import metrics_log
 from fedgan_jax import plots
 from fedgan_jax import synthesis
 from fedgan_jax.data import dataset as dataset_lib
 from fedgan_jax.data import registry
-from fedgan_jax.evaluators import anomaly as anomaly_lib
-from fedgan_jax.evaluators import attributes as attributes_lib
 from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import client as client_lib
 from fedgan_jax.federated import optimizers
@@ -201,58 +203,17 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
       os.makedirs(samples_dir, exist_ok=True)
       grid = synthesis.sample_grid(task, host_local(algorithm.sampling_generator(state)),
                                    federation.schema, config.train.profiles,
-                                   config.train.sample_columns, config.seed)
+                                   config.eval.sample_columns, config.seed)
       plots.save_image_grid(os.path.join(samples_dir, f'round_{done:06d}.png'), grid)
   checkpoint_manager.wait_until_finished()
   checkpoint_manager.close()
   return state
 
 
-def evaluate_generator(config, workdir: str, federation: dataset_lib.FederatedDataset,
-                       task: client_lib.GanTask, g_params) -> dict:
-  """F-AD on synthetic normal images, scored on the real test split; conditioning fidelity."""
-  anomaly_config = config.anomaly
-  rng = np.random.default_rng([config.seed, 99])
-  normal_conditions = federation.normal_profiles(rng, anomaly_config.num_synthetic)
-  synthetic = synthesis.synthesize(task, g_params, normal_conditions, config.seed + 1,
-                                   anomaly_config.generate_batch_size)
-  detector = anomaly_lib.train_autoencoder(synthetic, anomaly_config, config.seed)
-  synthetic_scores = anomaly_lib.anomaly_scores(detector, synthetic)
-  test_scores = anomaly_lib.anomaly_scores(detector, federation.test.images)
-  anomaly = anomaly_lib.detection_report(synthetic_scores, test_scores, federation.test.abnormal,
-                                         anomaly_config.threshold_percentile)
-  roc = anomaly.pop('roc')
-  plots.save_roc_png(os.path.join(workdir, 'roc.png'),
-                     {'F-AD (synthetic normals)': (np.array(roc['fpr']), np.array(roc['tpr']),
-                                                   anomaly['auc'])},
-                     title='anomaly detection, real test split')
-  return {'anomaly': anomaly,
-          'conditioning': conditioning_fidelity(config, federation, task, g_params)}
-
-
-def conditioning_fidelity(config, federation, task, g_params) -> dict:
-  """Attributes read back from generated images by a model fitted on real training images."""
-  wanted = config.conditioning
-  continuous, binary = tuple(wanted.continuous), tuple(wanted.binary)
-  if not continuous and not binary:
-    return {}
-  pooled = federation.pooled()
-  reader = attributes_lib.AttributeModel.fit(pooled.images, pooled.records, continuous, binary,
-                                             seed=config.seed)
-  rng = np.random.default_rng([config.seed, 98])
-  conditions = federation.normal_profiles(rng, wanted.num_generated)
-  generated = synthesis.synthesize(task, g_params, conditions, config.seed + 2,
-                                   config.anomaly.generate_batch_size)
-  report = attributes_lib.conditioning_report(reader, generated,
-                                              federation.schema.decode(conditions))
-  real = attributes_lib.conditioning_report(reader, federation.test.images, federation.test.records)
-  report.update({f'real_test_{k}': v for k, v in real.items()})
-  return report
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The whole pipeline; returns (and writes) `results.json`'s content."""
   started = time.time()
+  evaluation.check_eval_config(config)
   os.makedirs(workdir, exist_ok=True)
   federation = registry.load_federation(config)
   rows = [dataset_lib.client_summary(c) for c in federation.clients]
@@ -269,16 +230,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = train_gan(config, workdir, federation, task, plan)
   if not is_chief():
     return {}
-  results = evaluate_generator(config, workdir, federation, task,
-                               host_local(algorithm.sampling_generator(state)))
-  results.update(rounds=int(state.round), privacy=plan.summary(int(state.round)),
-                 sampling_noise_scale=task.sample_noise_scale,
-                 wall_time_s=time.time() - started,
+  # The very evaluation the eval binary runs, on the checkpoint just written: one set of
+  # evaluators (`config.eval.evaluators`), one results.json/results.md under workdir/eval.
+  rounds = int(state.round)
+  results = evaluation.evaluate_generator(
+      config, workdir, rounds, {'privacy': plan.summary(rounds)}, federation, task,
+      host_local(algorithm.sampling_generator(state)))
+  results.update(rounds=rounds, wall_time_s=time.time() - started,
                  config=json.loads(config.to_json_best_effort()))
   path = os.path.join(workdir, 'results.json')
   with open(path + '.tmp', 'w') as f:
-    json.dump(results, f, indent=1)
+    json.dump(eval_report.jsonable(results), f, indent=1)
   os.replace(path + '.tmp', path)
-  logging.info('anomaly AUC %.3f, conditioning %s; wrote %s', results['anomaly']['auc'],
-               results['conditioning'], path)
+  logging.info('anomaly AUC %.3f; wrote %s and %s', results['anomaly']['auc'], path,
+               os.path.join(workdir, 'eval', 'results.md'))
   return results

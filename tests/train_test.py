@@ -66,14 +66,15 @@ def test_pipeline_writes_every_output(uninterrupted):
   for key in ('auc', 'threshold', 'threshold_percentile', 'sensitivity', 'specificity'):
     assert np.isfinite(results['anomaly'][key]), key
   assert 0.0 <= results['anomaly']['auc'] <= 1.0
-  assert {'age_pearson_r', 'sex_auc'} <= set(results['conditioning'])
+  assert {'age', 'sex'} <= set(results['conditioning']['generated'])
   assert results['rounds'] == 12 and results['wall_time_s'] > 0
   assert results['config']['fl']['num_rounds'] == 12
   assert results['sampling_noise_scale'] == results['config']['sampling']['noise_scale']
   rows = [json.loads(line) for line in (uninterrupted / 'metrics.jsonl').read_text().splitlines()]
   assert [r['round'] for r in rows] == list(range(1, 13))
   assert all(np.isfinite(r['d_loss']) and r['examples_per_s'] > 0 for r in rows)
-  assert (uninterrupted / 'roc.png').stat().st_size > 0
+  assert (uninterrupted / 'eval' / 'roc.png').stat().st_size > 0
+  assert 'anomaly' in (uninterrupted / 'eval' / 'results.md').read_text().lower()
   assert (uninterrupted / 'samples' / 'round_000012.png').exists()
   clients = json.loads((uninterrupted / 'clients.json').read_text())
   assert len(clients) == 3 and all(c['examples'] > 0 for c in clients)

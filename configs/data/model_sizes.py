@@ -23,6 +23,10 @@ SHAPES = {
     128: (dict(seed_size=8, encoder_channels=(64, 128), decoder_channels=(64, 32, 16),
                output_shuffle=2),
           dict(channels=(32, 64, 128, 256), input_unshuffle=2)),
+    # 224 = 7 * 2**4 * 2 (ZhangLab's released size); D unshuffles to 112 and halves to 7.
+    224: (dict(seed_size=7, encoder_channels=(64, 128), decoder_channels=(128, 64, 32, 16),
+               output_shuffle=2),
+          dict(channels=(32, 64, 128, 256), input_unshuffle=2)),
     256: (dict(seed_size=8, encoder_channels=(64, 128), decoder_channels=(128, 64, 32, 16),
                output_shuffle=2),
           dict(channels=(32, 64, 128, 256, 256), input_unshuffle=2)),

@@ -176,6 +176,52 @@ def partition_from_config(metadata: Mapping[str, np.ndarray], partition_config,
   return partition(metadata, method, partition_config.num_clients, rng, **options)
 
 
+SCORED_SPLITS = ('validation', 'test')
+
+
+def hold_out_patients(data: dataset_lib.ClientData, fraction: float, rng: np.random.Generator,
+                      field: str) -> tuple[dataset_lib.ClientData, dataset_lib.ClientData]:
+  """Splits `data` into (kept, held out) by whole patients, `fraction` of them held out.
+
+  `field` names the config field of `fraction` in the error for a fraction that leaves
+  either side without a patient.
+  """
+  patients = np.unique(data.patient_ids)
+  count = int(round(fraction * len(patients)))
+  if not 0 < count < len(patients):
+    raise ValueError(f'{field}={fraction} holds out {count} of {len(patients)} patients; expected '
+                     'a fraction in (0, 1) that leaves at least one patient on each side.')
+  held = np.isin(data.patient_ids, rng.permutation(patients)[:count])
+  return (data.subset(np.flatnonzero(~held), data.name),
+          data.subset(np.flatnonzero(held), 'validation'))
+
+
+def scored_split(train: dataset_lib.ClientData, test: dataset_lib.ClientData, split_config,
+                 rng: np.random.Generator) -> tuple[dataset_lib.ClientData, dataset_lib.ClientData,
+                                                    dict]:
+  """Carves a patient-level validation split from `train`; returns (train, scored, info).
+
+  `split_config.validation_fraction` of the training patients never reach a hospital, in
+  both settings of `split_config.score` ('validation' while choosing models and settings,
+  'test' to score the test split once), so a setting chosen on validation is the same run
+  that is then scored on test.
+  """
+  if split_config.score not in SCORED_SPLITS:
+    raise ValueError(f'data.split.score: {split_config.score!r} is not one of {SCORED_SPLITS}.')
+  info = {'scored_split': split_config.score}
+  if split_config.validation_fraction:
+    train, validation = hold_out_patients(train, split_config.validation_fraction, rng,
+                                          'data.split.validation_fraction')
+    info['validation_rows'] = len(validation)
+  elif split_config.score == 'validation':
+    raise ValueError('data.split.score="validation" needs data.split.validation_fraction > 0.')
+  scored = validation if split_config.score == 'validation' else test
+  if scored.abnormal.all() or not scored.abnormal.any():
+    raise ValueError(f'the {split_config.score} split has {int(scored.abnormal.sum())} abnormal '
+                     f'films of {len(scored)}; it needs both normal and abnormal ones to score.')
+  return train, scored, info
+
+
 class NormalProfiles:
   """Draws condition vectors of normal patients by resampling normal training records.
 

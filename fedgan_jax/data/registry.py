@@ -15,6 +15,7 @@ SOURCES = {
     'phantom': 'fedgan_jax.data.phantom',
     'cxr14': 'fedgan_jax.data.cxr14',
     'medmnist': 'fedgan_jax.data.medmnist',
+    'zhanglab': 'fedgan_jax.data.zhanglab',
 }
 
 
