@@ -49,6 +49,14 @@ def get_eval_config(runlocal: bool = False) -> ml_collections.ConfigDict:
 
   # Anomaly detection on the real test split (the detector follows `config.anomaly`).
   config.findings_feature = 'findings'  # Multi-hot feature holding per-finding labels.
+  # Where F-AD would be used: each hospital thresholds at this percentile of the detector's
+  # scores on its own real normal training films (they never leave it; the weights never see
+  # them), and the sensitivity at this specificity is read off the ROC.
+  config.operating_point = ml_collections.ConfigDict(dict(site_percentile=50.0,
+                                                          specificity=0.9))
+  # The same detector trained on real normals, beside F-AD: 'ceiling' (all hospitals' pooled:
+  # what synthetic images could give at best) and 'site_alone' (each hospital's own).
+  config.anomaly_baselines = ('ceiling', 'site_alone')
 
   # Personalization ablation: detectors that use the patient's own PD/CD.
   config.personalized = ml_collections.ConfigDict(dict(

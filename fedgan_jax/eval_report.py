@@ -97,6 +97,42 @@ def _detection_row(label: str, entry: Mapping[str, Any]) -> list[str]:
           number(entry['specificity']), number(entry['threshold'], 4)]
 
 
+def _operating_point_section(anomaly: Mapping[str, Any]) -> list[str]:
+  """F-AD beside the same detector on real normals, and where a site would set its threshold."""
+  parts = []
+  target = anomaly.get('sensitivity_at_specificity', {})
+  rows = [['F-AD (synthetic normals only)', number(anomaly['auc']),
+           number(target.get('sensitivity'))]]
+  if 'ceiling' in anomaly:
+    rows.append(['ceiling: same AE on all real normal training films',
+                 number(anomaly['ceiling']['auc']),
+                 number(anomaly['ceiling']['sensitivity_at_specificity'])])
+  for site, entry in anomaly.get('site_alone', {}).items():
+    if isinstance(entry, Mapping) and 'auc' in entry:
+      rows.append([f'{site} alone: same AE on its own real normals', number(entry['auc']),
+                   number(entry['sensitivity_at_specificity'])])
+  if len(rows) > 1 or target:
+    parts += [f'F-AD against detectors trained on real films (baselines, not the product); '
+              f'sensitivity read off the ROC at specificity {number(target.get("specificity"))}:',
+              '', table(['detector', 'AUC', 'sensitivity at the specificity'], rows), '']
+  if 'utility_ratio' in anomaly:
+    parts += [f'Utility ratio AUC(synthetic) / AUC(ceiling): {number(anomaly["utility_ratio"])}.',
+              '']
+  calibrated = anomaly.get('site_calibrated')
+  if calibrated:
+    rows = [[site, number(entry['threshold'], 4), number(entry['sensitivity']),
+             number(entry['specificity']), str(entry['normals'])]
+            for site, entry in calibrated.items()
+            if isinstance(entry, Mapping) and 'threshold' in entry]
+    parts += [f'F-AD thresholded where each hospital sets it: the '
+              f'{number(calibrated["percentile"], 1)}th percentile of its scores on its own real '
+              'normal training films (which never leave it; "federated" = their normal-count-'
+              'weighted mean):', '',
+              table(['site', 'threshold', 'sensitivity', 'specificity', 'site normals'], rows),
+              '']
+  return parts
+
+
 def results_markdown(results: Mapping[str, Any]) -> str:
   """`results.md`: one section per evaluator that ran."""
   parts = [f'# Evaluation of `{results["workdir"]}` at round {results["step"]}', '',
@@ -156,7 +192,7 @@ def results_markdown(results: Mapping[str, Any]) -> str:
   if 'anomaly' not in results and 'unconditioned' in personalized:
     detections.insert(0, ('F-AD: AE on synthetic normals', personalized['unconditioned']))
   if detections:
-    parts += ['## Anomaly detection (real test split)', '', table(
+    parts += [f'## Anomaly detection (real {results.get("scored_split", "test")} split)', '', table(
         ['detector', 'AUC', 'sensitivity', 'specificity', 'threshold'],
         [_detection_row(label, entry) for label, entry in detections]), '']
     findings = [(label, entry['per_finding_auc']) for label, entry in detections
@@ -166,6 +202,8 @@ def results_markdown(results: Mapping[str, Any]) -> str:
       parts += ['Per-finding AUC (each finding vs normal images):', '', table(
           ['detector'] + names, [[label] + [number(auc[n]) for n in names]
                                  for label, auc in findings]), '']
+  if 'anomaly' in results:
+    parts += _operating_point_section(results['anomaly'])
   if skipped:
     parts += ['; '.join(skipped), '']
   record_only = personalized.get('record_only_auc', {})

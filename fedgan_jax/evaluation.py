@@ -44,6 +44,8 @@ from fedgan_jax.federated import client as client_lib
 from fedgan_jax.federated import task as task_lib
 
 REFERENCES = ('test', 'train')
+# Detectors trained on real normal films, reported beside F-AD (`eval.anomaly_baselines`).
+ANOMALY_BASELINES = ('ceiling', 'site_alone')
 
 
 class SharedModels:
@@ -160,8 +162,23 @@ class EvalContext:
       test_images = self.federation.test.images
       return {'synthetic_scores': anomaly_lib.anomaly_scores(detector, synthetic),
               'test_scores': anomaly_lib.anomaly_scores(detector, test_images),
-              'final_loss': detector.final_loss}
+              'final_loss': detector.final_loss, 'detector': detector}
     return self._cached('unconditioned_detection', build)
+
+  def site_normals(self) -> dict[str, np.ndarray]:
+    """Each hospital's real normal training films (they never leave the site)."""
+    return {c.name: np.asarray(c.images)[~np.asarray(c.abnormal, bool)]
+            for c in self.federation.clients}
+
+  def real_normal_detection(self, name: str, images: np.ndarray) -> dict:
+    """The same detector trained on real normal films `images` (a baseline, not the product)."""
+    def build():
+      if len(images) == 0:
+        return {'skipped': 'no real normal training films.'}
+      detector = anomaly_lib.train_autoencoder(images, self.config.anomaly, self.seed)
+      return {'train_scores': anomaly_lib.anomaly_scores(detector, images),
+              'test_scores': anomaly_lib.anomaly_scores(detector, self.federation.test.images)}
+    return self._cached(f'real_normal_detection/{name}', build)
 
   def detection_summary(self, label: str, synthetic_scores, test_scores) -> dict:
     """Threshold/AUC/sensitivity/specificity, per-finding AUC; adds the ROC to the plot."""
@@ -230,11 +247,58 @@ def conditioning(context: EvalContext) -> dict:
 
 
 def anomaly(context: EvalContext) -> dict:
-  """F-AD: AE trained on synthetic normal images only, scored on the real test split."""
+  """F-AD: AE trained on synthetic normal images only, scored on the real scored split.
+
+  Beside the synthetic-percentile threshold: the thresholds each hospital sets on its own
+  real normal films, the sensitivity at `eval.operating_point.specificity`, and the
+  baselines of `eval.anomaly_baselines` (the same detector trained on real normals:
+  'ceiling' on all hospitals' pooled, 'site_alone' on each hospital's own).
+  """
   detection = context.unconditioned_detection()
+  test = context.federation.test
+  settings = context.eval_config.operating_point
   report = context.detection_summary('F-AD (unconditioned AE)', detection['synthetic_scores'],
                                      detection['test_scores'])
   report['autoencoder_final_loss'] = detection['final_loss']
+  target = float(settings.specificity)
+  report['sensitivity_at_specificity'] = {'specificity': target, 'sensitivity': (
+      anomaly_lib.sensitivity_at_specificity(detection['test_scores'], test.abnormal, target))}
+  detector = detection['detector']
+  report['site_calibrated'] = dict(anomaly_lib.site_calibration(
+      {site: anomaly_lib.anomaly_scores(detector, images)
+       for site, images in context.site_normals().items()},
+      detection['test_scores'], test.abnormal, float(settings.site_percentile)),
+      percentile=float(settings.site_percentile))
+  unknown = set(context.eval_config.anomaly_baselines) - set(ANOMALY_BASELINES)
+  if unknown:
+    raise ValueError(f'eval.anomaly_baselines: unknown {sorted(unknown)}; expected some of '
+                     f'{ANOMALY_BASELINES}.')
+  percentile = context.config.anomaly.threshold_percentile
+  baselines = {}
+  if 'ceiling' in context.eval_config.anomaly_baselines:
+    pooled = context.pooled_training()
+    baselines['ceiling'] = {'real normals': np.asarray(pooled.images)[~pooled.abnormal]}
+  if 'site_alone' in context.eval_config.anomaly_baselines:
+    baselines['site_alone'] = context.site_normals()
+  for kind, sources in baselines.items():
+    entries = {}
+    for site, images in sources.items():
+      scores = context.real_normal_detection(f'{kind}/{site}', images)
+      if 'skipped' in scores:
+        entries[site] = scores
+        continue
+      entry = anomaly_lib.detection_report(scores['train_scores'], scores['test_scores'],
+                                           test.abnormal, percentile)
+      entry.pop('roc')
+      entry['sensitivity_at_specificity'] = anomaly_lib.sensitivity_at_specificity(
+          scores['test_scores'], test.abnormal, target)
+      entries[site] = dict(entry, normals=len(images))
+    if kind == 'ceiling':
+      report['ceiling'] = entries['real normals']
+      report['utility_ratio'] = report['auc'] / report['ceiling']['auc']
+    else:
+      aucs = [e['auc'] for e in entries.values() if 'auc' in e]
+      report['site_alone'] = dict(entries, mean_auc=float(np.mean(aucs)) if aucs else None)
   return report
 
 

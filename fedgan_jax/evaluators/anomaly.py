@@ -187,3 +187,56 @@ def detection_report(synthetic_scores: np.ndarray, test_scores: np.ndarray,
       'test_abnormal': int(labels.sum()),
       'roc': {'fpr': fpr.tolist(), 'tpr': tpr.tolist()},
   }
+
+
+def sensitivity_at_specificity(scores: np.ndarray, abnormal: np.ndarray,
+                               specificity: float) -> float:
+  """The highest sensitivity over thresholds that keep at least `specificity` (ROC read-off)."""
+  labels = np.asarray(abnormal, bool)
+  fpr, tpr, _ = sk_metrics.roc_curve(labels, scores)
+  allowed = fpr <= 1.0 - specificity + 1e-12
+  return float(tpr[allowed].max()) if allowed.any() else 0.0
+
+
+def operating_point(scores: np.ndarray, abnormal: np.ndarray, threshold: float) -> dict:
+  """Sensitivity and specificity of `scores > threshold`."""
+  labels, predicted = np.asarray(abnormal, bool), np.asarray(scores) > threshold
+  return {'threshold': float(threshold), 'sensitivity': float(np.mean(predicted[labels])),
+          'specificity': float(np.mean(~predicted[~labels]))}
+
+
+def site_calibration(site_normal_scores: dict[str, np.ndarray], test_scores: np.ndarray,
+                     test_abnormal: np.ndarray, percentile: float) -> dict:
+  """Thresholds each site sets on its own real normal films, applied to the scored split.
+
+  A site's threshold is the `percentile` of the detector's scores on its own normal
+  training films, which never leave it; the federation's threshold is the mean of the
+  sites' thresholds weighted by their normal counts (one number per site is shared).
+  The detector itself never sees a real film.
+
+  Args:
+    site_normal_scores: site name -> the detector's scores on that site's normal films.
+    test_scores, test_abnormal: the scored split.
+    percentile: in (0, 100).
+
+  Returns:
+    `{site: {threshold, sensitivity, specificity, normals}, 'federated': {...}}`.
+  """
+  if not 0 < percentile < 100:
+    raise ValueError(f'eval.operating_point.site_percentile must be in (0, 100), got {percentile}.')
+  report, thresholds, counts = {}, [], []
+  for site, scores in site_normal_scores.items():
+    if len(scores) == 0:
+      report[site] = {'skipped': 'the site has no normal training films to calibrate on.'}
+      continue
+    threshold = float(np.percentile(scores, percentile))
+    report[site] = dict(operating_point(test_scores, test_abnormal, threshold),
+                        normals=int(len(scores)))
+    thresholds.append(threshold)
+    counts.append(len(scores))
+  if not thresholds:
+    raise ValueError('site calibration: no site has normal training films.')
+  report['federated'] = dict(
+      operating_point(test_scores, test_abnormal, float(np.average(thresholds, weights=counts))),
+      normals=int(sum(counts)))
+  return report
