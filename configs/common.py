@@ -29,7 +29,9 @@ def get_common_config() -> ml_collections.ConfigDict:
       attribute_weight=1.0,    # weight of the attribute head's loss on real images in D's loss.
       # L_cond also matches 1 - p against 1 - v for every 0/1 attribute; required when the
       # condition is a single label (PneumoniaMNIST), where the plain cosine is always 1.
-      cond_complement_binary=False))
+      cond_complement_binary=False,
+      # R1 penalty (gamma / 2) E|grad_x D(x)|^2 on real images, 0 = off (Mescheder et al. 2018).
+      r1_gamma=0.0))
 
   config.fl = ml_collections.ConfigDict()
   config.fl.num_rounds = 300
@@ -81,6 +83,8 @@ def get_common_config() -> ml_collections.ConfigDict:
   config.anomaly = ml_collections.ConfigDict(dict(
       num_synthetic=2000,
       architecture='dense',     # or 'conv' (slower on CPU).
+      # The AE reads images block-averaged to this size (0 = the image size; must divide it).
+      input_size=0,
       hidden=(512,), channels=(32, 64), latent_dim=32, pixel_shuffle=2,
       steps=1500, batch_size=64, learning_rate=1e-3,
       threshold_percentile=95.0,

@@ -25,8 +25,8 @@ def normal_images(client: dataset_lib.ClientData) -> np.ndarray:
   return client.images[~np.asarray(client.abnormal, bool)]
 
 
-def _reconstruction_loss(model, params, batch):
-  images = batch['image'].astype(jnp.float32) / 127.5 - 1.0
+def _reconstruction_loss(model, pool, params, batch):
+  images = anomaly_lib.detector_input(batch['image'], pool)
   return jnp.mean(losses.reconstruction_error(images, model.apply({'params': params}, images)))
 
 
@@ -47,15 +47,16 @@ def train_federated(federation: dataset_lib.FederatedDataset, anomaly_config, fe
       raise ValueError(f'AE baseline: hospital {client.name} has no normal images to train on.')
     clients.append({'image': images})
   model = anomaly_lib.build_autoencoder(anomaly_config)
+  pool = anomaly_lib.input_pool(anomaly_config, federation.image_shape[0])
   params = model.init(jax.random.key(seed),
-                      dataset_lib.images_to_model(clients[0]['image'][:1]))['params']
-  trainer = fedavg.FedAvgTrainer(lambda p, b: _reconstruction_loss(model, p, b),
+                      anomaly_lib.detector_input(clients[0]['image'][:1], pool))['params']
+  trainer = fedavg.FedAvgTrainer(lambda p, b: _reconstruction_loss(model, pool, p, b),
                                  fedavg_config.optimizer, 'baselines.autoencoder.optimizer')
   params, history = trainer.train(params, clients, fedavg_config.rounds,
                                   fedavg_config.local_steps, anomaly_config.batch_size, seed)
   # Scored by the configured rule, as every other detector in the comparison.
   return anomaly_lib.Detector(model=model, params=params, final_loss=history[-1],
-                              score=anomaly_lib.score_config(anomaly_config))
+                              score=anomaly_lib.score_config(anomaly_config), pool=pool)
 
 
 def train_centralized(federation: dataset_lib.FederatedDataset, anomaly_config,

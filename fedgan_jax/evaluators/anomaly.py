@@ -1,5 +1,9 @@
 """F-AD: train the autoencoder on synthetic normal images, threshold, score real images.
 
+The AE reads the image averaged over blocks down to `anomaly.input_size` pixels (0 = the
+image as it is): pneumonia's opacities survive the average, while the fine texture that
+a GAN trained on a few hundred films renders least faithfully does not (on ZhangLab
+validation the same AE on real normals scores 0.87 at 64 px, 0.88 at 32 and 0.89 at 16).
 An image's anomaly score is its mean squared reconstruction error
 (`anomaly.score='mse'`) or a high percentile of a residual map blurred with a
 Gaussian: findings such as nodules or a blunted costophrenic angle change a few
@@ -29,7 +33,6 @@ import optax
 from sklearn import metrics as sk_metrics
 
 from fedgan_jax import losses
-from fedgan_jax.data import dataset as dataset_lib
 from fedgan_jax.models import autoencoder as autoencoder_lib
 
 
@@ -47,6 +50,8 @@ class Detector:
   params: dict
   final_loss: float
   score: ScoreConfig = ScoreConfig()
+  # Images are averaged over `pool x pool` blocks before the AE (`anomaly.input_size`).
+  pool: int = 1
 
 
 ARCHITECTURES = ('dense', 'conv')
@@ -91,6 +96,30 @@ def anomaly_score(images, reconstructions, score: ScoreConfig):
   return jnp.percentile(local_map.reshape(local_map.shape[0], -1), score.percentile, axis=1)
 
 
+def input_pool(anomaly_config, image_size: int) -> int:
+  """Block size that takes `image_size` images to `anomaly.input_size` (0 = as they are)."""
+  size = int(anomaly_config.input_size)
+  if size == 0 or size == image_size:
+    return 1
+  if size < 0 or size > image_size or image_size % size:
+    raise ValueError(f'anomaly.input_size={size} must be 0 (the image size) or divide the image '
+                     f'size {image_size}.')
+  return image_size // size
+
+
+def detector_input(images, pool: int):
+  """uint8 `(B, H, W, C)` -> the AE's float input in [-1, 1], averaged over pool x pool blocks.
+
+  Opacities are broad: the block average keeps them and drops the fine texture a GAN
+  renders least faithfully (and real films differ in most from one scanner to the next).
+  """
+  images = jnp.asarray(images).astype(jnp.float32) / 127.5 - 1.0
+  if pool == 1:
+    return images
+  b, h, w, c = images.shape
+  return images.reshape(b, h // pool, pool, w // pool, pool, c).mean(axis=(2, 4))
+
+
 def build_autoencoder(anomaly_config, conditional: bool = False):
   """`anomaly.architecture`: 'dense' (fast on CPU, the default) or 'conv'."""
   if anomaly_config.architecture == 'dense':
@@ -106,10 +135,10 @@ def build_autoencoder(anomaly_config, conditional: bool = False):
                    f'{ARCHITECTURES}.')
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _train_step(model, optimizer, params, opt_state, images, conditions):
+@functools.partial(jax.jit, static_argnums=(0, 1, 6))
+def _train_step(model, optimizer, params, opt_state, images, conditions, pool):
   def loss_fn(p):
-    images_float = images.astype(jnp.float32) / 127.5 - 1.0
+    images_float = detector_input(images, pool)
     reconstructions = model.apply({'params': p}, images_float, conditions)
     return jnp.mean(losses.reconstruction_error(images_float, reconstructions))
   loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -123,8 +152,9 @@ def train_autoencoder(images: np.ndarray, anomaly_config, seed: int,
   if len(images) == 0:
     raise ValueError('anomaly: no images to train the autoencoder on.')
   model = build_autoencoder(anomaly_config, conditional=conditions is not None)
+  pool = input_pool(anomaly_config, images.shape[1])
   rng = np.random.default_rng([seed, 7])
-  example = dataset_lib.images_to_model(images[:1])
+  example = detector_input(images[:1], pool)
   example_condition = None if conditions is None else conditions[:1]
   params = model.init(jax.random.key(seed), example, example_condition)['params']
   optimizer = optax.adam(anomaly_config.learning_rate)
@@ -135,18 +165,18 @@ def train_autoencoder(images: np.ndarray, anomaly_config, seed: int,
     index = np.sort(rng.choice(len(images), batch_size, replace=False))
     batch_conditions = None if conditions is None else conditions[index]
     params, opt_state, loss = _train_step(model, optimizer, params, opt_state, images[index],
-                                          batch_conditions)
+                                          batch_conditions, pool)
   final_loss = float(loss)
   if not np.isfinite(final_loss):
     raise FloatingPointError(f'anomaly: the autoencoder loss is {final_loss}; lower '
                              f'anomaly.learning_rate (now {anomaly_config.learning_rate}).')
   return Detector(model=model, params=params, final_loss=final_loss,
-                  score=score_config(anomaly_config))
+                  score=score_config(anomaly_config), pool=pool)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _scores(model, params, images, conditions, score):
-  images_float = images.astype(jnp.float32) / 127.5 - 1.0
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _scores(model, params, images, conditions, score, pool):
+  images_float = detector_input(images, pool)
   return anomaly_score(images_float, model.apply({'params': params}, images_float, conditions),
                        score)
 
@@ -163,7 +193,7 @@ def anomaly_scores(detector: Detector, images: np.ndarray,
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
       cond = None if cond is None else np.concatenate([cond, np.repeat(cond[-1:], pad, 0)])
     out.append(np.asarray(_scores(detector.model, detector.params, chunk, cond,
-                                  detector.score))[:batch_size - pad])
+                                  detector.score, detector.pool))[:batch_size - pad])
   return np.concatenate(out)
 
 

@@ -64,6 +64,9 @@ class GanTask:
   # With public fake conditions and DP-SGD: `(loss_fn, d_params, fake_batch, rng)` giving the
   # fake term's gradient with per-example clipping and no noise; None = the plain mean.
   fake_term_gradient: Callable[..., Any] | None = None
+  # gamma of the R1 penalty (gamma / 2) |grad_x D(x)|^2 on D's real inputs (Mescheder et al.
+  # 2018): it keeps D smooth around the few hundred real films a hospital holds. 0 = off.
+  r1_gamma: float = 0.0
 
 
 # Batch key of the public-prior conditions G's images are drawn for (`sampling.client_batches`).
@@ -112,8 +115,10 @@ def discriminator_loss(task: GanTask, d_params, batch, rng):
   fake = jax.lax.stop_gradient(batch['fake'])
   if task.augment is not None:
     real, fake = task.augment(real, real_rng), task.augment(fake, fake_rng)
-  outputs = task.discriminator.apply({'params': d_params}, jnp.concatenate([real, fake]),
-                                     jnp.concatenate([condition, fake_condition]))
+  outputs, r1 = _apply_with_r1(
+      task, lambda r: task.discriminator.apply({'params': d_params}, jnp.concatenate([r, fake]),
+                                               jnp.concatenate([condition, fake_condition])),
+      real)
   real_logits, fake_logits = jnp.split(outputs['logit'], 2)
   real_attributes = jnp.split(outputs['attributes'], 2)[0]
   values, mask = conditions_lib.split_condition(condition)
@@ -121,7 +126,26 @@ def discriminator_loss(task: GanTask, d_params, batch, rng):
   attribute = losses.attribute_loss(real_attributes, values, mask, task.continuous_columns)
   aux = {'d_gan_loss': gan, 'attribute_loss': attribute,
          'd_real': jax.nn.sigmoid(real_logits), 'd_fake': jax.nn.sigmoid(fake_logits)}
+  if r1 is not None:
+    aux['r1_penalty'] = r1
+    return gan + task.attribute_weight * attribute + r1, aux
   return gan + task.attribute_weight * attribute, aux
+
+
+def _apply_with_r1(task: GanTask, apply_fn, real):
+  """`(apply_fn(real), per-example R1 penalty or None)`; the first `len(real)` logits are
+  the real images' (D may see fakes in the same call)."""
+  if not task.r1_gamma:
+    return apply_fn(real), None
+
+  def real_logit_sum(images):
+    outputs = apply_fn(images)
+    return jnp.sum(outputs['logit'][:images.shape[0]]), outputs
+
+  logit_sum, vjp_fn, outputs = jax.vjp(real_logit_sum, real, has_aux=True)
+  (grad_real,) = vjp_fn(jnp.ones_like(logit_sum))
+  squared_norm = jnp.sum(jnp.square(grad_real), axis=tuple(range(1, grad_real.ndim)))
+  return outputs, 0.5 * task.r1_gamma * squared_norm
 
 
 def discriminator_real_loss(task: GanTask, d_params, batch, rng):
@@ -131,13 +155,17 @@ def discriminator_real_loss(task: GanTask, d_params, batch, rng):
   if task.augment is not None:
     real = task.augment(real, rng)
   condition = batch['condition']
-  outputs = task.discriminator.apply({'params': d_params}, real, condition)
+  outputs, r1 = _apply_with_r1(
+      task, lambda r: task.discriminator.apply({'params': d_params}, r, condition), real)
   values, mask = conditions_lib.split_condition(condition)
   gan = losses.discriminator_real_loss(outputs['logit'], task.gan_loss)
   attribute = losses.attribute_loss(outputs['attributes'], values, mask,
                                     task.continuous_columns)
   aux = {'d_real_gan_loss': gan, 'attribute_loss': attribute,
          'd_real': jax.nn.sigmoid(outputs['logit'])}
+  if r1 is not None:
+    aux['r1_penalty'] = r1
+    return gan + task.attribute_weight * attribute + r1, aux
   return gan + task.attribute_weight * attribute, aux
 
 

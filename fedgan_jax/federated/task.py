@@ -91,6 +91,13 @@ def training_condition_prior(task, federation, config):
   return federation.condition_prior
 
 
+def r1_gamma(config) -> float:
+  gamma = float(config.loss.r1_gamma)
+  if not gamma >= 0:
+    raise ValueError(f'loss.r1_gamma must be >= 0 (0 = off), got {gamma}.')
+  return gamma
+
+
 def build_task(config, schema: conditions_lib.ConditionSchema, image_shape,
                discriminator_gradient=None, client_sizes=None) -> client_lib.GanTask:
   """The task of `config`; with `config.dp.mode='example'`, D trains by DP-SGD.
@@ -126,4 +133,5 @@ def build_task(config, schema: conditions_lib.ConditionSchema, image_shape,
       discriminator_gradient=discriminator_gradient,
       sample_noise_scale=sample_noise_scale(config),
       public_fake_conditions=public_fake_conditions(config),
-      fake_term_gradient=privacy_engine.fake_term_gradient(config))
+      fake_term_gradient=privacy_engine.fake_term_gradient(config),
+      r1_gamma=r1_gamma(config))
