@@ -25,7 +25,7 @@ def _zero_config(**overrides):
   config = cxr14_config.get_augment_config()
   config.update({'max_rotation_deg': 0.0, 'max_scale_delta': 0.0, 'max_translate_fraction': 0.0,
                  'horizontal_flip': False, 'max_brightness': 0.0, 'max_contrast_delta': 0.0,
-                 'max_gamma_delta': 0.0, **overrides})
+                 'max_gamma_delta': 0.0, 'cutout_fraction': 0.0, **overrides})
   return config
 
 
@@ -134,3 +134,28 @@ def test_gradients_through_every_stage_are_finite_at_black_fill_pixels():
 
   grads = gradient(images)
   assert np.isfinite(grads).all() and np.abs(grads).sum() > 0
+
+
+def test_cutout_erases_the_square_around_its_center_only():
+  images = np.ones((2, 8, 8, 1), np.float32)
+  params = augment.AugmentParams(cutout=jnp.array([[2.0, 2.0], [8.0, 0.0]]))
+  out = np.asarray(jax.jit(augment.apply_params, static_argnames=(
+      'fill_value', 'cutout_fraction'))(images, params, fill_value=-1.0, cutout_fraction=0.5))
+  # Side 4 around (2, 2): pixel centers 0.5..3.5 are within 2 of it -> rows/cols 0-3.
+  expected = np.ones((8, 8), np.float32)
+  expected[0:4, 0:4] = -1.0
+  np.testing.assert_array_equal(out[0, ..., 0], expected)
+  # Around the corner (8, 0): rows 6-7, cols 0-1.
+  expected = np.ones((8, 8), np.float32)
+  expected[6:8, 0:2] = -1.0
+  np.testing.assert_array_equal(out[1, ..., 0], expected)
+
+
+def test_cutout_off_keeps_the_draws_of_the_other_stages():
+  rng = jax.random.key(3)
+  base = augment.sample_params(rng, 4, 8, 8, _zero_config(max_brightness=0.2))
+  with_cutout = augment.sample_params(rng, 4, 8, 8, _zero_config(max_brightness=0.2,
+                                                                 cutout_fraction=0.5))
+  np.testing.assert_array_equal(base.brightness, with_cutout.brightness)
+  assert base.cutout is None and with_cutout.cutout.shape == (4, 2)
+  assert float(jnp.max(with_cutout.cutout)) <= 8.0

@@ -61,6 +61,7 @@ def get_augment_config() -> ml_collections.ConfigDict:
       max_brightness=0.05,          # In [-1, 1] units.
       max_contrast_delta=0.1,
       max_gamma_delta=0.1,
+      cutout_fraction=0.0,          # DiffAugment's cutout square side (0 = off).
       fill_value=-1.0,              # Black outside the film.
   ))
 

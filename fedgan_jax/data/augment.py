@@ -13,8 +13,9 @@ Config fields (the `augment` section): enabled, max_rotation_deg,
 max_scale_delta (scale ~ U(1 - d, 1 + d)), max_translate_fraction (shift ~
 U(-f, f) * size per axis), horizontal_flip, flip_probability, max_brightness
 (shift ~ U(-b, b) in [-1, 1] units), max_contrast_delta (factor ~ U(1 - c, 1 + c)),
-max_gamma_delta (gamma ~ U(1 - g, 1 + g) on [0, 1] intensities), fill_value
-(for pixels that come from outside the image). A stage whose magnitudes are all
+max_gamma_delta (gamma ~ U(1 - g, 1 + g) on [0, 1] intensities), cutout_fraction
+(DiffAugment's cutout: a square of this side fraction, centered anywhere, set to
+fill_value; 0 = off), fill_value (for pixels that come from outside the image). A stage whose magnitudes are all
 zero is skipped at trace time, so a disabled or all-zero config returns the
 input unchanged, bit for bit. Everything is differentiable in the images, so the
 same call can augment real and generated images before the discriminator.
@@ -37,6 +38,7 @@ class AugmentParams(NamedTuple):
   contrast: jax.Array | None = None
   brightness: jax.Array | None = None
   gamma: jax.Array | None = None
+  cutout: jax.Array | None = None    # `(B, 2)` centers (y, x) in pixels of the erased square.
 
 
 _COLUMNS = ('angle', 'scale', 'shift_y', 'shift_x', 'flip', 'contrast', 'brightness', 'gamma')
@@ -67,7 +69,23 @@ def sample_params(rng: jax.Array, batch_size: int, height: int, width: int,
     params['brightness'] = draw['brightness'] * config.max_brightness
   if config.max_gamma_delta:
     params['gamma'] = 1.0 + draw['gamma'] * config.max_gamma_delta
+  if config.cutout_fraction:
+    # Drawn from their own key, so configs without cutout keep their draws bit for bit.
+    centers = jax.random.uniform(jax.random.fold_in(rng, 1), (batch_size, 2), jnp.float32)
+    params['cutout'] = centers * jnp.array([height, width], jnp.float32)
   return AugmentParams(**params)
+
+
+def _cutout(images: jax.Array, centers: jax.Array, fraction: float,
+            fill_value: float) -> jax.Array:
+  """Sets a square of side `fraction` of the image around each center to `fill_value`."""
+  height, width = images.shape[1:3]
+  half_y, half_x = fraction * height / 2, fraction * width / 2
+  ys = jnp.arange(height, dtype=jnp.float32)[None, :, None]
+  xs = jnp.arange(width, dtype=jnp.float32)[None, None, :]
+  inside = ((jnp.abs(ys + 0.5 - centers[:, 0, None, None]) < half_y)
+            & (jnp.abs(xs + 0.5 - centers[:, 1, None, None]) < half_x))
+  return jnp.where(inside[..., None], fill_value, images)
 
 
 def _resample(image: jax.Array, angle, scale, shift, flip, fill_value: float) -> jax.Array:
@@ -89,7 +107,8 @@ def _resample(image: jax.Array, angle, scale, shift, flip, fill_value: float) ->
   return jnp.stack(channels, axis=-1)
 
 
-def apply_params(images: jax.Array, params: AugmentParams, fill_value: float = -1.0) -> jax.Array:
+def apply_params(images: jax.Array, params: AugmentParams, fill_value: float = -1.0,
+                 cutout_fraction: float = 0.0) -> jax.Array:
   """Applies the stages present in `params` to `(B, H, W, C)` images in [-1, 1]."""
   if params.angle is not None:
     images = jax.vmap(_resample, in_axes=(0, 0, 0, 0, 0, None))(
@@ -111,7 +130,10 @@ def apply_params(images: jax.Array, params: AugmentParams, fill_value: float = -
     lifted = jnp.where(black, 1.0, unit) ** per_image(params.gamma)
     images = jnp.where(black, 0.0, lifted) * 2.0 - 1.0
     intensity = True
-  return jnp.clip(images, -1.0, 1.0) if intensity else images
+  images = jnp.clip(images, -1.0, 1.0) if intensity else images
+  if params.cutout is not None:
+    images = _cutout(images, params.cutout, cutout_fraction, fill_value)
+  return images
 
 
 def augment(images: jax.Array, rng: jax.Array, config) -> jax.Array:
@@ -124,4 +146,4 @@ def augment(images: jax.Array, rng: jax.Array, config) -> jax.Array:
     return images
   batch_size, height, width = images.shape[:3]
   params = sample_params(rng, batch_size, height, width, config)
-  return apply_params(images, params, config.fill_value)
+  return apply_params(images, params, config.fill_value, config.cutout_fraction)
