@@ -1,0 +1,34 @@
+"""The protocol table of benchmarks/real_protocol.py: rows from results.json, mean ± std."""
+
+from fedgan_jax import eval_report
+
+
+def _results(auc, ceiling):
+  return {'scored_split': 'validation', 'wall_time_s': 100.0, 'anomaly': {
+      'auc': auc, 'ceiling': {'auc': ceiling}, 'utility_ratio': auc / ceiling,
+      'site_alone': {'mean_auc': 0.7},
+      'sensitivity_at_specificity': {'specificity': 0.9, 'sensitivity': 0.5},
+      'site_calibrated': {'federated': {'sensitivity': 0.95, 'specificity': 0.55}}}}
+
+
+def test_protocol_row_reads_every_column():
+  row = eval_report.protocol_row(_results(0.8, 0.9))
+  assert row['utility_ratio'] == 0.8 / 0.9 and row['ceiling_auc'] == 0.9
+  assert (row['calibrated_sensitivity'], row['calibrated_specificity']) == (0.95, 0.55)
+  assert row['scored_split'] == 'validation' and row['site_alone_auc'] == 0.7
+
+
+def test_mean_std_is_the_sample_std_and_skips_missing():
+  # mean 0.8, sample std sqrt(((0.1)^2 + 0 + (0.1)^2) / 2) = 0.1.
+  assert eval_report.mean_std([0.7, 0.8, 0.9, None]) == '0.800 ± 0.100'
+  assert eval_report.mean_std([0.5]) == '0.500'
+  assert eval_report.mean_std([None]) == '—'
+
+
+def test_protocol_markdown_has_a_row_per_seed_and_the_mean():
+  rows = {seed: eval_report.protocol_row(_results(auc, 0.9))
+          for seed, auc in ((0, 0.7), (1, 0.8), (2, 0.9))}
+  text = eval_report.protocol_markdown('configs/zhanglab.py', ['--config.x=1'], rows)
+  assert 'configs/zhanglab.py' in text and '--config.x=1' in text
+  assert '| mean ± std (3 seeds) | 0.800 ± 0.100 | 0.900 ± 0.000 |' in text
+  assert text.count('\n| ') == 1 + 1 + 3 + 1 - 1  # header, rule, 3 seeds, mean (rule starts '|-').
