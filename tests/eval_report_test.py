@@ -31,4 +31,4 @@ def test_protocol_markdown_has_a_row_per_seed_and_the_mean():
   text = eval_report.protocol_markdown('configs/zhanglab.py', ['--config.x=1'], rows)
   assert 'configs/zhanglab.py' in text and '--config.x=1' in text
   assert '| mean ± std (3 seeds) | 0.800 ± 0.100 | 0.900 ± 0.000 |' in text
-  assert text.count('\n| ') == 1 + 1 + 3 + 1 - 1  # header, rule, 3 seeds, mean (rule starts '|-').
+  assert text.count('\n| ') == 5  # The header, 3 seeds and the mean (the rule starts '|-').
