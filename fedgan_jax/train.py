@@ -38,6 +38,7 @@ from fedgan_jax.evaluators import attributes as attributes_lib
 from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import client as client_lib
 from fedgan_jax.federated import optimizers
+from fedgan_jax.federated import rngs
 from fedgan_jax.federated import sampling
 from fedgan_jax.federated import task as task_lib
 from fedgan_jax.privacy import audit as audit_lib
@@ -103,19 +104,15 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
                  if config.dp.get('target_epsilon') is not None else 'dp.noise_multiplier',
                  plan.query.clip_norm, plan.delta, fl.num_rounds, plan.epsilon(fl.num_rounds),
                  plan.accountant, plan.budget)
+  plan.check_task(task)
   condition_prior = task_lib.training_condition_prior(task, federation, config)
   server_optimizer = optimizers.build_server_optimizer(fl.server_optimizer)
-  # Initialization draws with the 'rbg' generator: XLA compiles the many threefry
-  # draws of a network's init ~4x slower on CPU. Training keys stay threefry, whose
-  # vmapped draws equal looped ones (so the execution strategies agree exactly).
-  params = client_lib.init_params(task, jax.random.key(config.seed, impl='rbg'),
+  params = client_lib.init_params(task, rngs.init_key(config.seed),
                                   tuple(federation.image_shape), federation.schema.model_dim)
-  root_rng = jax.random.key(config.seed)
-  client_privacy = plan.client_privacy()
+  aggregator = plan.aggregator()
   ema_decay = algorithm.generator_ema_decay(fl)
-  state = algorithm.server_init(params, server_optimizer, client_privacy, ema_decay > 0)
+  state = algorithm.server_init(params, server_optimizer, aggregator, ema_decay > 0)
   update_ema = jax.jit(functools.partial(algorithm.update_generator_ema, decay=ema_decay))
-  train_rng = jax.random.fold_in(root_rng, 1)
 
   checkpoint_manager = checkpointing.manager(workdir, config.checkpoint.keep)
   latest = checkpoint_manager.latest_step()
@@ -142,7 +139,7 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
     else:
       state = jax.device_put(state, replicated)
   round_fn = algorithm.make_round_fn(
-      task, server_optimizer, strategy, mesh, client_privacy, fl.client_threads,
+      task, server_optimizer, strategy, mesh, aggregator, fl.client_threads,
       fl.get('fuse_local_steps', True),
       cpu_backend.client_compiler_options(fl.get('client_ynn_fusions', True)))
   pad = mesh.size if mesh is not None else 1
@@ -167,7 +164,7 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
     batches, weights, ids = sampling.round_inputs(
         clients, client_ids, config.seed, round_index, fl.local_steps, fl.batch_size, pad,
         condition_prior)
-    round_rng = jax.random.fold_in(train_rng, round_index)
+    round_rng = rngs.round_key(config.seed, round_index)
     if mesh is not None:
       batches, weights, ids = global_arrays((batches, weights, ids), by_client)
       round_rng = global_arrays(round_rng, replicated)
@@ -265,7 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   federation = audit_lib.hold_out(federation, config)
   plan = privacy_engine.PrivacyPlan.from_config(config, federation.client_sizes)
   task = task_lib.build_task(config, federation.schema, federation.image_shape,
-                             plan.discriminator_gradient())
+                             **plan.task_gradients())
   state = train_gan(config, workdir, federation, task, plan)
   if not is_chief():
     return {}
