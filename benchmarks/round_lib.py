@@ -13,7 +13,6 @@ Python loop that calls one jitted local update per client, then FedAvg and the s
 from __future__ import annotations
 
 import datetime
-import functools
 import json
 import os
 import pathlib
@@ -31,13 +30,11 @@ import numpy as np
 
 from benchmarks import round_candidates
 from configs import phantom as phantom_config
-from fedgan_jax import cpu_backend
 from fedgan_jax.data import phantom
 from fedgan_jax.federated import algorithm
-from fedgan_jax.federated import client as client_lib
-from fedgan_jax.federated import optimizers
 from fedgan_jax.federated import rngs
 from fedgan_jax.federated import sampling
+from fedgan_jax.federated import server as server_lib
 from fedgan_jax.federated import task as task_lib
 
 
@@ -106,17 +103,16 @@ def benchmark_config(num_clients: int, examples_per_client: int | tuple[int, ...
 
 
 class Setup:
-  """The federation, task, server optimizer and initial server state of a benchmark."""
+  """The federation, task and server (`federated.server`) of a benchmark."""
 
   def __init__(self, config):
     self.config = config
     self.federation = phantom.build_federation(config.data, config.conditions, config.seed)
     self.task = task_lib.build_task(config, self.federation.schema, self.federation.image_shape)
-    self.server_optimizer = optimizers.build_server_optimizer(config.fl.server_optimizer)
-    params = client_lib.init_params(self.task, rngs.init_key(config.seed),
-                                    tuple(self.federation.image_shape),
-                                    self.federation.schema.model_dim)
-    self.state = algorithm.server_init(params, self.server_optimizer)
+    self.server = server_lib.build(config, self.task, self.federation.image_shape,
+                                   self.federation.schema.model_dim)
+    self.server_optimizer = self.server.server_optimizer
+    self.state = self.server.state
 
   @property
   def fl(self):
@@ -138,12 +134,10 @@ def make_round(setup: Setup, strategy: str) -> Callable:
   """A round function by name: an engine strategy (+'+ynn'), or a candidate ('naive', ...)."""
   engine, _, suffix = strategy.partition('+')
   if engine in algorithm.STRATEGIES and suffix in ('', 'ynn'):
-    # The engine's client-update compile options, as train.py sets them from the config;
-    # '<strategy>+ynn' keeps jaxlib's YNNPACK fusions (`fl.client_ynn_fusions=True`).
-    ynn_fusions = suffix == 'ynn' or setup.config.fl.get('client_ynn_fusions', True)
-    return algorithm.make_round_fn(
-        setup.task, setup.server_optimizer, engine,
-        client_compiler_options=cpu_backend.client_compiler_options(ynn_fusions))
+    # The engine's round as train.py builds it from the config; '<strategy>+ynn' keeps
+    # jaxlib's YNNPACK fusions in the client-update programs (`fl.client_ynn_fusions=True`).
+    return server_lib.round_fn(setup.config, setup.task, setup.server, engine,
+                               ynn_fusions=True if suffix == 'ynn' else None)
   return round_candidates.make(strategy, setup.task, setup.server_optimizer)
 
 

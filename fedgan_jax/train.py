@@ -15,7 +15,6 @@ would exceed `dp.max_epsilon` (default: the target).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -27,7 +26,6 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from fedgan_jax import checkpointing
-from fedgan_jax import cpu_backend
 from fedgan_jax import metrics_log
 from fedgan_jax import plots
 from fedgan_jax import synthesis
@@ -37,9 +35,9 @@ from fedgan_jax.evaluators import anomaly as anomaly_lib
 from fedgan_jax.evaluators import attributes as attributes_lib
 from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import client as client_lib
-from fedgan_jax.federated import optimizers
 from fedgan_jax.federated import rngs
 from fedgan_jax.federated import sampling
+from fedgan_jax.federated import server as server_lib
 from fedgan_jax.federated import task as task_lib
 from fedgan_jax.privacy import audit as audit_lib
 from fedgan_jax.privacy import engine as privacy_engine
@@ -106,19 +104,10 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
                  plan.accountant, plan.budget)
   plan.check_task(task)
   condition_prior = task_lib.training_condition_prior(task, federation, config)
-  server_optimizer = optimizers.build_server_optimizer(fl.server_optimizer)
-  params = client_lib.init_params(task, rngs.init_key(config.seed),
-                                  tuple(federation.image_shape), federation.schema.model_dim)
-  aggregator = plan.aggregator()
-  ema_decay = algorithm.generator_ema_decay(fl)
-  state = algorithm.server_init(params, server_optimizer, aggregator, ema_decay > 0)
-  update_ema = jax.jit(functools.partial(algorithm.update_generator_ema, decay=ema_decay))
-
-  checkpoint_manager = checkpointing.manager(workdir, config.checkpoint.keep)
-  latest = checkpoint_manager.latest_step()
-  if latest is not None:
-    state, _ = checkpointing.restore_server_state(checkpoint_manager, latest, state, config)
-    logging.info('Resumed from the checkpoint of round %d in %s.', latest, workdir)
+  server = server_lib.build(config, task, federation.image_shape, federation.schema.model_dim,
+                            plan.aggregator(), workdir)
+  state, update_ema = server.state, server.update_ema
+  checkpoint_manager = server.checkpoint_manager
   start_round = int(state.round)
   log = metrics_log.MetricsLog(os.path.join(workdir, 'metrics.jsonl'))
   if is_chief():
@@ -138,10 +127,7 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
       state = global_arrays(jax.device_get(state), replicated)
     else:
       state = jax.device_put(state, replicated)
-  round_fn = algorithm.make_round_fn(
-      task, server_optimizer, strategy, mesh, aggregator, fl.client_threads,
-      fl.get('fuse_local_steps', True),
-      cpu_backend.client_compiler_options(fl.get('client_ynn_fusions', True)))
+  round_fn = server_lib.round_fn(config, task, server, strategy, mesh)
   pad = mesh.size if mesh is not None else 1
   clients = federation.clients
   logging.info('Training %d rounds (from %d) over %d clients, %s per round, strategy %s on %s.',

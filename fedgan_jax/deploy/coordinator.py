@@ -15,7 +15,6 @@ The transport (`server.py`) only decides who takes part and hands over checked r
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
 
@@ -31,9 +30,9 @@ from fedgan_jax.deploy import common
 from fedgan_jax.deploy import settings
 from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import client as client_lib
-from fedgan_jax.federated import optimizers
 from fedgan_jax.federated import rngs
 from fedgan_jax.federated import sampling
+from fedgan_jax.federated import server as server_lib
 from fedgan_jax.federated import task as task_lib
 from fedgan_jax.privacy import engine as privacy_engine
 
@@ -59,10 +58,9 @@ def build_task(config) -> client_lib.GanTask:
 
 
 def initial_params(config, task: client_lib.GanTask):
-  """The initial params exactly as `train.train_gan` draws them."""
+  """The initial params exactly as the simulation draws them (`server.initial_params`)."""
   schema = conditions_lib.ConditionSchema.from_config(config.conditions)
-  return client_lib.init_params(task, rngs.init_key(config.seed), image_shape(config),
-                                schema.model_dim)
+  return server_lib.initial_params(config, task, image_shape(config), schema.model_dim)
 
 
 class Coordinator:
@@ -73,24 +71,16 @@ class Coordinator:
     self.workdir = workdir
     self.sites = settings.site_names(config)
     fl = config.fl
-    server_optimizer = optimizers.build_server_optimizer(fl.server_optimizer)
     # The server never sees the hospitals' sizes: only client-level DP can be accounted here.
     self._plan = privacy_engine.PrivacyPlan.from_config(config, (), num_clients=len(self.sites))
-    aggregator = self._plan.aggregator()
-    self._server = algorithm.ServerRound(aggregator, server_optimizer)
-    params = initial_params(config, build_task(config))
-    ema_decay = algorithm.generator_ema_decay(fl)
-    self.state = algorithm.server_init(params, server_optimizer, aggregator,
-                                       generator_ema=ema_decay > 0)
-    self._update_ema = jax.jit(functools.partial(algorithm.update_generator_ema,
-                                                 decay=ema_decay))
-    self.specs = common.array_specs(params)
     os.makedirs(workdir, exist_ok=True)
-    self._manager = checkpointing.manager(workdir, config.checkpoint.keep)
-    latest = self._manager.latest_step()
-    if latest is not None:
-      self.state, _ = checkpointing.restore_server_state(self._manager, latest, self.state, config)
-      logging.info('Resumed from the checkpoint of round %d in %s.', latest, workdir)
+    schema = conditions_lib.ConditionSchema.from_config(config.conditions)
+    server = server_lib.build(config, build_task(config), image_shape(config), schema.model_dim,
+                              self._plan.aggregator(), workdir)
+    self.state, self._update_ema = server.state, server.update_ema
+    self._manager = server.checkpoint_manager
+    self._server = algorithm.ServerRound(server.aggregator, server.server_optimizer)
+    self.specs = common.array_specs(self.state.params)
     self._log = metrics_log.MetricsLog(os.path.join(workdir, 'metrics.jsonl'))
     self._log.truncate_after(self.round_index)
     self._progress = metrics_log.Progress(fl.num_rounds, self.round_index)

@@ -15,7 +15,9 @@ JAX keys (device randomness):
 
 NumPy streams (host randomness, `np.random.default_rng([seed, ..., stream])`): which clients
 take part (`CLIENT_SAMPLING_STREAM`), which examples each local step sees (`BATCH_STREAM`), the
-public-prior conditions G's images are drawn for (`PRIOR_STREAM`), all in `sampling.py`.
+public-prior conditions G's images are drawn for (`PRIOR_STREAM`), all in `sampling.py`; the
+examples the membership audit holds out of training (`HOLDOUT_STREAM`, `privacy/audit.py`).
+Evaluation draws its profiles and noise from its own seeds (`evaluation.py`), after training.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ SERVER_NOISE_STREAM = 2**31 - 1
 CLIENT_SAMPLING_STREAM = 1
 BATCH_STREAM = 2
 PRIOR_STREAM = 3
+HOLDOUT_STREAM = 7
 
 
 def init_key(seed: int) -> jax.Array:

@@ -46,8 +46,6 @@ from fedgan_jax.federated import task as task_lib
 from fedgan_jax.privacy import dp_sgd
 from fedgan_jax.privacy import engine as privacy_engine
 
-_HOLDOUT_STREAM = 7  # Distinct from the streams of `rngs` (sampling).
-
 
 def _audit_config(config):
   return config.get('audit') if hasattr(config, 'get') else None
@@ -59,7 +57,7 @@ def holdout_split(client: dataset_lib.ClientData, fraction: float,
   if not 0 < fraction < 1:
     raise ValueError(f'config.audit.holdout_fraction must be in (0, 1), got {fraction}.')
   patients = np.unique(client.patient_ids)
-  order = np.random.default_rng([seed, _HOLDOUT_STREAM]).permutation(len(patients))
+  order = np.random.default_rng([seed, rngs.HOLDOUT_STREAM]).permutation(len(patients))
   counts = np.array([np.sum(client.patient_ids == p) for p in patients[order]])
   chosen = patients[order][:max(1, int(np.searchsorted(np.cumsum(counts),
                                                         fraction * len(client))))]
@@ -118,7 +116,7 @@ def attack_metrics(member_scores, non_member_scores, false_positive_rate: float 
 def _take(client: dataset_lib.ClientData, count: int, seed: int) -> dataset_lib.ClientData:
   if len(client) <= count:
     return client
-  index = np.sort(np.random.default_rng([seed, _HOLDOUT_STREAM, 1]).choice(
+  index = np.sort(np.random.default_rng([seed, rngs.HOLDOUT_STREAM, 1]).choice(
       len(client), count, replace=False))
   return client.subset(index)
 
