@@ -197,7 +197,8 @@ class PrivacyPlan:
     if budget is None:
       budget = dp.get('target_epsilon')
     adaptive = _adaptive(dp)
-    return cls(mode=mode, protects=protected_unit(config, mode), query=accounting.query_from_config(dp, fl, sizes),
+    return cls(mode=mode, protects=protected_unit(config, mode),
+               query=accounting.query_from_config(dp, fl, sizes),
                noise_multiplier=accounting.noise_multiplier_from_config(dp, fl, sizes),
                delta=accounting.delta_from_config(dp, fl, sizes), accountant=dp.accountant,
                budget=None if budget is None else float(budget), dp_config=dp.to_dict(),
