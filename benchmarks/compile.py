@@ -27,8 +27,10 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import round_lib
+from fedgan_jax.federated import aggregation
 from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import client as client_lib
+from fedgan_jax.federated import execution
 
 _CLIENTS = flags.DEFINE_integer('clients', 32, 'Clients per round of the FLOP count and '
                                 'efficiency rows (all take part).')
@@ -51,7 +53,7 @@ def round_flops(setup: round_lib.Setup, clients: int) -> dict:
   batches, weights, ids = setup.round_inputs(0, clients)
   one_client = jax.tree.map(lambda x: x[0], batches)
   rng = jax.random.key(0)
-  local = jax.jit(functools.partial(client_lib.local_update, setup.task))
+  local = jax.jit(functools.partial(execution.local_update, setup.task))
   local_flops, local_compile_s = round_lib.compiled_flops(local, setup.state.params, one_client,
                                                           rng)
   step = jax.jit(functools.partial(client_lib.client_step, setup.task))
@@ -59,9 +61,14 @@ def round_flops(setup: round_lib.Setup, clients: int) -> dict:
   step_flops, step_compile_s = round_lib.compiled_flops(
       step, client_state, jax.tree.map(lambda x: x[0], one_client), rng)
   deltas = jax.tree.map(lambda p: jnp.zeros((clients,) + p.shape, p.dtype), setup.state.params)
-  server = jax.jit(lambda s, d, w: algorithm.server_update(
-      setup.server_optimizer, s, algorithm.fedavg_aggregate(d, w)))
-  server_flops, _ = round_lib.compiled_flops(server, setup.state, deltas, jnp.asarray(weights))
+  fedavg = aggregation.FedAvg()
+
+  def server(state, deltas, weights):
+    agg = fedavg.accumulate_clients(fedavg.init(state.params, {}), deltas, {}, weights)
+    return algorithm.apply_aggregate(fedavg, setup.server_optimizer, state, agg, None)
+
+  server_flops, _ = round_lib.compiled_flops(jax.jit(server), setup.state, deltas,
+                                             jnp.asarray(weights))
   return {'local_update_flops': local_flops, 'client_step_flops': step_flops,
           'server_flops': server_flops, 'round_flops': clients * local_flops + server_flops,
           'local_update_compile_s': round(local_compile_s, 2),

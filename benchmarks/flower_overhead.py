@@ -37,6 +37,7 @@ from fedgan_jax.deploy import common
 from fedgan_jax.deploy import coordinator as coordinator_lib
 from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import optimizers
+from fedgan_jax.federated import rngs
 from fedgan_jax.federated import sampling
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -67,7 +68,6 @@ def simulated_round_times(config) -> list[float]:
   state = algorithm.server_init(coordinator_lib.initial_params(config, task), server_optimizer)
   round_fn = algorithm.make_round_fn(task, server_optimizer, config.fl.strategy,
                                      client_threads=config.fl.client_threads)
-  train_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
   times = []
   for round_index in range(config.fl.num_rounds):
     ids = sampling.sample_clients(config.seed, round_index, len(federation.clients),
@@ -77,7 +77,7 @@ def simulated_round_times(config) -> list[float]:
                                                   config.fl.batch_size)
     started = time.perf_counter()
     state, metrics = round_fn(state, batches, weights, ids,
-                              jax.random.fold_in(train_rng, round_index))
+                              rngs.round_key(config.seed, round_index))
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - started)
   return times

@@ -59,13 +59,13 @@ def time_variant(name: str, rounds: int) -> dict:
   federation = audit.hold_out(registry.load_federation(config), config)
   plan = engine.PrivacyPlan.from_config(config, federation.client_sizes)
   task = task_lib.build_task(config, federation.schema, federation.image_shape,
-                             plan.discriminator_gradient())
+                             **plan.task_gradients())
   server_optimizer = optimizers.build_server_optimizer(config.fl.server_optimizer)
   params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
                                   tuple(federation.image_shape), federation.schema.model_dim)
-  state = algorithm.server_init(params, server_optimizer, plan.client_privacy())
+  state = algorithm.server_init(params, server_optimizer, plan.aggregator())
   round_fn = algorithm.make_round_fn(task, server_optimizer, 'sequential', None,
-                                     plan.client_privacy())
+                                     plan.aggregator())
   fl = config.fl
   load_before = os.getloadavg()[0]
   times = []

@@ -5,8 +5,8 @@
 For each client count, builds that many small phantom hospitals (configs/phantom.py model,
 batch size and local steps; every client takes part), runs `warmup` untimed rounds and
 reports the median of `rounds` timed ones per strategy (interleaved, so changes in load hit
-all alike): `naive` (a Python loop of jitted `client.local_update`, see
-round_lib.NaiveRound), the engine's `vmap`, `sequential` and `threads`, and any candidate of
+all alike): `naive` (a Python loop of jitted `execution.local_update`, see
+round_candidates.NaiveRound), the engine's `vmap`, `sequential` and `threads`, and any candidate of
 benchmarks/round_candidates.py. All strategies start from the same state
 and see the same inputs, so their final params must agree (`max_abs_diff_vs_naive`).
 

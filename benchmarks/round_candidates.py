@@ -1,7 +1,10 @@
 """Candidate client-execution strategies, measured against the engine's before moving there.
 
-Each candidate keeps the round's math (the same `client.local_update` per client, the same
-example-weighted FedAvg and server update) and changes only how XLA is asked to run it:
+Each candidate keeps the round's math (the same `execution.local_update` per client, the same
+`aggregation.FedAvg` and server update) and changes only how XLA is asked to run it:
+
+  * `naive`: the baseline, a Python loop of one jitted local update per client (what
+    fedjax's default backend does), then FedAvg and the server update in one program.
 
   * `loop_chunk<N>`: one jitted program runs N clients one after another (unrolled, no
     vmap), accumulating their weighted deltas; a Python loop goes over chunks. Fewer
@@ -12,8 +15,8 @@ example-weighted FedAvg and server update) and changes only how XLA is asked to 
     (`matmul_conv`): under vmap a per-client kernel becomes a batched matmul instead of a
     grouped convolution, XLA CPU's slow path.
 
-Names: `loop_chunk4`, `vmap_chunk8_matmul`, `naive_matmul` (the naive loop with matmul
-convolutions), ... (see `make`).
+Names: `naive`, `loop_chunk4`, `vmap_chunk8_matmul`, `naive_matmul` (the naive loop with
+matmul convolutions), ... (see `make`).
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedgan_jax.federated import aggregation
 from fedgan_jax.federated import algorithm
-from fedgan_jax.federated import client as client_lib
+from fedgan_jax.federated import execution
+from fedgan_jax.federated import rngs
 
 _NAME = re.compile(r'^(loop|vmap)_chunk(\d+)(_matmul)?$')
 
@@ -87,72 +92,95 @@ def with_matmul_conv(function):
   return wrapped
 
 
+class NaiveRound:
+  """The baseline: a Python loop of jitted per-client `local_update`, then FedAvg.
+
+  What fedjax's default backend does. Same signature and math as
+  `algorithm.make_round_fn(...)`'s round functions.
+  """
+
+  def __init__(self, task, server_optimizer):
+    self._local_update = jax.jit(functools.partial(execution.local_update, task))
+    self._fold_in = jax.jit(rngs.client_key)
+    self._finish = jax.jit(functools.partial(self._finish_fn, server_optimizer))
+
+  @staticmethod
+  def _finish_fn(server_optimizer, state, deltas, metrics, weights):
+    stacked = jax.tree.map(lambda *d: jnp.stack(d), *deltas)
+    stacked_metrics = jax.tree.map(lambda *m: jnp.stack(m), *metrics)
+    fedavg = aggregation.FedAvg()
+    agg = fedavg.accumulate_clients(fedavg.init(state.params, metrics[0]), stacked,
+                                    stacked_metrics, weights)
+    return algorithm.apply_aggregate(fedavg, server_optimizer, state, agg, None)
+
+  def __call__(self, state, batches, weights, client_ids, round_rng):
+    deltas, metrics = [], []
+    for i, client_id in enumerate(client_ids):
+      batch = jax.tree.map(lambda x, i=i: x[i], batches)
+      delta, metric = self._local_update(state.params, batch, self._fold_in(round_rng, client_id))
+      deltas.append(delta)
+      metrics.append(metric)
+    return self._finish(state, deltas, metrics, jnp.asarray(weights))
+
+
 class ChunkedRound:
   """Clients in jitted chunks of `chunk` (vmapped or unrolled); same round as the engine's."""
 
   def __init__(self, task, server_optimizer, chunk: int, batched: bool, matmul: bool):
     self._chunk = chunk
-    body = functools.partial(self._chunk_fn, task, batched)
-    self._run_chunk = jax.jit(with_matmul_conv(body) if matmul else body,
-                              donate_argnums=(1, 2))
-    self._finish = jax.jit(functools.partial(self._finish_fn, server_optimizer))
+    self._fedavg = aggregation.FedAvg()
+    body = functools.partial(self._chunk_fn, task, batched, self._fedavg)
+    self._run_chunk = jax.jit(with_matmul_conv(body) if matmul else body, donate_argnums=(1,))
+    self._init = jax.jit(self._fedavg.init)
+    self._finish = jax.jit(functools.partial(algorithm.apply_aggregate, self._fedavg,
+                                             server_optimizer))
     self._task = task
     self._metric_shapes = None
 
   @staticmethod
-  def _chunk_fn(task, batched, params, total, metric_sums, batches, weights, client_ids,
-                round_rng):
-    local = functools.partial(client_lib.local_update, task)
-    rngs = algorithm.client_rngs(round_rng, client_ids)
+  def _chunk_fn(task, batched, fedavg, params, agg, batches, weights, client_ids, round_rng):
+    local = functools.partial(execution.local_update, task)
+    keys = rngs.client_keys(round_rng, client_ids)
     if batched:
-      deltas, metrics = jax.vmap(local, in_axes=(None, 0, 0))(params, batches, rngs)
+      deltas, metrics = jax.vmap(local, in_axes=(None, 0, 0))(params, batches, keys)
     else:
-      outputs = [local(params, jax.tree.map(lambda x, i=i: x[i], batches), rngs[i])
+      outputs = [local(params, jax.tree.map(lambda x, i=i: x[i], batches), keys[i])
                  for i in range(weights.shape[0])]
       deltas = jax.tree.map(lambda *d: jnp.stack(d), *[o[0] for o in outputs])
       metrics = jax.tree.map(lambda *m: jnp.stack(m), *[o[1] for o in outputs])
-    total = jax.tree.map(lambda t, d: t + jnp.tensordot(weights, d, axes=1), total, deltas)
-    metric_sums = jax.tree.map(lambda s, m: s + jnp.sum(weights * m), metric_sums, metrics)
-    return total, metric_sums
-
-  @staticmethod
-  def _finish_fn(server_optimizer, state, total, metric_sums, weights):
-    total_weight = jnp.sum(weights)
-    average = jax.tree.map(lambda t: t / total_weight, total)
-    metrics = jax.tree.map(lambda m: m / total_weight, metric_sums)
-    return algorithm.server_update(server_optimizer, state, average), metrics
+    return fedavg.accumulate_clients(agg, deltas, metrics, weights)
 
   def __call__(self, state, batches, weights, client_ids, round_rng):
     weights = np.asarray(weights, np.float32)
     client_ids = np.asarray(client_ids, np.int32)
-    total = jax.tree.map(jnp.zeros_like, state.params)
     if self._metric_shapes is None:  # Traced once: tracing the model is not free.
       one = jax.tree.map(lambda x: x[0], batches)
       self._metric_shapes = jax.eval_shape(
-          functools.partial(client_lib.local_update, self._task), state.params, one,
+          functools.partial(execution.local_update, self._task), state.params, one,
           round_rng)[1]
-    metric_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._metric_shapes)
+    metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._metric_shapes)
+    agg = self._init(state.params, metrics)
     for start in range(0, len(client_ids), self._chunk):
       part = slice(start, start + self._chunk)
       chunk_batches = {k: v[part] for k, v in batches.items()}
-      total, metric_sums = self._run_chunk(state.params, total, metric_sums, chunk_batches,
-                                           weights[part], client_ids[part], round_rng)
-    return self._finish(state, total, metric_sums, weights)
+      agg = self._run_chunk(state.params, agg, chunk_batches, weights[part], client_ids[part],
+                            round_rng)
+    return self._finish(state, agg, round_rng)
 
 
-class NaiveMatmulRound:
+class NaiveMatmulRound(NaiveRound):
   """The naive per-client loop, its local update traced with `matmul_conv`."""
 
-  def __new__(cls, task, server_optimizer):
-    from benchmarks import round_lib  # pylint: disable=g-import-not-at-top
-    naive = round_lib.NaiveRound(task, server_optimizer)
-    naive._local_update = jax.jit(  # pylint: disable=protected-access
-        with_matmul_conv(functools.partial(client_lib.local_update, task)))
-    return naive
+  def __init__(self, task, server_optimizer):
+    super().__init__(task, server_optimizer)
+    self._local_update = jax.jit(
+        with_matmul_conv(functools.partial(execution.local_update, task)))
 
 
 def make(name: str, task, server_optimizer):
   """A candidate round function by name (see the module docstring)."""
+  if name == 'naive':
+    return NaiveRound(task, server_optimizer)
   if name == 'naive_matmul':
     return NaiveMatmulRound(task, server_optimizer)
   match = _NAME.match(name)

@@ -6,14 +6,13 @@ steps) over `num_clients` small phantom hospitals. Only the per-client example c
 shrunk (`examples_per_client`), which changes what a round samples from, not what it
 computes, so building hundreds of hospitals stays cheap.
 
-The naive baseline is what fedjax's default backend does: a Python loop that calls one
-`jax.jit(client.local_update)` per client, then FedAvg and the server update (jitted).
+The naive baseline (`round_candidates.NaiveRound`) is what fedjax's default backend does: a
+Python loop that calls one jitted local update per client, then FedAvg and the server update.
 """
 
 from __future__ import annotations
 
 import datetime
-import functools
 import json
 import os
 import pathlib
@@ -29,13 +28,13 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 
+from benchmarks import round_candidates
 from configs import phantom as phantom_config
-from fedgan_jax import cpu_backend
 from fedgan_jax.data import phantom
 from fedgan_jax.federated import algorithm
-from fedgan_jax.federated import client as client_lib
-from fedgan_jax.federated import optimizers
+from fedgan_jax.federated import rngs
 from fedgan_jax.federated import sampling
+from fedgan_jax.federated import server as server_lib
 from fedgan_jax.federated import task as task_lib
 
 
@@ -104,18 +103,16 @@ def benchmark_config(num_clients: int, examples_per_client: int | tuple[int, ...
 
 
 class Setup:
-  """The federation, task, server optimizer and initial server state of a benchmark."""
+  """The federation, task and server (`federated.server`) of a benchmark."""
 
   def __init__(self, config):
     self.config = config
     self.federation = phantom.build_federation(config.data, config.conditions, config.seed)
     self.task = task_lib.build_task(config, self.federation.schema, self.federation.image_shape)
-    self.server_optimizer = optimizers.build_server_optimizer(config.fl.server_optimizer)
-    params = client_lib.init_params(self.task, jax.random.key(config.seed, impl='rbg'),
-                                    tuple(self.federation.image_shape),
-                                    self.federation.schema.model_dim)
-    self.state = algorithm.server_init(params, self.server_optimizer)
-    self.round_rng = jax.random.key(config.seed)
+    self.server = server_lib.build(config, self.task, self.federation.image_shape,
+                                   self.federation.schema.model_dim)
+    self.server_optimizer = self.server.server_optimizer
+    self.state = self.server.state
 
   @property
   def fl(self):
@@ -130,51 +127,17 @@ class Setup:
                                  self.fl.local_steps, self.fl.batch_size, pad_to_multiple)
 
   def rng(self, round_index: int):
-    return jax.random.fold_in(self.round_rng, round_index)
-
-
-class NaiveRound:
-  """The baseline: a Python loop of jitted per-client `local_update`, then FedAvg.
-
-  Same signature and math as `algorithm.make_round_fn(...)`'s round functions.
-  """
-
-  def __init__(self, task, server_optimizer):
-    self._local_update = jax.jit(functools.partial(client_lib.local_update, task))
-    self._fold_in = jax.jit(jax.random.fold_in)
-    self._finish = jax.jit(functools.partial(self._finish_fn, server_optimizer))
-
-  @staticmethod
-  def _finish_fn(server_optimizer, state, deltas, metrics, weights):
-    stacked = jax.tree.map(lambda *d: jnp.stack(d), *deltas)
-    stacked_metrics = jax.tree.map(lambda *m: jnp.stack(m), *metrics)
-    state = algorithm.server_update(server_optimizer, state,
-                                    algorithm.fedavg_aggregate(stacked, weights))
-    return state, algorithm.weighted_metrics(stacked_metrics, weights)
-
-  def __call__(self, state, batches, weights, client_ids, round_rng):
-    deltas, metrics = [], []
-    for i, client_id in enumerate(client_ids):
-      batch = jax.tree.map(lambda x, i=i: x[i], batches)
-      delta, metric = self._local_update(state.params, batch, self._fold_in(round_rng, client_id))
-      deltas.append(delta)
-      metrics.append(metric)
-    return self._finish(state, deltas, metrics, jnp.asarray(weights))
+    return rngs.round_key(self.config.seed, round_index)
 
 
 def make_round(setup: Setup, strategy: str) -> Callable:
-  """A round function by name: 'naive', an engine strategy (+'+ynn'), or a candidate."""
-  if strategy == 'naive':
-    return NaiveRound(setup.task, setup.server_optimizer)
+  """A round function by name: an engine strategy (+'+ynn'), or a candidate ('naive', ...)."""
   engine, _, suffix = strategy.partition('+')
   if engine in algorithm.STRATEGIES and suffix in ('', 'ynn'):
-    # The engine's client-update compile options, as train.py sets them from the config;
-    # '<strategy>+ynn' keeps jaxlib's YNNPACK fusions (`fl.client_ynn_fusions=True`).
-    ynn_fusions = suffix == 'ynn' or setup.config.fl.get('client_ynn_fusions', True)
-    return algorithm.make_round_fn(
-        setup.task, setup.server_optimizer, engine,
-        client_compiler_options=cpu_backend.client_compiler_options(ynn_fusions))
-  from benchmarks import round_candidates  # pylint: disable=g-import-not-at-top
+    # The engine's round as train.py builds it from the config; '<strategy>+ynn' keeps
+    # jaxlib's YNNPACK fusions in the client-update programs (`fl.client_ynn_fusions=True`).
+    return server_lib.round_fn(setup.config, setup.task, setup.server, engine,
+                               ynn_fusions=True if suffix == 'ynn' else None)
   return round_candidates.make(strategy, setup.task, setup.server_optimizer)
 
 

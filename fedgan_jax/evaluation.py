@@ -425,9 +425,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None,
                                  where=f'{os.path.join(workdir, "checkpoints")} step {step}')
   if federation is None:
     federation = registry.load_federation(config)
-  # Sizes only matter to a DP-SGD config's noise calibration; eval never trains D.
-  task = task_lib.build_task(config, federation.schema, federation.image_shape,
-                             client_sizes=federation.client_sizes)
+  # Eval never trains D, so no DP-SGD gradient is needed.
+  task = task_lib.build_task(config, federation.schema, federation.image_shape)
   template = abstract_params(task, federation.image_shape, federation.schema.model_dim)
   params, meta, step = checkpointing.restore_params(workdir, config, template, step)
   # Sample from G's moving average when the run kept one (as training's own evaluation does).

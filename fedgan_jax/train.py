@@ -17,7 +17,6 @@ would exceed `dp.max_epsilon` (default: the target).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -31,7 +30,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 from fedgan_jax import checkpointing
 from fedgan_jax import eval_report
 from fedgan_jax import evaluation
-from fedgan_jax import cpu_backend
 from fedgan_jax import metrics_log
 from fedgan_jax import plots
 from fedgan_jax import synthesis
@@ -39,8 +37,9 @@ from fedgan_jax.data import dataset as dataset_lib
 from fedgan_jax.data import registry
 from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import client as client_lib
-from fedgan_jax.federated import optimizers
+from fedgan_jax.federated import rngs
 from fedgan_jax.federated import sampling
+from fedgan_jax.federated import server as server_lib
 from fedgan_jax.federated import task as task_lib
 from fedgan_jax.privacy import audit as audit_lib
 from fedgan_jax.privacy import engine as privacy_engine
@@ -105,25 +104,12 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
                  if config.dp.get('target_epsilon') is not None else 'dp.noise_multiplier',
                  plan.query.clip_norm, plan.delta, fl.num_rounds, plan.epsilon(fl.num_rounds),
                  plan.accountant, plan.budget)
+  plan.check_task(task)
   condition_prior = task_lib.training_condition_prior(task, federation, config)
-  server_optimizer = optimizers.build_server_optimizer(fl.server_optimizer)
-  # Initialization draws with the 'rbg' generator: XLA compiles the many threefry
-  # draws of a network's init ~4x slower on CPU. Training keys stay threefry, whose
-  # vmapped draws equal looped ones (so the execution strategies agree exactly).
-  params = client_lib.init_params(task, jax.random.key(config.seed, impl='rbg'),
-                                  tuple(federation.image_shape), federation.schema.model_dim)
-  root_rng = jax.random.key(config.seed)
-  client_privacy = plan.client_privacy()
-  ema_decay = algorithm.generator_ema_decay(fl)
-  state = algorithm.server_init(params, server_optimizer, client_privacy, ema_decay > 0)
-  update_ema = jax.jit(functools.partial(algorithm.update_generator_ema, decay=ema_decay))
-  train_rng = jax.random.fold_in(root_rng, 1)
-
-  checkpoint_manager = checkpointing.manager(workdir, config.checkpoint.keep)
-  latest = checkpoint_manager.latest_step()
-  if latest is not None:
-    state, _ = checkpointing.restore_server_state(checkpoint_manager, latest, state, config)
-    logging.info('Resumed from the checkpoint of round %d in %s.', latest, workdir)
+  server = server_lib.build(config, task, federation.image_shape, federation.schema.model_dim,
+                            plan.aggregator(), workdir)
+  state, update_ema = server.state, server.update_ema
+  checkpoint_manager = server.checkpoint_manager
   start_round = int(state.round)
   log = metrics_log.MetricsLog(os.path.join(workdir, 'metrics.jsonl'))
   if is_chief():
@@ -143,10 +129,7 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
       state = global_arrays(jax.device_get(state), replicated)
     else:
       state = jax.device_put(state, replicated)
-  round_fn = algorithm.make_round_fn(
-      task, server_optimizer, strategy, mesh, client_privacy, fl.client_threads,
-      fl.get('fuse_local_steps', True),
-      cpu_backend.client_compiler_options(fl.get('client_ynn_fusions', True)))
+  round_fn = server_lib.round_fn(config, task, server, strategy, mesh)
   pad = mesh.size if mesh is not None else 1
   clients = federation.clients
   logging.info('Training %d rounds (from %d) over %d clients, %s per round, strategy %s on %s.',
@@ -169,7 +152,7 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
     batches, weights, ids = sampling.round_inputs(
         clients, client_ids, config.seed, round_index, fl.local_steps, fl.batch_size, pad,
         condition_prior)
-    round_rng = jax.random.fold_in(train_rng, round_index)
+    round_rng = rngs.round_key(config.seed, round_index)
     if mesh is not None:
       batches, weights, ids = global_arrays((batches, weights, ids), by_client)
       round_rng = global_arrays(round_rng, replicated)
@@ -226,7 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   federation = audit_lib.hold_out(federation, config)
   plan = privacy_engine.PrivacyPlan.from_config(config, federation.client_sizes)
   task = task_lib.build_task(config, federation.schema, federation.image_shape,
-                             plan.discriminator_gradient())
+                             **plan.task_gradients())
   state = train_gan(config, workdir, federation, task, plan)
   if not is_chief():
     return {}

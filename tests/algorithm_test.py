@@ -18,8 +18,10 @@ import optax
 import pytest
 
 from fedgan_jax import cpu_backend
+from fedgan_jax.federated import aggregation
 from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import client as client_lib
+from fedgan_jax.federated import execution
 from fedgan_jax.federated import optimizers
 from fedgan_jax.federated import sampling
 
@@ -40,17 +42,40 @@ def tiny_task_and_federation():
   return task_lib.build_task(config, federation.schema, federation.image_shape), federation
 
 
+def _fedavg_both_ways(deltas, weights):
+  """FedAvg's mean over a client axis, and client by client; checks they agree."""
+  fedavg = aggregation.FedAvg()
+  template = jax.tree.map(lambda d: d[0], deltas)
+  metrics = {'loss': jnp.arange(len(weights), dtype=jnp.float32)}
+  stacked, _, stacked_metrics = fedavg.finish(
+      fedavg.accumulate_clients(fedavg.init(template, {'loss': 0.0}), deltas, metrics, weights),
+      None)
+  agg = fedavg.init(template, {'loss': 0.0})
+  for i in range(len(weights)):
+    if weights[i] > 0:  # Per-client strategies skip padding.
+      agg = fedavg.accumulate(agg, jax.tree.map(lambda d, i=i: d[i], deltas),
+                              {'loss': metrics['loss'][i]}, weights[i])
+  one_by_one, privacy, one_by_one_metrics = fedavg.finish(agg, None)
+  assert privacy is None and fedavg.init_privacy() is None
+  for a, b in zip(jax.tree.leaves((stacked, stacked_metrics)),
+                  jax.tree.leaves((one_by_one, one_by_one_metrics))):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  return stacked, stacked_metrics
+
+
 def test_fedavg_aggregate_weights_by_example_count():
   deltas = {'w': jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])}
-  average = algorithm.fedavg_aggregate(deltas, jnp.array([1.0, 1.0, 2.0]))
-  # (1 + 3 + 2*5) / 4 = 3.5 and (2 + 4 + 2*6) / 4 = 4.5.
+  average, metrics = _fedavg_both_ways(deltas, jnp.array([1.0, 1.0, 2.0]))
+  # (1 + 3 + 2*5) / 4 = 3.5 and (2 + 4 + 2*6) / 4 = 4.5; metrics (0 + 1 + 2*2) / 4.
   np.testing.assert_allclose(average['w'], [3.5, 4.5])
+  np.testing.assert_allclose(metrics['loss'], 1.25)
 
 
 def test_zero_weight_padding_clients_change_nothing():
   deltas = {'w': jnp.array([[1.0], [3.0], [100.0]])}
-  average = algorithm.fedavg_aggregate(deltas, jnp.array([1.0, 3.0, 0.0]))
+  average, metrics = _fedavg_both_ways(deltas, jnp.array([1.0, 3.0, 0.0]))
   np.testing.assert_allclose(average['w'], [2.5])
+  np.testing.assert_allclose(metrics['loss'], 0.75)
 
 
 def test_fedavg_server_adds_the_average_delta():
@@ -133,8 +158,8 @@ def test_round_equals_hand_assembled_fedavg(tiny_task_and_federation, fuse_local
       client_compiler_options=cpu_backend.client_compiler_options(ynn_fusions))(
           state, batches, weights, ids, round_rng)
 
-  # The reference deltas: `client.local_update` per client, one program for every case.
-  local = algorithm.ClientUpdate(task, True, cpu_backend.client_compiler_options(False))
+  # The reference deltas: `execution.local_update` per client, one program for every case.
+  local = execution.ClientUpdate(task, True, cpu_backend.client_compiler_options(False))
   deltas = [local(params, jax.tree.map(lambda x, i=i: x[i], batches),
                   jax.random.fold_in(round_rng, ids[i]))[0] for i in range(2)]
   sizes = [len(federation.clients[0]), len(federation.clients[2])]
@@ -235,9 +260,9 @@ def test_vmap_on_1_and_4_devices_sequential_and_threads_agree(tmp_path):
 def test_client_updates_of_one_task_share_their_compiled_programs(tiny_task_and_federation):
   task, _ = tiny_task_and_federation
   options = cpu_backend.client_compiler_options(False)
-  first, second = algorithm.ClientUpdate(task, True, options), algorithm.ClientUpdate(task, False,
+  first, second = execution.ClientUpdate(task, True, options), execution.ClientUpdate(task, False,
                                                                                       options)
   # Same task and options: the same jitted programs, so a second strategy compiles nothing.
   assert first._local_update is second._local_update and first._step is second._step  # pylint: disable=protected-access
-  other_options = algorithm.ClientUpdate(task, True, {'xla_cpu_enable_fast_math': 'false'})
+  other_options = execution.ClientUpdate(task, True, {'xla_cpu_enable_fast_math': 'false'})
   assert other_options._local_update is not first._local_update  # pylint: disable=protected-access

@@ -1,4 +1,5 @@
-"""Tests for fedgan_jax.privacy.client_dp: clipping, noisy mean, adaptive clipping by hand."""
+"""Tests for fedgan_jax.privacy.client_dp: clipping, the DP-FedAvg aggregator, adaptive clipping
+by hand."""
 
 import math
 
@@ -20,15 +21,38 @@ def test_clip_update_bounds_norm_and_keeps_direction(clip_norm):
   np.testing.assert_allclose(clipped['b'], [0.0, 4.0 * scale], rtol=1e-6)
 
 
-def test_private_mean_without_noise_is_clipped_sum_over_expected_clients():
+def private_mean(updates, mask, rng, **settings):
+  """`DpFedAvg`'s mean delta of one round over a leading client axis (no adaptive clip)."""
+  aggregator = client_dp.DpFedAvg(**settings)
+  template = jax.tree.map(lambda u: u[0], updates)
+  agg = aggregator.init(template, {}, None)
+  agg = aggregator.accumulate_clients(agg, updates, {}, jnp.asarray(mask, jnp.float32))
+  return aggregator.finish(agg, None, rng)[0]
+
+
+def test_dp_fedavg_without_noise_is_clipped_sum_over_expected_clients():
   updates = {'u': jnp.array([[3.0, 4.0],      # norm 5 -> clipped to norm 2: (1.2, 1.6)
                              [0.6, 0.8],      # norm 1 -> unchanged
                              [jnp.nan, 1.0]])}  # padded slot: must vanish, nan included
-  mean, norms = client_dp.private_mean(
-      updates, jnp.array([True, True, False]), jax.random.PRNGKey(0), clip_norm=2.0,
-      noise_multiplier=0.0, expected_clients=4)
+  mean = private_mean(updates, [True, True, False], jax.random.key(0), clip_norm=2.0,
+                      noise_multiplier=0.0, expected_clients=4)
   np.testing.assert_allclose(mean['u'], [(1.2 + 0.6) / 4, (1.6 + 0.8) / 4], rtol=1e-6)
-  np.testing.assert_allclose(norms[:2], [5.0, 1.0], rtol=1e-6)
+  # Client by client (the sequential strategies and the Flower server): the same numbers.
+  aggregator = client_dp.DpFedAvg(clip_norm=2.0, noise_multiplier=0.0, expected_clients=4)
+  agg = aggregator.init({'u': jnp.zeros(2)}, {'loss': 0.0}, None)
+  for update, loss, examples in [([3.0, 4.0], 1.0, 100.0), ([0.6, 0.8], 3.0, 1.0)]:
+    agg = aggregator.accumulate(agg, {'u': jnp.array(update)}, {'loss': loss}, examples)
+  one_by_one, privacy, metrics = aggregator.finish(agg, None, jax.random.key(0))
+  np.testing.assert_allclose(one_by_one['u'], mean['u'], rtol=1e-6)
+  # Uniform weights for the metrics too (example counts 100:1 do not count).
+  assert privacy is None and float(metrics['loss']) == pytest.approx(2.0)
+
+
+def test_dp_fedavg_rejects_settings_it_cannot_honour():
+  with pytest.raises(ValueError, match='expected_clients'):
+    client_dp.DpFedAvg(clip_norm=1.0, noise_multiplier=1.0, expected_clients=0)
+  with pytest.raises(ValueError, match='dp.clip_norm is inf'):
+    client_dp.DpFedAvg(clip_norm=math.inf, noise_multiplier=1.0, expected_clients=2)
 
 
 def test_noisy_sum_std_is_noise_multiplier_times_clip_norm():
@@ -39,11 +63,11 @@ def test_noisy_sum_std_is_noise_multiplier_times_clip_norm():
     np.testing.assert_allclose(np.asarray(leaf).std(), 1.5, rtol=0.01)  # 128000 draws.
 
 
-def test_private_mean_noise_is_divided_by_expected_clients():
+def test_dp_fedavg_noise_is_divided_by_expected_clients():
   zeros = {'a': jnp.zeros((3, 64))}
-  draws = jax.vmap(lambda rng: client_dp.private_mean(
+  draws = jax.vmap(lambda rng: private_mean(
       zeros, jnp.ones(3, bool), rng, clip_norm=0.5, noise_multiplier=3.0,
-      expected_clients=10)[0])(jax.random.split(jax.random.PRNGKey(3), 2000))
+      expected_clients=10))(jax.random.split(jax.random.key(3), 2000))
   np.testing.assert_allclose(np.asarray(draws['a']).std(), 1.5 / 10, rtol=0.01)
 
 
@@ -112,11 +136,11 @@ def test_split_noise_multiplier_inverts_combination():
     client_dp.split_noise_multiplier(1.0, 0.9)
 
 
-def test_private_mean_jits_and_vmaps_over_groups():
+def test_dp_fedavg_jits_and_vmaps_over_groups():
   updates = {'u': jnp.arange(24.0).reshape(2, 3, 4)}  # 2 groups of 3 clients.
   masks = jnp.array([[True, True, True], [True, False, True]])
-  means, _ = jax.jit(jax.vmap(lambda u, m: client_dp.private_mean(
-      u, m, jax.random.PRNGKey(0), clip_norm=math.inf, noise_multiplier=0.0,
+  means = jax.jit(jax.vmap(lambda u, m: private_mean(
+      u, m, jax.random.key(0), clip_norm=math.inf, noise_multiplier=0.0,
       expected_clients=3)))(updates, masks)
   raw = np.arange(24.0).reshape(2, 3, 4)
   np.testing.assert_allclose(means['u'][0], raw[0].sum(0) / 3)

@@ -21,6 +21,7 @@ from fedgan_jax import train
 from fedgan_jax.data import registry
 from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import client as client_lib
+from fedgan_jax.federated import rngs
 from fedgan_jax.federated import sampling
 from fedgan_jax.federated import task as task_lib
 from fedgan_jax.privacy import audit as audit_lib
@@ -57,7 +58,7 @@ def test_example_dp_run_logs_epsilon_and_stops_cleanly_at_the_budget(dp_config, 
   config.dp.max_epsilon = (probe.epsilon(2) + probe.epsilon(3)) / 2
   plan = engine.PrivacyPlan.from_config(config, dp_federation.client_sizes)
   task = task_lib.build_task(config, dp_federation.schema, dp_federation.image_shape,
-                             plan.discriminator_gradient())
+                             **plan.task_gradients())
   state = train.train_gan(config, str(tmp_path), dp_federation, task, plan)
 
   assert int(state.round) == 2
@@ -80,22 +81,37 @@ def test_example_dp_run_logs_epsilon_and_stops_cleanly_at_the_budget(dp_config, 
   assert evaluation.privacy_report(meta)['epsilon'] == privacy['epsilon']
 
 
+def private_task(config, federation):
+  """The task of `config` with its plan's DP-SGD gradients, as `train` builds it."""
+  plan = engine.PrivacyPlan.from_config(config, federation.client_sizes)
+  return task_lib.build_task(config, federation.schema, federation.image_shape,
+                             **plan.task_gradients())
+
+
 def test_example_dp_requires_minibatch_std_off(dp_config, dp_federation):
   config = dp_config.copy_and_resolve_references()
   config.model.discriminator.minibatch_std_group = 4
   with pytest.raises(ValueError, match='minibatch_std_group=0'):
-    task_lib.build_task(config, dp_federation.schema, dp_federation.image_shape,
-                        client_sizes=dp_federation.client_sizes)
-  with pytest.raises(ValueError, match='client_sizes'):
-    task_lib.build_task(dp_config, dp_federation.schema, dp_federation.image_shape)
+    private_task(config, dp_federation)
+
+
+def test_example_dp_refuses_a_task_without_dp_sgd_and_a_run_without_sizes(dp_config,
+                                                                           dp_federation):
+  plan = engine.PrivacyPlan.from_config(dp_config, dp_federation.client_sizes)
+  plain = task_lib.build_task(dp_config, dp_federation.schema, dp_federation.image_shape)
+  with pytest.raises(ValueError, match='task_gradients'):
+    plan.check_task(plain)
+  plan.check_task(private_task(dp_config, dp_federation))
+  # A deployment knows no hospital sizes: example-level DP cannot be accounted there.
+  with pytest.raises(ValueError, match='"none" or "client" only'):
+    engine.PrivacyPlan.from_config(dp_config, (), num_clients=3)
 
 
 def test_generator_update_depends_on_conditions_and_noise_not_images(dp_config, dp_federation):
   config = dp_config.copy_and_resolve_references()
   # D frozen (lr 0), so G's step sees identical D params whatever the images were.
   config.fl.client_optimizer.d_learning_rate = 0.0
-  task = task_lib.build_task(config, dp_federation.schema, dp_federation.image_shape,
-                             client_sizes=dp_federation.client_sizes)
+  task = private_task(config, dp_federation)
   params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
                                   tuple(dp_federation.image_shape),
                                   dp_federation.schema.model_dim)
@@ -133,8 +149,7 @@ def test_public_fakes_bound_one_records_influence_on_d_by_the_clip(dp_config, dp
   # records, replacing one record would move D's gradient by far more than 2 C / B.
   clip = 1e-4
   config = _public_prior_config(dp_config, clip_norm=clip, noise_multiplier=0.0)
-  task = task_lib.build_task(config, dp_federation.schema, dp_federation.image_shape,
-                             client_sizes=dp_federation.client_sizes)
+  task = private_task(config, dp_federation)
   assert task.public_fake_conditions and task.fake_term_gradient is None
   params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
                                   tuple(dp_federation.image_shape),
@@ -197,8 +212,7 @@ def test_clipped_fake_term_bounds_each_fake_examples_gradient(dp_config, dp_fede
   clip = 0.01
   config = _public_prior_config(dp_config, clip_norm=clip, noise_multiplier=0.0,
                                 clip_fake_term=True)
-  task = task_lib.build_task(config, dp_federation.schema, dp_federation.image_shape,
-                             client_sizes=dp_federation.client_sizes)
+  task = private_task(config, dp_federation)
   params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
                                   tuple(dp_federation.image_shape),
                                   dp_federation.schema.model_dim)
@@ -219,65 +233,56 @@ def test_public_fake_settings_name_what_to_fix(dp_config, dp_federation):
   typo = dp_config.copy_and_resolve_references()
   typo.fl.fake_conditions = 'prior'
   with pytest.raises(ValueError, match="fl.fake_conditions must be one of"):
-    task_lib.build_task(typo, dp_federation.schema, dp_federation.image_shape,
-                        client_sizes=dp_federation.client_sizes)
+    private_task(typo, dp_federation)
   clip_without_prior = dp_config.copy_and_resolve_references()
   clip_without_prior.dp.clip_fake_term = True
   with pytest.raises(ValueError, match='fl.fake_conditions="public_prior"'):
-    task_lib.build_task(clip_without_prior, dp_federation.schema, dp_federation.image_shape,
-                        client_sizes=dp_federation.client_sizes)
+    private_task(clip_without_prior, dp_federation)
   config = _public_prior_config(dp_config)
-  task = task_lib.build_task(config, dp_federation.schema, dp_federation.image_shape,
-                             client_sizes=dp_federation.client_sizes)
+  task = private_task(config, dp_federation)
   without_prior = dataclasses.replace(dp_federation, condition_prior=None)
   with pytest.raises(ValueError, match='has no public condition prior'):
     task_lib.training_condition_prior(task, without_prior, config)
   assert task_lib.training_condition_prior(task, dp_federation, config) is (
       dp_federation.condition_prior)
-  assert engine.protected_unit(config).startswith('one training record: its image and its '
-                                                  'condition vector')
+  assert engine.PrivacyPlan.from_config(config, dp_federation.client_sizes).protects.startswith(
+      'one training record: its image and its condition vector')
 
 
 # ------------------------------------------------ client level, on a stand-in local update
 
 
-@pytest.fixture
-def stand_in_clients(monkeypatch):
+class StandInTask:
   """Client k's local update adds the sum of its batches' `x` to the params."""
 
-  def local_update(task, params, batches, rng):
-    del task, rng
-    delta = {'w': jnp.sum(batches['x'], axis=0)}
-    return delta, {'loss': jnp.mean(jnp.sum(batches['x'], axis=1))}  # Mean over steps.
+  def client_init(self, server_params):
+    return server_params
 
-  def client_step(task, state, batch, rng):
-    del task, rng
+  def client_step(self, state, batch, rng):
+    del rng
     return {'w': state['w'] + batch['x']}, {'loss': jnp.sum(batch['x'])}
 
-  monkeypatch.setattr(client_lib, 'local_update', local_update)
-  monkeypatch.setattr(client_lib, 'client_init', lambda task, params: params)
-  monkeypatch.setattr(client_lib, 'client_step', client_step)
-  monkeypatch.setattr(client_lib, 'client_final',
-                      lambda state, server: jax.tree.map(jnp.subtract, state, server))
+  def client_final(self, state, server_params):
+    return jax.tree.map(jnp.subtract, state, server_params)
 
 
-def _stand_in_round(strategy, privacy, state, round_rng=None):
+def _stand_in_round(strategy, aggregator, state, round_rng=None):
   # Slot 0: norm 4 (clipped to 1); slot 1: norm 0.5 (kept); slot 2: padding (weight 0).
   x = np.zeros((3, 2, 3), np.float32)
   x[0, :, 0] = 2.0
   x[1, 0, 1] = 0.5
   x[2, :, :] = 100.0
-  batches = {'x': x, 'condition': np.zeros((3, 2, 1), np.float32)}
+  batches = {'x': x}
   weights = np.array([10.0, 1.0, 0.0], np.float32)
-  round_fn = algorithm.make_round_fn(None, optax.sgd(1.0), strategy,
-                                     algorithm.client_mesh(jax.devices()[:1]), privacy)
+  round_fn = algorithm.make_round_fn(StandInTask(), optax.sgd(1.0), strategy,
+                                     algorithm.client_mesh(jax.devices()[:1]), aggregator)
   return round_fn(state, batches, weights, np.array([0, 1, 0], np.int32),
                   jax.random.key(0) if round_rng is None else round_rng)
 
 
 @pytest.mark.parametrize('strategy', ['vmap', 'sequential', 'threads'])
-def test_client_dp_clips_each_client_and_divides_by_expected_clients(stand_in_clients, strategy):
-  privacy = algorithm.ClientPrivacy(clip_norm=1.0, noise_multiplier=0.0, expected_clients=3)
+def test_client_dp_clips_each_client_and_divides_by_expected_clients(strategy):
+  privacy = client_dp.DpFedAvg(clip_norm=1.0, noise_multiplier=0.0, expected_clients=3)
   state = algorithm.server_init({'w': jnp.zeros(3)}, optax.sgd(1.0), privacy)
   state, metrics = _stand_in_round(strategy, privacy, state)
   # Uniform weights (not 10:1), padding dropped, / 3 expected clients: ([1,0,0] + [0,.5,0]) / 3.
@@ -286,10 +291,10 @@ def test_client_dp_clips_each_client_and_divides_by_expected_clients(stand_in_cl
   assert float(metrics['loss']) == pytest.approx((2.0 + 0.25) / 2)
 
 
-def test_client_dp_strategies_draw_the_same_noise_and_adapt_the_same_clip(stand_in_clients):
-  privacy = algorithm.ClientPrivacy(clip_norm=1.0, noise_multiplier=0.7, expected_clients=3,
-                                    adaptive=True, target_quantile=0.8, learning_rate=0.2,
-                                    count_noise_multiplier=0.0)
+def test_client_dp_strategies_draw_the_same_noise_and_adapt_the_same_clip():
+  privacy = client_dp.DpFedAvg(clip_norm=1.0, noise_multiplier=0.7, expected_clients=3,
+                               adaptive=True, target_quantile=0.8, learning_rate=0.2,
+                               count_noise_multiplier=0.0)
   results = {}
   for strategy in ('vmap', 'sequential', 'threads'):
     state = algorithm.server_init({'w': jnp.zeros(3)}, optax.sgd(1.0), privacy)
@@ -299,8 +304,8 @@ def test_client_dp_strategies_draw_the_same_noise_and_adapt_the_same_clip(stand_
   np.testing.assert_array_equal(results['threads'].params['w'], results['sequential'].params['w'])
   noise = np.asarray(results['vmap'].params['w']) - np.array([1 / 3, 0.5 / 3, 0.0])
   assert np.all(np.abs(noise) > 1e-4)  # Noise was added ...
-  # ... with the key fold_in(round_rng, SERVER_NOISE_STREAM): std 0.7 * 1 on the sum, / 3.
-  update_rng, _ = algorithm.server_noise_rngs(jax.random.key(0))
+  # ... with the key rngs.server_noise_keys(round_rng): std 0.7 * 1 on the sum, / 3.
+  update_rng, _ = rngs.server_noise_keys(jax.random.key(0))
   expected = client_dp.noisy_sum({'w': jnp.zeros(3)}, update_rng, 1.0, 0.7)['w'] / 3
   np.testing.assert_allclose(noise, expected, rtol=1e-5, atol=1e-6)
   # Norms 4 > C and 0.5 <= C: b = ((0 - .5) + (1 - .5)) / 3 + .5 = .5; C = exp(-.2 (.5 - .8)).
@@ -309,8 +314,8 @@ def test_client_dp_strategies_draw_the_same_noise_and_adapt_the_same_clip(stand_
 
 
 def test_adaptive_clip_norm_is_checkpointed_and_restored(tmp_path):
-  privacy = algorithm.ClientPrivacy(clip_norm=1.0, noise_multiplier=0.0, expected_clients=3,
-                                    adaptive=True)
+  privacy = client_dp.DpFedAvg(clip_norm=1.0, noise_multiplier=0.0, expected_clients=3,
+                               adaptive=True)
   state = algorithm.server_init({'w': jnp.zeros(3)}, optax.sgd(1.0), privacy)
   state = state.replace(privacy=client_dp.AdaptiveClipState.create(0.25))
   config = phantom_dp.get_config('runlocal')
@@ -328,11 +333,11 @@ def test_client_plan_uses_expected_clients_and_split_noise():
   config.dp.target_epsilon = None
   config.dp.noise_multiplier = 2.0
   plan = engine.PrivacyPlan.from_config(config, [80, 48, 64])
-  privacy = plan.client_privacy()
+  privacy = plan.aggregator()
   assert privacy.expected_clients == 3 and privacy.adaptive
   # 1/z_total^2 = 1/z_update^2 + 1/z_count^2 with z_total 2, z_count 10.
   assert privacy.noise_multiplier == pytest.approx((2.0 ** -2 - 10.0 ** -2) ** -0.5)
-  assert plan.discriminator_gradient() is None
+  assert plan.task_gradients() == {'discriminator_gradient': None, 'fake_term_gradient': None}
   assert plan.summary(1)['protects'] == "one hospital's whole data (client-level)"
   config.dp.adaptive_clip.count_noise_multiplier = None
   with pytest.raises(ValueError, match='count_noise_multiplier'):

@@ -27,6 +27,7 @@ from fedgan_jax.baselines import classifier as classifier_baseline
 from fedgan_jax.baselines import local_gan
 from fedgan_jax.data import registry
 from fedgan_jax.federated import task as task_lib
+from fedgan_jax.privacy import engine as privacy_engine
 
 COLUMNS = (('method', 'method'), ('fid', 'FID (domain)'), ('kid_mean', 'KID (domain)'),
            ('precision', 'precision'), ('recall', 'recall'), ('auc', 'AUC'),
@@ -73,8 +74,10 @@ def training_seconds(workdir: str) -> float:
 
 def run_gan(method, config, workdir, federation, eval_federation, shared, evaluators):
   """Trains (or resumes) one GAN and evaluates its last checkpoint."""
-  task = task_lib.build_task(config, federation.schema, federation.image_shape)
-  train.train_gan(config, workdir, federation, task)
+  plan = privacy_engine.PrivacyPlan.from_config(config, federation.client_sizes)
+  task = task_lib.build_task(config, federation.schema, federation.image_shape,
+                             **plan.task_gradients())
+  train.train_gan(config, workdir, federation, task, plan)
   train_time = training_seconds(workdir)
   eval_config = config.copy_and_resolve_references()
   eval_config.eval.evaluators = tuple(evaluators)

@@ -1,16 +1,18 @@
 """FedAvg for the small supervised baselines (classifier, autoencoder on real normals).
 
-Each round every hospital starts from the server's parameters, takes `local_steps`
-optimizer steps on batches of its own examples (its optimizer state is fresh each round:
-nothing but parameters leaves a hospital), and the server replaces its parameters by the
-example-weighted mean of the hospitals' (plain FedAvg, server learning rate 1; the same
-`federated.algorithm.fedavg_aggregate` as the GAN uses, on deltas). Batches are a pure
-function of `(seed, round, hospital, step)`. One hospital is plain centralized training.
+They run on the GAN's round engine: `SupervisedTask` gives a `loss_fn(params, batch)` the
+client functions the engine runs (`execution.ClientTask`), and `algorithm.make_round_fn`
+executes the rounds with the same strategies and the same `aggregation.FedAvg` as the GAN.
+Each round every hospital starts from the server's parameters, takes `local_steps` optimizer
+steps on batches of its own examples (its optimizer state is fresh each round: nothing but
+the parameter delta leaves a hospital), and the server adds the example-weighted mean delta
+(plain FedAvg: server SGD with learning rate 1). Batches are a pure function of
+`(seed, round, hospital, step)`. One hospital is plain centralized training.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -20,61 +22,72 @@ import optax
 
 from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import optimizers
+from fedgan_jax.federated import rngs
 
 LossFn = Callable[[Any, Mapping[str, jax.Array]], jax.Array]
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class SupervisedTask:
+  """Local training of `loss_fn` with `optimizer`, as the engine's client functions.
+
+  Hashed by identity, so the engine compiles its programs once per task.
+  """
+  loss_fn: LossFn
+  optimizer: optax.GradientTransformation
+
+  def client_init(self, server_params):
+    return server_params, self.optimizer.init(server_params)
+
+  def client_step(self, state, batch, rng):
+    del rng  # Deterministic given the batch.
+    params, opt_state = state
+    loss, grads = jax.value_and_grad(self.loss_fn)(params, batch)
+    updates, opt_state = self.optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), {'loss': loss}
+
+  def client_final(self, state, server_params):
+    return jax.tree.map(jnp.subtract, state[0], server_params)
+
+
 class FedAvgTrainer:
-  """Compiles one local step for `loss_fn(params, batch) -> scalar` and runs the rounds."""
+  """Runs FedAvg rounds of `loss_fn(params, batch) -> scalar` on the round engine."""
 
   def __init__(self, loss_fn: LossFn, optimizer_spec: Mapping[str, Any],
-               where: str = 'baselines.optimizer'):
-    self._optimizer = optimizers.build_optimizer(optimizer_spec, where=where)
-    self._step = jax.jit(functools.partial(self._step_fn, loss_fn, self._optimizer))
-    self._init = jax.jit(self._optimizer.init)
-    self._aggregate = jax.jit(self._aggregate_fn)
-
-  @staticmethod
-  def _step_fn(loss_fn, optimizer, params, opt_state, batch):
-    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  @staticmethod
-  def _aggregate_fn(server_params, client_params, weights):
-    deltas = jax.tree.map(lambda *p: jnp.stack(p), *client_params)
-    deltas = jax.tree.map(lambda d, s: d - s, deltas, server_params)
-    average = algorithm.fedavg_aggregate(deltas, weights)
-    return jax.tree.map(jnp.add, server_params, average)
+               where: str = 'baselines.optimizer', strategy: str = 'auto'):
+    task = SupervisedTask(loss_fn, optimizers.build_optimizer(optimizer_spec, where=where))
+    # The server adds the weighted mean delta: SGD with learning rate 1 on its negative.
+    self._server_optimizer = optax.sgd(1.0)
+    self._round = algorithm.make_round_fn(task, self._server_optimizer, strategy)
 
   def train(self, params, clients: Sequence[Mapping[str, np.ndarray]], rounds: int,
             local_steps: int, batch_size: int, seed: int) -> tuple[Any, list[float]]:
     """Runs `rounds` FedAvg rounds over all `clients` (dicts of equally long arrays).
 
     Returns:
-      `(params, losses)`: the server parameters and each round's example-weighted mean loss.
+      `(params, losses)`: the server parameters and each round's example-weighted mean of the
+      hospitals' losses (each averaged over its local steps).
     """
     sizes = [_client_size(client, i) for i, client in enumerate(clients)]
-    weights = jnp.asarray(sizes, jnp.float32)
+    weights = np.asarray(sizes, np.float32)
+    ids = np.arange(len(clients), dtype=np.int32)
+    state = algorithm.server_init(params, self._server_optimizer)
     history = []
     for round_index in range(rounds):
-      client_params, client_losses = [], []
+      per_client = []
       for client_index, client in enumerate(clients):
-        local, opt_state = params, self._init(params)
         rng = np.random.default_rng([seed, round_index, client_index])
-        for _ in range(local_steps):
-          index = batch_indices(rng, sizes[client_index], batch_size)
-          batch = {key: value[index] for key, value in client.items()}
-          local, opt_state, loss = self._step(local, opt_state, batch)
-        client_params.append(local)
-        client_losses.append(loss)
-      params = self._aggregate(params, client_params, weights)
-      losses = np.asarray(jax.device_get(client_losses), np.float64)
-      history.append(float(np.sum(losses * np.asarray(sizes)) / np.sum(sizes)))
+        index = np.stack([batch_indices(rng, sizes[client_index], batch_size)
+                          for _ in range(local_steps)])
+        per_client.append({key: value[index] for key, value in client.items()})
+      batches = {key: np.stack([b[key] for b in per_client]) for key in per_client[0]}
+      state, metrics = self._round(state, batches, weights, ids,
+                                   rngs.round_key(seed, round_index))
+      history.append(float(metrics['loss']))
     if history and not np.isfinite(history[-1]):
       raise FloatingPointError(f'FedAvg baseline: the loss is {history[-1]}; lower the '
                                'baseline optimizer learning_rate.')
-    return params, history
+    return state.params, history
 
 
 def batch_indices(rng: np.random.Generator, size: int, batch_size: int) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 
 from fedgan_jax.data import conditions as conditions_lib
 from fedgan_jax.data import dataset as dataset_lib
+from fedgan_jax.federated import rngs
 
 # Per-round loss means a hospital reports (the simulation logs their weighted means).
 LOSS_METRICS = ('d_loss', 'g_loss', 'cond_loss', 'd_gan_loss', 'g_gan_loss', 'attribute_loss',
@@ -126,8 +127,5 @@ def load_site_data(path: str, site: str,
 
 
 def client_round_rng(seed: int, round_index: int, client_id: int) -> jax.Array:
-  """`fold_in(fold_in(fold_in(key(seed), 1), round), client_id)`: as `train.train_gan` and
-  `algorithm.client_rngs` derive a client's key, so a hospital draws what its simulated
-  twin draws."""
-  train_rng = jax.random.fold_in(jax.random.key(seed), 1)
-  return jax.random.fold_in(jax.random.fold_in(train_rng, round_index), client_id)
+  """A hospital's key of a round, derived as the simulation derives its twin's (`rngs`)."""
+  return rngs.client_key(rngs.round_key(seed, round_index), client_id)

@@ -2,17 +2,12 @@
 
 `Coordinator` owns what `train.train_gan` owns in the simulation (the `ServerState`, the
 Orbax checkpoints and `metrics.jsonl` in the same workdir layout, so `fedgan_jax.eval`
-reads a deployed run as it reads a simulated one) and applies the same server update to
-the deltas hospitals send back:
-
-  * `dp.mode != 'client'`: `algorithm.fedavg_aggregate` weighted by example counts, then
-    `algorithm.server_update` with the config's server optimizer;
-  * `dp.mode == 'client'`: `client_dp.private_mean` (clip every delta to `dp.clip_norm`,
-    sum, add Gaussian noise, divide by the expected number of clients per round), then
-    the same `server_update`. The noise key is `fold_in(fold_in(key(seed), 2), round)`, a
-    stream the training keys (stream 1) never use. Deltas go to `private_mean` raveled
-    into one vector per client (same global norm, same per-coordinate noise law): one
-    normal draw instead of one per parameter leaf, whose XLA CPU compile takes minutes.
+reads a deployed run as it reads a simulated one) and applies the simulation's server half
+of a round to the deltas hospitals send back: the same aggregator (`PrivacyPlan.aggregator`:
+FedAvg weighted by example counts, or client-level DP-FedAvg with its clipping, noise and
+adaptive clip norm) fed in client order by the same `algorithm.ServerRound` as the
+`sequential` strategy, with the round key `rngs.round_key(seed, round)`, so a deployment
+draws the simulation's DP noise.
 
 The transport (`server.py`) only decides who takes part and hands over checked replies.
 """
@@ -20,15 +15,11 @@ The transport (`server.py`) only decides who takes part and hands over checked r
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 import os
 import time
 
 from absl import logging
 import jax
-from jax import flatten_util
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -39,14 +30,11 @@ from fedgan_jax.deploy import common
 from fedgan_jax.deploy import settings
 from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import client as client_lib
-from fedgan_jax.federated import optimizers
+from fedgan_jax.federated import rngs
 from fedgan_jax.federated import sampling
+from fedgan_jax.federated import server as server_lib
 from fedgan_jax.federated import task as task_lib
-from fedgan_jax.privacy import accounting
-from fedgan_jax.privacy import client_dp
-
-_TRAIN_STREAM = 1  # As in train.train_gan: fold_in(key(seed), 1) seeds the clients.
-_DP_NOISE_STREAM = 2
+from fedgan_jax.privacy import engine as privacy_engine
 
 
 @dataclasses.dataclass
@@ -70,15 +58,9 @@ def build_task(config) -> client_lib.GanTask:
 
 
 def initial_params(config, task: client_lib.GanTask):
-  """The initial params exactly as `train.train_gan` draws them."""
+  """The initial params exactly as the simulation draws them (`server.initial_params`)."""
   schema = conditions_lib.ConditionSchema.from_config(config.conditions)
-  return client_lib.init_params(task, jax.random.key(config.seed, impl='rbg'),
-                                image_shape(config), schema.model_dim)
-
-
-def dp_mode(config) -> str:
-  dp = config.get('dp', None)
-  return 'none' if dp is None else dp.get('mode', 'none')
+  return server_lib.initial_params(config, task, image_shape(config), schema.model_dim)
 
 
 class Coordinator:
@@ -89,25 +71,19 @@ class Coordinator:
     self.workdir = workdir
     self.sites = settings.site_names(config)
     fl = config.fl
-    self._server_optimizer = optimizers.build_server_optimizer(fl.server_optimizer)
-    params = initial_params(config, build_task(config))
-    ema_decay = algorithm.generator_ema_decay(fl)
-    self.state = algorithm.server_init(params, self._server_optimizer,
-                                       generator_ema=ema_decay > 0)
-    self._update_ema = jax.jit(functools.partial(algorithm.update_generator_ema,
-                                                 decay=ema_decay))
-    self.specs = common.array_specs(params)
+    # The server never sees the hospitals' sizes: only client-level DP can be accounted here.
+    self._plan = privacy_engine.PrivacyPlan.from_config(config, (), num_clients=len(self.sites))
     os.makedirs(workdir, exist_ok=True)
-    self._manager = checkpointing.manager(workdir, config.checkpoint.keep)
-    latest = self._manager.latest_step()
-    if latest is not None:
-      self.state, _ = checkpointing.restore_server_state(self._manager, latest, self.state, config)
-      logging.info('Resumed from the checkpoint of round %d in %s.', latest, workdir)
+    schema = conditions_lib.ConditionSchema.from_config(config.conditions)
+    server = server_lib.build(config, build_task(config), image_shape(config), schema.model_dim,
+                              self._plan.aggregator(), workdir)
+    self.state, self._update_ema = server.state, server.update_ema
+    self._manager = server.checkpoint_manager
+    self._server = algorithm.ServerRound(server.aggregator, server.server_optimizer)
+    self.specs = common.array_specs(self.state.params)
     self._log = metrics_log.MetricsLog(os.path.join(workdir, 'metrics.jsonl'))
     self._log.truncate_after(self.round_index)
     self._progress = metrics_log.Progress(fl.num_rounds, self.round_index)
-    self._fedavg = jax.jit(functools.partial(_fedavg_update, self._server_optimizer))
-    self._dp = self._dp_settings() if dp_mode(config) == 'client' else None
     self._round_started = time.perf_counter()
 
   @property
@@ -119,31 +95,11 @@ class Coordinator:
   def rounds_left(self) -> int:
     return max(int(self.config.fl.num_rounds) - self.round_index, 0)
 
-  @property
-  def expected_clients(self) -> int:
-    per_round = int(self.config.fl.clients_per_round)
-    return per_round if 0 < per_round < len(self.sites) else len(self.sites)
-
   def participants(self) -> np.ndarray:
     """Client ids the simulation would train in the next round."""
     self._round_started = time.perf_counter()
     return sampling.sample_clients(self.config.seed, self.round_index, len(self.sites),
                                    self.config.fl.clients_per_round)
-
-  def _fl_for_accounting(self) -> dict:
-    return dict(self.config.fl.to_dict(), num_clients=len(self.sites),
-                clients_per_round=self.expected_clients)
-
-  def _dp_settings(self):
-    dp = self.config.dp
-    adaptive = dp.get('adaptive_clip', None)
-    if adaptive is not None and adaptive.get('count_noise_multiplier', None):
-      raise NotImplementedError('config.dp.adaptive_clip: the deployed server supports a fixed '
-                                'dp.clip_norm only; unset dp.adaptive_clip.count_noise_multiplier.')
-    query = accounting.query_from_config(dp, self._fl_for_accounting(), [])
-    update = functools.partial(_private_update, self._server_optimizer, query.clip_norm,
-                               query.noise_multiplier, self.expected_clients)
-    return jax.jit(update)
 
   def apply(self, replies: list[Reply]) -> dict:
     """One server update from the round's replies; checkpoints on the config's cadence."""
@@ -151,25 +107,21 @@ class Coordinator:
       raise ValueError('a round needs at least one reply.')
     replies = sorted(replies, key=lambda r: r.client_id)
     round_index = self.round_index
-    deltas = [common.arrays_to_params(r.delta_arrays, self.state.params) for r in replies]
-    stacked = jax.tree.map(lambda *d: np.stack(d), *deltas)
-    weights = np.asarray([r.num_examples for r in replies], np.float32)
-    if self._dp is None:
-      self.state = self._fedavg(self.state, stacked, weights)
-    else:
-      noise_rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.config.seed),
-                                                        _DP_NOISE_STREAM), round_index)
-      self.state = self._dp(self.state, stacked, noise_rng)
+    # The loss means every hospital reported go through the aggregator, weighted as the
+    # simulation weights them; wall times are reported as the slowest hospital's.
+    names = sorted(set.intersection(*(set(r.losses) for r in replies)))
+    loss_names = [name for name in names if name not in common.TIMING_METRICS]
+    results = [(common.arrays_to_params(r.delta_arrays, self.state.params),
+                {name: np.float32(r.losses[name]) for name in loss_names},
+                np.float32(r.num_examples)) for r in replies]
+    self.state, metrics = self._server(self.state, results,
+                                       rngs.round_key(self.config.seed, round_index))
     if self.state.generator_ema is not None:
       self.state = self._update_ema(self.state)
-    metrics = {}
-    names = set.intersection(*(set(r.losses) for r in replies))
-    for name in sorted(names):
-      values = np.asarray([r.losses[name] for r in replies], np.float64)
+    metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
+    for name in names:
       if name in common.TIMING_METRICS:
-        metrics[f'slowest_{name}'] = float(np.max(values))
-      else:
-        metrics[name] = float(np.sum(values * weights) / np.sum(weights))
+        metrics[f'slowest_{name}'] = max(float(r.losses[name]) for r in replies)
     seconds = time.perf_counter() - self._round_started
     done = round_index + 1
     row = {'round': done, **metrics, 'clients': len(replies),
@@ -184,29 +136,8 @@ class Coordinator:
     return row
 
   def _extra_meta(self, rounds: int) -> dict:
-    if self._dp is None:
-      return {'deployment': 'flower'}
-    epsilon = accounting.epsilon_after_rounds(self.config.dp, self._fl_for_accounting(), [],
-                                              rounds)
-    return {'deployment': 'flower', 'privacy': {'mode': 'client', 'rounds': rounds,
-                                               'epsilon': None if math.isinf(epsilon) else epsilon}}
+    return {'deployment': 'flower', 'privacy': self._plan.summary(rounds)}
 
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
-
-
-def _fedavg_update(server_optimizer, state, stacked_deltas, weights):
-  average = algorithm.fedavg_aggregate(stacked_deltas, weights)
-  return algorithm.server_update(server_optimizer, state, average)
-
-
-def _private_update(server_optimizer, clip_norm, noise_multiplier, expected_clients, state,
-                    stacked_deltas, noise_rng):
-  _, unravel = flatten_util.ravel_pytree(jax.tree.map(lambda d: d[0], stacked_deltas))
-  vectors = jax.vmap(lambda d: flatten_util.ravel_pytree(d)[0])(stacked_deltas)
-  mask = jnp.ones(vectors.shape[0], bool)
-  mean, _ = client_dp.private_mean(vectors, mask, noise_rng, clip_norm=clip_norm,
-                                   noise_multiplier=noise_multiplier,
-                                   expected_clients=expected_clients)
-  return algorithm.server_update(server_optimizer, state, unravel(mean))

@@ -7,7 +7,7 @@
 The data file is read from this hospital's own disk (`common.load_site_data`) and never
 leaves it. For each round the server sends the global params and the round index; the
 hospital draws its batches with `sampling.client_batches(data, seed, round, client_id)`
-and its key as `fold_in(fold_in(fold_in(key(seed), 1), round), client_id)`, runs
+and its key as `rngs.client_key(rngs.round_key(seed, round), client_id)`, runs
 `client_init`, K `client_step`s and `client_final` (as the simulation's sequential
 strategy does, each jitted once for the life of the process) and replies with the
 parameter delta, its example count and its mean losses, signed with its private key.
@@ -37,10 +37,11 @@ from fedgan_jax.data import dataset as dataset_lib
 from fedgan_jax.deploy import common
 from fedgan_jax.deploy import security
 from fedgan_jax.deploy import settings
-from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import client as client_lib
+from fedgan_jax.federated import execution
 from fedgan_jax.federated import sampling
 from fedgan_jax.federated import task as task_lib
+from fedgan_jax.privacy import engine as privacy_engine
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (the same '
                                           'as the server\'s).', lock_config=True)
@@ -61,11 +62,11 @@ flags.mark_flags_as_required(['config', 'site', 'data', 'server'])
 
 
 class LocalTrainer:
-  """A hospital's local update, compiled as `algorithm.SequentialRound` compiles it."""
+  """A hospital's local update, compiled as the simulation's `sequential` round compiles it."""
 
   def __init__(self, task: client_lib.GanTask, fuse_local_steps: bool = True,
                compiler_options: dict | None = None):
-    self._client_update = algorithm.ClientUpdate(task, fuse_local_steps, compiler_options)
+    self._client_update = execution.ClientUpdate(task, fuse_local_steps, compiler_options)
 
   def __call__(self, server_params, batches, rng):
     """Returns `(delta, mean losses over the K steps)`."""
@@ -85,7 +86,10 @@ class Hospital(flwr.client.NumPyClient):
     self._key = private_key
     self._exit_at_round = exit_at_round
     schema = conditions_lib.ConditionSchema.from_config(config.conditions)
-    task = task_lib.build_task(config, schema, data.images.shape[1:])
+    # Refuses what a deployment cannot account (example-level DP needs every site's size).
+    plan = privacy_engine.PrivacyPlan.from_config(config, (),
+                                                  num_clients=len(settings.site_names(config)))
+    task = task_lib.build_task(config, schema, data.images.shape[1:], **plan.task_gradients())
     if task.public_fake_conditions:
       raise ValueError('fl.fake_conditions="public_prior" is not available to deployed hospitals '
                        '(no public condition prior reaches a site yet); set '

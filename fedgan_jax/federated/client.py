@@ -2,13 +2,10 @@
 
 All functions are pure and take a `GanTask` (the static description of the models,
 losses and optimizers) as their first argument; callers bind it with
-`functools.partial` and jit at the call site. A local step is one discriminator
+`functools.partial` and jit at the call site (`GanTask`'s methods of the same names are
+what the round engine, `execution.local_update`, calls). A local step is one discriminator
 update on a batch of the hospital's real images followed by one generator update;
 the generator only ever sees D's parameters, conditions and noise, never an image.
-
-Local steps are unrolled in Python rather than run in `lax.scan`: on XLA's CPU
-backend convolutions inside a loop body run ~19x slower (BENCHMARKS.md), and K is
-small.
 """
 
 from __future__ import annotations
@@ -67,6 +64,17 @@ class GanTask:
   # gamma of the R1 penalty (gamma / 2) |grad_x D(x)|^2 on D's real inputs (Mescheder et al.
   # 2018): it keeps D smooth around the few hundred real films a hospital holds. 0 = off.
   r1_gamma: float = 0.0
+
+  # The client functions the round engine runs (`execution.ClientTask`); the module-level
+  # functions of the same names below do the work.
+  def client_init(self, server_params: Params) -> 'ClientState':
+    return client_init(self, server_params)
+
+  def client_step(self, state: 'ClientState', batch, rng):
+    return client_step(self, state, batch, rng)
+
+  def client_final(self, state: 'ClientState', server_params: Params) -> Params:
+    return client_final(state, server_params)
 
 
 # Batch key of the public-prior conditions G's images are drawn for (`sampling.client_batches`).
@@ -282,22 +290,3 @@ def client_step(task: GanTask, state: ClientState, batch, rng):
 def client_final(state: ClientState, server_params: Params) -> Params:
   """The only thing that leaves the hospital: the parameter delta."""
   return jax.tree.map(jnp.subtract, state.params, server_params)
-
-
-def local_update(task: GanTask, server_params: Params, batches, rng):
-  """client_init, K unrolled client steps, client_final.
-
-  Args:
-    batches: `{'image': (K, B, H, W, 1), 'condition': (K, B, C)}`, K = local steps, and
-      `FAKE_CONDITION_KEY: (K, B, C)` when `task.public_fake_conditions`.
-  Returns:
-    `(delta, metrics)`, metrics averaged over the K steps.
-  """
-  state = client_init(task, server_params)
-  step_metrics = []
-  for step in range(batches['condition'].shape[0]):
-    batch = jax.tree.map(lambda x, s=step: x[s], batches)
-    state, metrics = client_step(task, state, batch, jax.random.fold_in(rng, step))
-    step_metrics.append(metrics)
-  metrics = jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *step_metrics)
-  return client_final(state, server_params), metrics

@@ -14,11 +14,8 @@ from typing import Sequence
 import numpy as np
 
 from fedgan_jax.data import dataset as dataset_lib
+from fedgan_jax.federated import rngs
 
-# Distinct streams for the two kinds of draws, so changing one never shifts the other.
-_CLIENT_STREAM = 1
-_BATCH_STREAM = 2
-_PRIOR_STREAM = 3
 # The batch key of public-prior conditions G's images are drawn for (`client_batches`).
 FAKE_CONDITION_KEY = 'fake_condition'
 
@@ -28,7 +25,7 @@ def sample_clients(seed: int, round_index: int, num_clients: int,
   """Sorted ids of the clients taking part in `round_index` (all when <= 0 or >= N)."""
   if clients_per_round <= 0 or clients_per_round >= num_clients:
     return np.arange(num_clients)
-  rng = np.random.default_rng([seed, round_index, _CLIENT_STREAM])
+  rng = np.random.default_rng([seed, round_index, rngs.CLIENT_SAMPLING_STREAM])
   return np.sort(rng.choice(num_clients, clients_per_round, replace=False))
 
 
@@ -36,7 +33,7 @@ def batch_indices(seed: int, round_index: int, client_id: int, num_examples: int
                   local_steps: int, batch_size: int) -> np.ndarray:
   """`(local_steps, batch_size)` example indices; without replacement within a batch
   when the client has enough examples."""
-  rng = np.random.default_rng([seed, round_index, client_id, _BATCH_STREAM])
+  rng = np.random.default_rng([seed, round_index, client_id, rngs.BATCH_STREAM])
   replace = num_examples < batch_size
   return np.stack([np.sort(rng.choice(num_examples, batch_size, replace=replace))
                    for _ in range(local_steps)])
@@ -56,7 +53,7 @@ def client_batches(client: dataset_lib.ClientData, seed: int, round_index: int, 
   batches = {'image': images.reshape(index.shape + images.shape[1:]),
              'condition': conditions.reshape(index.shape + conditions.shape[1:])}
   if condition_prior is not None:
-    rng = np.random.default_rng([seed, round_index, client_id, _PRIOR_STREAM])
+    rng = np.random.default_rng([seed, round_index, client_id, rngs.PRIOR_STREAM])
     drawn = np.asarray(condition_prior(rng, flat.size, client_id), np.float32)
     if drawn.shape != (flat.size, conditions.shape[-1]):
       raise ValueError(f'condition_prior gave shape {drawn.shape}, expected '

@@ -1,4 +1,9 @@
-"""Builds the `GanTask` (models, losses, client optimizers) from a config."""
+"""Builds the `GanTask` (models, losses, client optimizers) from a config.
+
+Differential privacy enters only through the gradients passed in: whoever trains builds a
+`privacy.engine.PrivacyPlan` from `config.dp` and passes `**plan.task_gradients()`, so this
+package never reads `config.dp` nor imports the privacy one.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,6 @@ from fedgan_jax.federated import client as client_lib
 from fedgan_jax.federated import optimizers
 from fedgan_jax.models import discriminator as discriminator_lib
 from fedgan_jax.models import generator as generator_lib
-from fedgan_jax.privacy import engine as privacy_engine
 
 
 def build_generator(model_config, image_shape) -> generator_lib.Generator:
@@ -99,24 +103,16 @@ def r1_gamma(config) -> float:
 
 
 def build_task(config, schema: conditions_lib.ConditionSchema, image_shape,
-               discriminator_gradient=None, client_sizes=None) -> client_lib.GanTask:
-  """The task of `config`; with `config.dp.mode='example'`, D trains by DP-SGD.
+               discriminator_gradient=None, fake_term_gradient=None) -> client_lib.GanTask:
+  """The task of `config`, with D's gradient replaced where DP-SGD asks (see `GanTask`).
 
   Args:
-    discriminator_gradient: overrides D's gradient (see `GanTask`); None = from the config.
-    client_sizes: every hospital's example count, which DP-SGD's noise calibration and
-      accounting need (`federation.client_sizes`); required when `dp.mode='example'`.
+    discriminator_gradient, fake_term_gradient: `GanTask`'s; from
+      `PrivacyPlan.task_gradients()` when `config.dp.mode='example'`, else None (plain mean
+      gradients). `PrivacyPlan.check_task` refuses a task built without them for a DP-SGD run.
   """
   if config.loss.gan not in losses.GAN_LOSSES:
     raise ValueError(f'loss.gan: {config.loss.gan!r} is not one of {losses.GAN_LOSSES}.')
-  privacy_engine.check_config(config)
-  if discriminator_gradient is None and privacy_engine.dp_mode(config) == 'example':
-    if client_sizes is None:
-      raise ValueError('config.dp.mode="example" trains D with DP-SGD, whose noise multiplier '
-                       'depends on every hospital\'s size: pass '
-                       'client_sizes=federation.client_sizes to build_task.')
-    discriminator_gradient = privacy_engine.PrivacyPlan.from_config(
-        config, client_sizes).discriminator_gradient()
   d_optimizer, g_optimizer = optimizers.build_client_optimizers(config.fl.client_optimizer)
   return client_lib.GanTask(
       generator=build_generator(config.model, image_shape),
@@ -133,5 +129,5 @@ def build_task(config, schema: conditions_lib.ConditionSchema, image_shape,
       discriminator_gradient=discriminator_gradient,
       sample_noise_scale=sample_noise_scale(config),
       public_fake_conditions=public_fake_conditions(config),
-      fake_term_gradient=privacy_engine.fake_term_gradient(config),
+      fake_term_gradient=fake_term_gradient,
       r1_gamma=r1_gamma(config))

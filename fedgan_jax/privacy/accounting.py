@@ -5,7 +5,7 @@ Both DP modes are Poisson-subsampled Gaussian mechanisms composed over training:
     samples each example with probability q_i = fl.batch_size / n_i and runs
     `dp_sgd.clipped_noisy_gradient`; the unit protected is one example of one hospital.
   * client-level (`dp.mode = 'client'`): each round samples each hospital with probability
-    q = fl.clients_per_round / fl.num_clients and runs `client_dp.private_mean`; the unit
+    q = fl.clients_per_round / fl.num_clients and runs `client_dp.DpFedAvg`; the unit
     protected is a whole hospital.
 The events take the noise multiplier of the query that trains, so the number the accountant
 sees is the number that drives the noise.
@@ -157,8 +157,10 @@ def _optional_field(config: Any, name: str) -> Any:
     return None
 
 
-def _mode(dp_config) -> str:
-  mode = _field(dp_config, 'mode', 'dp')
+def dp_mode(dp_config) -> str:
+  """`config.dp.mode`, checked: the one place it is parsed ('none' without a `dp` section)."""
+  mode = 'none' if dp_config is None else _optional_field(dp_config, 'mode')
+  mode = 'none' if mode is None else mode
   if mode not in MODES:
     raise ValueError(f'config.dp.mode must be one of {MODES}, got {mode!r}.')
   return mode
@@ -173,7 +175,7 @@ def delta_from_config(dp_config, fl_config, client_sizes: Sequence[int]) -> floa
   delta = _optional_field(dp_config, 'delta')
   if delta is not None:
     return float(delta)
-  if _mode(dp_config) == 'client':
+  if dp_mode(dp_config) == 'client':
     return default_delta(int(_field(fl_config, 'num_clients', 'fl')))
   return default_delta(int(np.sum(client_sizes)))
 
@@ -185,7 +187,7 @@ def _count_noise_multiplier(dp_config) -> float | None:
 
 def _events(dp_config, fl_config, client_sizes, rounds, noise_multiplier):
   """One event per hospital (example mode) or one for the federation (client mode)."""
-  mode = _mode(dp_config)
+  mode = dp_mode(dp_config)
   if mode == 'none':
     return [dp_accounting.NonPrivateDpEvent()]
   if mode == 'client':
@@ -203,7 +205,7 @@ def noise_multiplier_from_config(dp_config, fl_config, client_sizes: Sequence[in
   """The noise multiplier the accountant sees: `dp.noise_multiplier`, or the one calibrated to
   `dp.target_epsilon` over all `fl.num_rounds` when that is set (cached: cheap to call again)."""
   target = _optional_field(dp_config, 'target_epsilon')
-  mode = _mode(dp_config)
+  mode = dp_mode(dp_config)
   if mode == 'none' or target is None:
     return float(_field(dp_config, 'noise_multiplier', 'dp'))
   rounds = int(_field(fl_config, 'num_rounds', 'fl'))
@@ -246,7 +248,7 @@ def query_from_config(dp_config, fl_config, client_sizes: Sequence[int]) -> dp_s
   """
   noise_multiplier = noise_multiplier_from_config(dp_config, fl_config, client_sizes)
   count_noise = _count_noise_multiplier(dp_config)
-  if _mode(dp_config) == 'client' and count_noise:
+  if dp_mode(dp_config) == 'client' and count_noise:
     noise_multiplier = client_dp.split_noise_multiplier(noise_multiplier, float(count_noise))
   return dp_sgd.GaussianSumQuery(float(_field(dp_config, 'clip_norm', 'dp')), noise_multiplier)
 
@@ -269,9 +271,9 @@ def event_from_config(dp_config, fl_config, client_sizes: Sequence[int],
 def hospital_epsilons(dp_config, fl_config, client_sizes: Sequence[int],
                       rounds: int | None = None) -> np.ndarray:
   """Example-level epsilon of each hospital after `rounds` (same conservative assumption)."""
-  if _mode(dp_config) != 'example':
+  if dp_mode(dp_config) != 'example':
     raise ValueError(f'hospital_epsilons is for config.dp.mode="example", got '
-                     f'{_mode(dp_config)!r}.')
+                     f'{dp_mode(dp_config)!r}.')
   if rounds is None:
     rounds = int(_field(fl_config, 'num_rounds', 'fl'))
   noise_multiplier = noise_multiplier_from_config(dp_config, fl_config, client_sizes)
@@ -284,7 +286,7 @@ def hospital_epsilons(dp_config, fl_config, client_sizes: Sequence[int],
 def epsilon_after_rounds(dp_config, fl_config, client_sizes: Sequence[int], rounds: int) -> float:
   """Epsilon spent after `rounds` rounds, for logging: max over hospitals in example mode,
   the federation's in client mode, inf with `dp.mode = 'none'`."""
-  if _mode(dp_config) == 'none':
+  if dp_mode(dp_config) == 'none':
     return math.inf
   delta = delta_from_config(dp_config, fl_config, client_sizes)
   return epsilon(event_from_config(dp_config, fl_config, client_sizes, rounds), delta,
@@ -293,7 +295,7 @@ def epsilon_after_rounds(dp_config, fl_config, client_sizes: Sequence[int], roun
 
 def summary(dp_config, fl_config, client_sizes: Sequence[int]) -> Mapping[str, Any]:
   """Numbers to write next to results: mode, noise multiplier, clip norm, delta, final epsilon."""
-  mode = _mode(dp_config)
+  mode = dp_mode(dp_config)
   if mode == 'none':
     return {'mode': 'none', 'epsilon': math.inf}
   query = query_from_config(dp_config, fl_config, client_sizes)

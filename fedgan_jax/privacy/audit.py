@@ -23,7 +23,6 @@ true-positive rate at a 1% false-positive rate.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from typing import Any
@@ -40,13 +39,12 @@ from fedgan_jax.data import dataset as dataset_lib
 from fedgan_jax.data import registry
 from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import client as client_lib
+from fedgan_jax.federated import execution
+from fedgan_jax.federated import rngs
 from fedgan_jax.federated import sampling
 from fedgan_jax.federated import task as task_lib
 from fedgan_jax.privacy import dp_sgd
 from fedgan_jax.privacy import engine as privacy_engine
-
-_HOLDOUT_STREAM = 7  # Distinct from the streams of sampling.py.
-_TRAIN_STREAM = 1    # As train.train_gan: fold_in(key(seed), 1) seeds the rounds.
 
 
 def _audit_config(config):
@@ -59,7 +57,7 @@ def holdout_split(client: dataset_lib.ClientData, fraction: float,
   if not 0 < fraction < 1:
     raise ValueError(f'config.audit.holdout_fraction must be in (0, 1), got {fraction}.')
   patients = np.unique(client.patient_ids)
-  order = np.random.default_rng([seed, _HOLDOUT_STREAM]).permutation(len(patients))
+  order = np.random.default_rng([seed, rngs.HOLDOUT_STREAM]).permutation(len(patients))
   counts = np.array([np.sum(client.patient_ids == p) for p in patients[order]])
   chosen = patients[order][:max(1, int(np.searchsorted(np.cumsum(counts),
                                                         fraction * len(client))))]
@@ -118,7 +116,7 @@ def attack_metrics(member_scores, non_member_scores, false_positive_rate: float 
 def _take(client: dataset_lib.ClientData, count: int, seed: int) -> dataset_lib.ClientData:
   if len(client) <= count:
     return client
-  index = np.sort(np.random.default_rng([seed, _HOLDOUT_STREAM, 1]).choice(
+  index = np.sort(np.random.default_rng([seed, rngs.HOLDOUT_STREAM, 1]).choice(
       len(client), count, replace=False))
   return client.subset(index)
 
@@ -205,7 +203,7 @@ def run_audit(config, workdir: str, step: int | None = None) -> dict[str, Any]:
   non_members = full.clients[hospital].subset(held_out_index)
   plan = privacy_engine.PrivacyPlan.from_config(config, federation.client_sizes)
   task = task_lib.build_task(config, federation.schema, federation.image_shape,
-                             plan.discriminator_gradient())
+                             **plan.task_gradients())
   template = jax.eval_shape(lambda: client_lib.init_params(
       task, jax.random.key(0, impl='rbg'), tuple(federation.image_shape),
       federation.schema.model_dim))
@@ -227,22 +225,9 @@ def run_audit(config, workdir: str, step: int | None = None) -> dict[str, Any]:
   discriminator = {name: attack_metrics(member_scores[name], non_member_scores[name])
                    for name in member_scores}
 
-  init_fn = jax.jit(functools.partial(client_lib.client_init, task))
-  step_fn = jax.jit(functools.partial(client_lib.client_step, task))
-  final_fn = jax.jit(client_lib.client_final)
-  fold_in = jax.jit(jax.random.fold_in)
-
-  def local(server_params, batches, client_rng):
-    # `client.local_update` step by step: one compiled step serves every local step, and the
-    # audit's few updates do not repay compiling all K steps as one program (un-jitted, init
-    # and final would compile op by op).
-    state = init_fn(server_params)
-    for local_step in range(batches['condition'].shape[0]):
-      state, _ = step_fn(state, jax.tree.map(lambda x, s=local_step: x[s], batches),
-                         fold_in(client_rng, local_step))
-    return final_fn(state, server_params)
-
-  train_rng = jax.random.fold_in(jax.random.key(config.seed), _TRAIN_STREAM)
+  # Step by step: one compiled step serves every local step, and the audit's few updates do
+  # not repay compiling all K steps as one program.
+  local = execution.ClientUpdate(task, fuse_local_steps=False)
   score_rng = jax.random.key(config.seed + 1)
   update_members, update_non_members = [], []
   for round_index in range(step, step + int(audit.update_rounds)):
@@ -250,8 +235,8 @@ def run_audit(config, workdir: str, step: int | None = None) -> dict[str, Any]:
                                    fl.local_steps, fl.batch_size)
     batches = sampling.client_batches(trained, config.seed, round_index, hospital,
                                       fl.local_steps, fl.batch_size, prior)
-    client_rng = jax.random.fold_in(jax.random.fold_in(train_rng, round_index), hospital)
-    delta = local(params, batches, client_rng)
+    delta, _ = local(params, batches, rngs.client_key(rngs.round_key(config.seed, round_index),
+                                                      hospital))
     algorithm.check_client_message(delta, params)
     update_members.append(scorers.alignment(params, delta['discriminator'],
                                             trained.subset(np.unique(index)), score_rng))

@@ -20,7 +20,13 @@ anyone who sees the deltas or the final models.
     so one example could move the others' gradients past the clip: it must be off
     (`model.discriminator.minibatch_std_group = 0`). Hospital sizes are treated as public
     (the accountant's sampling rate needs them and FedAvg weights by them).
-  * `dp.mode = 'client'` (DP-FedAvg): the unit is a whole hospital; see `algorithm.py`.
+  * `dp.mode = 'client'` (DP-FedAvg): the unit is a whole hospital; `client_dp.DpFedAvg`
+    replaces FedAvg as the round's aggregator (`PrivacyPlan.aggregator`).
+
+`config.dp.mode` is parsed once (`accounting.dp_mode`) into a `PrivacyPlan`; everything the
+engine needs from DP comes from the plan: D's DP-SGD gradient for the task
+(`task_gradients`), the round's aggregator (`aggregator`) and the ledger (`epsilon`,
+`summary`). The federated package never imports this one: the plan's pieces are passed in.
 
 The numbers that train (`accounting.query_from_config`) are the numbers the accountant sees.
 Batches are drawn with a fixed size (`sampling.round_inputs`) and accounted as Poisson
@@ -36,21 +42,15 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
+from fedgan_jax.federated import aggregation
 from fedgan_jax.federated import algorithm
+from fedgan_jax.federated import execution
 from fedgan_jax.privacy import accounting
+from fedgan_jax.privacy import client_dp
 from fedgan_jax.privacy import dp_sgd
 
 # The batch key that marks padding examples (False) for DP-SGD; optional.
 EXAMPLE_MASK_KEY = 'example_mask'
-
-
-def dp_mode(config) -> str:
-  """`config.dp.mode`, 'none' for configs without a `dp` section."""
-  dp = config.get('dp') if hasattr(config, 'get') else None
-  mode = 'none' if dp is None else dp.get('mode', 'none')
-  if mode not in accounting.MODES:
-    raise ValueError(f'config.dp.mode must be one of {accounting.MODES}, got {mode!r}.')
-  return mode
 
 
 def _adaptive(dp) -> Any:
@@ -58,9 +58,8 @@ def _adaptive(dp) -> Any:
   return adaptive if adaptive is not None and adaptive.get('enabled', False) else None
 
 
-def check_config(config) -> None:
+def check_config(config, mode: str) -> None:
   """Rejects DP settings that would train something other than what is accounted."""
-  mode = dp_mode(config)
   if mode == 'none':
     return
   dp = config.dp
@@ -99,9 +98,8 @@ def check_config(config) -> None:
       raise ValueError(f'config.dp.{name} must be > 0 or None, got {value}.')
 
 
-def protected_unit(config) -> str | None:
+def protected_unit(config, mode: str) -> str | None:
   """What adding or removing one unit means under `config`'s DP, in words (None without DP)."""
-  mode = dp_mode(config)
   if mode == 'client':
     return 'one hospital\'s whole data (client-level)'
   if mode == 'example':
@@ -144,17 +142,6 @@ def example_level_gradient(query: dp_sgd.GaussianSumQuery, expected_batch_size: 
   return discriminator_gradient
 
 
-def fake_term_gradient(config):
-  """The fake term's per-example-clipped, noiseless gradient (`GanTask.fake_term_gradient`)
-  when `dp.clip_fake_term`, else None. Clipping there is for balance with the clipped real
-  term, not privacy: the fake term reads no private data."""
-  if dp_mode(config) != 'example' or not config.dp.get('clip_fake_term', False):
-    return None
-  check_config(config)
-  return example_level_gradient(dp_sgd.GaussianSumQuery(float(config.dp.clip_norm), 0.0),
-                                int(config.fl.batch_size), config.dp.get('microbatch_size'))
-
-
 def _json_number(value: float) -> float | None:
   return None if value is None or math.isinf(value) else float(value)
 
@@ -188,19 +175,30 @@ class PrivacyPlan:
   _epsilons: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
   @classmethod
-  def from_config(cls, config, client_sizes: Sequence[int]) -> 'PrivacyPlan':
-    check_config(config)
-    mode = dp_mode(config)
+  def from_config(cls, config, client_sizes: Sequence[int],
+                  num_clients: int | None = None) -> 'PrivacyPlan':
+    """The plan of `config` for hospitals of `client_sizes` examples.
+
+    A deployed server knows its roster but not the hospitals' sizes: it passes no sizes and
+    `num_clients`, which client-level DP needs and example-level DP cannot do with.
+    """
+    mode = accounting.dp_mode(config.get('dp'))
+    check_config(config, mode)
     if mode == 'none':
       return cls(mode='none')
     dp = config.dp
     sizes = tuple(int(n) for n in client_sizes)
-    fl = accounting_fl(config, len(sizes))
+    if mode == 'example' and not sizes:
+      raise ValueError('config.dp.mode="example" needs every hospital\'s size (DP-SGD\'s noise '
+                       'calibration and accounting); a deployment does not know them, so it '
+                       'supports dp.mode "none" or "client" only.')
+    fl = accounting_fl(config, len(sizes) if num_clients is None else num_clients)
     budget = dp.get('max_epsilon')
     if budget is None:
       budget = dp.get('target_epsilon')
     adaptive = _adaptive(dp)
-    return cls(mode=mode, protects=protected_unit(config), query=accounting.query_from_config(dp, fl, sizes),
+    return cls(mode=mode, protects=protected_unit(config, mode),
+               query=accounting.query_from_config(dp, fl, sizes),
                noise_multiplier=accounting.noise_multiplier_from_config(dp, fl, sizes),
                delta=accounting.delta_from_config(dp, fl, sizes), accountant=dp.accountant,
                budget=None if budget is None else float(budget), dp_config=dp.to_dict(),
@@ -211,19 +209,36 @@ class PrivacyPlan:
   def private(self) -> bool:
     return self.mode != 'none'
 
-  def discriminator_gradient(self):
-    """The DP-SGD gradient for `GanTask` in example mode, else None (plain mean gradient)."""
-    if self.mode != 'example':
-      return None
-    return example_level_gradient(self.query, int(self.fl_config['batch_size']),
-                                  self.microbatch_size)
+  def task_gradients(self) -> dict:
+    """`build_task`'s DP-SGD arguments: in example mode D's clipped, noised gradient and, with
+    `dp.clip_fake_term`, the fake term's per-example-clipped gradient; else plain gradients.
 
-  def client_privacy(self) -> algorithm.ClientPrivacy | None:
-    """DP-FedAvg settings of the round in client mode, else None (weighted FedAvg)."""
+    Clipping the fake term is for balance with the clipped real term, not privacy: the fake
+    term reads no private data (`client.private_split_discriminator_gradient`).
+    """
+    if self.mode != 'example':
+      return {'discriminator_gradient': None, 'fake_term_gradient': None}
+    batch_size = int(self.fl_config['batch_size'])
+    fake_term = None
+    if self.dp_config.get('clip_fake_term', False):
+      fake_term = example_level_gradient(dp_sgd.GaussianSumQuery(self.query.clip_norm, 0.0),
+                                         batch_size, self.microbatch_size)
+    return {'discriminator_gradient': example_level_gradient(self.query, batch_size,
+                                                             self.microbatch_size),
+            'fake_term_gradient': fake_term}
+
+  def check_task(self, task) -> None:
+    """Refuses to train `task` under this plan when it lacks the plan's DP-SGD gradient."""
+    if self.mode == 'example' and task.discriminator_gradient is None:
+      raise ValueError('config.dp.mode="example" trains D with DP-SGD, but the task was built '
+                       'without it: pass **plan.task_gradients() to task.build_task.')
+
+  def aggregator(self) -> aggregation.Aggregator:
+    """The round's aggregator: DP-FedAvg in client mode, else FedAvg's weighted mean."""
     if self.mode != 'client':
-      return None
+      return aggregation.FedAvg()
     adaptive = self.adaptive or {}
-    return algorithm.ClientPrivacy(
+    return client_dp.DpFedAvg(
         clip_norm=self.query.clip_norm, noise_multiplier=self.query.noise_multiplier,
         expected_clients=int(self.fl_config['clients_per_round']),
         adaptive=bool(adaptive), target_quantile=float(adaptive.get('target_quantile', 0.5)),
@@ -260,9 +275,8 @@ class PrivacyPlan:
 
 
 def client_message_shapes(task, params, client_batches):
-  """Shapes of what one client sends, by tracing `client.local_update` (no FLOPs)."""
-  from fedgan_jax.federated import client as client_lib  # pylint: disable=g-import-not-at-top
-  return jax.eval_shape(lambda p, b, r: client_lib.local_update(task, p, b, r)[0], params,
+  """Shapes of what one client sends, by tracing `execution.local_update` (no FLOPs)."""
+  return jax.eval_shape(lambda p, b, r: execution.local_update(task, p, b, r)[0], params,
                         client_batches, jax.random.key(0))
 
 
