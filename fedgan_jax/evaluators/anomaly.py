@@ -13,7 +13,9 @@ map is either the blurred squared residual (`'local'`) or, by default
 synthetic films misplaces thin structures such as rib edges, whose residual
 alternates in sign over a few pixels and cancels under the blur, while an opacity
 or effusion leaves a residual of one sign that survives it (phantom, synthetic
-and real-trained detectors alike; BENCHMARKS.md).
+and real-trained detectors alike; BENCHMARKS.md). `'ssim'` maps one minus the local
+SSIM (Gaussian window of `score_blur_sigma` pixels), which weighs lost texture and
+contrast, not only intensity.
 
 The threshold is the configured percentile of reconstruction errors on the
 synthetic training set itself (no real image is used to set it); sensitivity and
@@ -55,7 +57,9 @@ class Detector:
 
 
 ARCHITECTURES = ('dense', 'conv')
-SCORES = ('mse', 'local', 'signed')
+SCORES = ('mse', 'local', 'signed', 'ssim')
+# SSIM's stabilizers for images in [-1, 1] (dynamic range L = 2): (0.01 L)^2, (0.03 L)^2.
+_SSIM_C1, _SSIM_C2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2
 
 
 def score_config(anomaly_config) -> ScoreConfig:
@@ -65,6 +69,9 @@ def score_config(anomaly_config) -> ScoreConfig:
   if kind == 'mse':
     return ScoreConfig()
   sigma, percentile = float(anomaly_config.score_blur_sigma), float(anomaly_config.score_percentile)
+  if kind == 'ssim' and sigma <= 0:
+    raise ValueError(f'anomaly.score="ssim" needs anomaly.score_blur_sigma > 0 (its window), '
+                     f'is {sigma}.')
   if sigma < 0 or not 0 < percentile <= 100:
     raise ValueError(f'anomaly.score_blur_sigma must be >= 0 (is {sigma}) and '
                      f'anomaly.score_percentile in (0, 100] (is {percentile}).')
@@ -83,6 +90,20 @@ def gaussian_blur(maps: jnp.ndarray, sigma: float) -> jnp.ndarray:
   return blurred[..., 0]
 
 
+def ssim_map(x: jnp.ndarray, y: jnp.ndarray, sigma: float) -> jnp.ndarray:
+  """Per-pixel SSIM (Wang et al. 2004) of `(B, H, W)` maps in [-1, 1], Gaussian window `sigma`.
+
+  Structure and contrast, not only intensity: a reconstruction that keeps a film's
+  brightness but loses its lung texture scores low.
+  """
+  mean_x, mean_y = gaussian_blur(x, sigma), gaussian_blur(y, sigma)
+  var_x = gaussian_blur(x * x, sigma) - mean_x ** 2
+  var_y = gaussian_blur(y * y, sigma) - mean_y ** 2
+  covariance = gaussian_blur(x * y, sigma) - mean_x * mean_y
+  return (((2 * mean_x * mean_y + _SSIM_C1) * (2 * covariance + _SSIM_C2))
+          / ((mean_x ** 2 + mean_y ** 2 + _SSIM_C1) * (var_x + var_y + _SSIM_C2)))
+
+
 def anomaly_score(images, reconstructions, score: ScoreConfig):
   """`(B,)` scores of images in [-1, 1] against their reconstructions."""
   if score.kind == 'mse':
@@ -90,6 +111,9 @@ def anomaly_score(images, reconstructions, score: ScoreConfig):
   if score.kind == 'signed':
     residual = jnp.mean(images - reconstructions, axis=-1)
     local_map = jnp.square(gaussian_blur(residual, score.blur_sigma))
+  elif score.kind == 'ssim':
+    local_map = 1.0 - ssim_map(jnp.mean(images, axis=-1), jnp.mean(reconstructions, axis=-1),
+                               score.blur_sigma)
   else:
     local_map = gaussian_blur(jnp.mean(jnp.square(images - reconstructions), axis=-1),
                               score.blur_sigma)
