@@ -9,6 +9,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from configs import eval_common
+from configs.data import model_sizes
 
 
 def get_common_config() -> ml_collections.ConfigDict:
@@ -124,3 +125,27 @@ def shrink_training_for_runlocal(config: ml_collections.ConfigDict) -> None:
   config.anomaly.update(num_synthetic=64, steps=20, batch_size=16, hidden=(32,),
                         channels=(8, 16), latent_dim=8)
   config.eval = eval_common.get_eval_config(runlocal=True)
+
+
+def real_data_config(arg: str | None, config_file: str, data_section, conditions,
+                     default_size: int) -> tuple[ml_collections.ConfigDict, bool]:
+  """The skeleton every real-data config shares; returns `(config, runlocal)`.
+
+  Parses the variant (`runlocal`, `centralized`, `size=N`), attaches the data section
+  `data_section(runlocal)` and `conditions`, shapes the models for the image size (32 for
+  `runlocal`, else `default_size`) and, for `runlocal`, shrinks models and training. The
+  caller then sets what is particular to its data.
+  """
+  options, image_size = model_sizes.parse_options(arg, config_file, ('runlocal', 'centralized'))
+  runlocal = 'runlocal' in options
+  image_size = image_size or (32 if runlocal and default_size > 32 else default_size)
+  config = get_common_config()
+  config.data = data_section(runlocal)
+  config.data.image_size = image_size
+  config.conditions = conditions
+  config.fl.centralized = 'centralized' in options
+  model_sizes.model_for_image_size(config, image_size)
+  if runlocal:
+    model_sizes.shrink_for_runlocal(config)
+    shrink_training_for_runlocal(config)
+  return config, runlocal

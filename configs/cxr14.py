@@ -20,25 +20,12 @@ because the models are shaped for it. Any other field can be overridden, e.g.
 
 from configs import common
 from configs.data import cxr14
-from configs.data import model_sizes
 
 
 def get_config(arg: str | None = None):
-  options, image_size = model_sizes.parse_options(arg, 'configs/cxr14.py',
-                                                  ('runlocal', 'centralized'))
-  runlocal = 'runlocal' in options
-  image_size = image_size or (32 if runlocal else 64)
-  config = common.get_common_config()
-  config.data = cxr14.get_data_config(runlocal)
-  config.data.image_size = image_size
-  config.conditions = cxr14.get_conditions()
-  config.fl.centralized = 'centralized' in options
-  model_sizes.model_for_image_size(config, image_size)
+  config, _ = common.real_data_config(arg, 'configs/cxr14.py', cxr14.get_data_config,
+                                      cxr14.get_conditions(), default_size=64)
   # Sample rows: normal women and men of three ages, then one row per common finding.
   config.train.profiles = ([dict(age=age, sex=sex) for age in (25, 50, 75) for sex in (0, 1)]
                            + [dict(age=60, sex=1, findings=[index]) for index in (1, 2, 6)])
-
-  if runlocal:
-    model_sizes.shrink_for_runlocal(config)
-    common.shrink_training_for_runlocal(config)
   return config

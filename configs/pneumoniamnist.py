@@ -19,7 +19,6 @@ conditioning report (age, sex) is off.
 
 from configs import common
 from configs.data import medmnist
-from configs.data import model_sizes
 
 TASK = 'pneumoniamnist'
 # The released size: larger ones only interpolate 28x28 pixels (see benchmarks/real_data.md).
@@ -27,16 +26,9 @@ DEFAULT_IMAGE_SIZE = 28
 
 
 def get_config(arg: str | None = None):
-  options, image_size = model_sizes.parse_options(arg, 'configs/pneumoniamnist.py',
-                                                  ('runlocal', 'centralized'))
-  runlocal = 'runlocal' in options
-  image_size = image_size or DEFAULT_IMAGE_SIZE
-  config = common.get_common_config()
-  config.data = medmnist.get_data_config(runlocal, task=TASK)
-  config.data.image_size = image_size
-  config.conditions = medmnist.get_conditions(TASK)
-  config.fl.centralized = 'centralized' in options
-  model_sizes.model_for_image_size(config, image_size)
+  config, _ = common.real_data_config(
+      arg, 'configs/pneumoniamnist.py', lambda runlocal: medmnist.get_data_config(runlocal, TASK),
+      medmnist.get_conditions(TASK), default_size=DEFAULT_IMAGE_SIZE)
   # One row of samples per label: normal, then pneumonia (index 0 of the findings).
   config.train.profiles = [dict(), dict(findings=[0])]
   # One 0/1 label: the plain cosine L_cond would be identically 0 (see losses).
@@ -44,8 +36,4 @@ def get_config(arg: str | None = None):
   # A narrower bottleneck: trained on the real normal training images, the dense AE scores the
   # real test split at AUC 0.75 with 8 latents, 0.59 with the common 32 (benchmarks/real_data.md).
   config.anomaly.latent_dim = 8
-
-  if runlocal:
-    model_sizes.shrink_for_runlocal(config)
-    common.shrink_training_for_runlocal(config)
   return config

@@ -20,21 +20,12 @@ demographics.
 """
 
 from configs import common
-from configs.data import model_sizes
 from configs.data import zhanglab
 
 
 def get_config(arg: str | None = None):
-  options, image_size = model_sizes.parse_options(arg, 'configs/zhanglab.py',
-                                                  ('runlocal', 'centralized'))
-  runlocal = 'runlocal' in options
-  image_size = image_size or (32 if runlocal else 64)
-  config = common.get_common_config()
-  config.data = zhanglab.get_data_config(runlocal)
-  config.data.image_size = image_size
-  config.conditions = zhanglab.get_conditions()
-  config.fl.centralized = 'centralized' in options
-  model_sizes.model_for_image_size(config, image_size)
+  config, runlocal = common.real_data_config(arg, 'configs/zhanglab.py', zhanglab.get_data_config,
+                                             zhanglab.get_conditions(), default_size=64)
   # Sample rows: normal, bacterial, viral.
   config.train.profiles = [dict(), dict(findings=[0]), dict(findings=[1])]
   # 0/1 labels only: the plain cosine L_cond is 0 for a normal film (see losses).
@@ -44,8 +35,4 @@ def get_config(arg: str | None = None):
   # same on synthetic normals and higher on real ones (ceiling 0.83 -> 0.86) than at 64.
   config.loss.r1_gamma = 0.2
   config.anomaly.input_size = 16 if runlocal else 32
-
-  if runlocal:
-    model_sizes.shrink_for_runlocal(config)
-    common.shrink_training_for_runlocal(config)
   return config
