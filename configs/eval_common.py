@@ -14,7 +14,8 @@ vector, so both sets have the same mix of patients and findings.
 
 import ml_collections
 
-EVALUATORS = ('inception_fid', 'domain_quality', 'conditioning', 'anomaly', 'personalized')
+EVALUATORS = ('inception_fid', 'domain_quality', 'conditioning', 'memorization', 'anomaly',
+              'personalized')
 
 
 def get_eval_config(runlocal: bool = False) -> ml_collections.ConfigDict:
@@ -46,6 +47,10 @@ def get_eval_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   config.conditioning = ml_collections.ConfigDict(dict(
       features=(),                    # () = every feature of the schema.
       min_class_examples=5))          # A binary column needs this many of each class to be fit.
+
+  # Memorization: synthetic normals nearer to a training film than this percentile of real
+  # held-out normals' nearest-training distances are counted (the target is none).
+  config.memorization_percentile = 1.0
 
   # Anomaly detection on the real test split (the detector follows `config.anomaly`).
   config.findings_feature = 'findings'  # Multi-hot feature holding per-finding labels.

@@ -58,7 +58,8 @@ def headline(name: str, result: Mapping[str, Any]) -> str:
     return 'skipped: ' + result['skipped']
   keys = {'inception_fid': ('fid', 'kid_mean'), 'domain_quality': ('fid', 'kid_mean', 'precision',
                                                                    'recall'),
-          'anomaly': ('auc', 'sensitivity', 'specificity')}.get(name)
+          'anomaly': ('auc', 'sensitivity', 'specificity'),
+          'memorization': ('fraction_synthetic_below_floor', 'held_out_floor')}.get(name)
   if keys:
     return ', '.join(f'{k} {number(result.get(k))}' for k in keys)
   if name == 'conditioning':
@@ -168,8 +169,26 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     if domain and 'fid_real_train_vs_test' in domain:
       parts += [f'Real training vs real test images in the same space: FID '
                 f'{number(domain["fid_real_train_vs_test"])} (the floor).', '']
+    if domain and 'fid_synthetic_normals' in domain:
+      parts += [f'Synthetic normals (what F-AD trains on) vs the real normal films: FID '
+                f'{number(domain["fid_synthetic_normals"])}; real normal training films vs the '
+                f'same: {number(domain["fid_real_normals_floor"])} (the floor).', '']
     if domain:
       parts += [DOMAIN_NOTE, '']
+  memorized = results.get('memorization')
+  if memorized:
+    parts += ['## Memorization', '',
+              f'{number(100 * memorized["fraction_synthetic_below_floor"], 1)}% of '
+              f'{memorized["synthetic"]} synthetic normals lie nearer to a real training film '
+              f'than the {number(memorized["percentile"], 1)}th percentile of real held-out '
+              f'normals\' nearest-training distances ({number(memorized["held_out_floor"])}); '
+              f'{memorized["synthetic_below_held_out_minimum"]} are nearer than every held-out '
+              'film. Pixel distances (images in [-1, 1]), quantiles:', '',
+              table(['', 'min', '1%', '5%', 'median'],
+                    [[label, *(number(q[k]) for k in ('p0', 'p1', 'p5', 'p50'))]
+                     for label, q in (('synthetic normals', memorized['synthetic_quantiles']),
+                                      ('held-out real normals', memorized['held_out_quantiles']))
+                     ]), '']
   if 'conditioning' in results:
     parts += ['## Conditioning fidelity', '',
               'Attributes read back by a model fitted on real training images, from images '

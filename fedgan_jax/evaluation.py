@@ -37,6 +37,7 @@ from fedgan_jax.evaluators import anomaly as anomaly_lib
 from fedgan_jax.evaluators import domain_features
 from fedgan_jax.evaluators import fid
 from fedgan_jax.evaluators import inception
+from fedgan_jax.evaluators import memorization as memorization_lib
 from fedgan_jax.evaluators import personalized as personalized_lib
 from fedgan_jax.evaluators import sample_quality
 from fedgan_jax.evaluators import schema_attributes
@@ -234,7 +235,32 @@ def domain_quality(context: EvalContext) -> dict:
     # and sampling noise), to read the generated numbers against.
     train = context.domain_features_of('train', context.pooled_training().images)
     report['fid_real_train_vs_test'] = fid.fid_from_features(train, real)
+  # What F-AD trains on against what it should resemble: synthetic normals vs the reference's
+  # real normal films, beside real training normals vs the same films (the floor).
+  reference = context.reference()
+  reference_normal = real[~np.asarray(reference.abnormal, bool)]
+  synthetic = context.domain_features_of('synthetic_normals', context.synthetic_normals()[0])
+  pooled = context.pooled_training()
+  training_normal = context.domain_features_of(
+      'training_normals', np.asarray(pooled.images)[~np.asarray(pooled.abnormal, bool)])
+  report['fid_synthetic_normals'] = fid.fid_from_features(reference_normal, synthetic)
+  report['fid_real_normals_floor'] = fid.fid_from_features(reference_normal, training_normal)
   return report
+
+
+def memorization(context: EvalContext) -> dict:
+  """Synthetic normals' nearest real training film vs held-out normals' (pixels, [-1, 1]).
+
+  Normal films on both sides, so the held-out distances measure how far two different
+  normal patients' films are; `fraction_synthetic_below_floor` should be ~0.
+  """
+  synthetic, _ = context.synthetic_normals()
+  pooled, test = context.pooled_training(), context.federation.test
+  training = np.asarray(pooled.images)[~np.asarray(pooled.abnormal, bool)]
+  held_out = np.asarray(test.images)[~np.asarray(test.abnormal, bool)]
+  to_model = dataset_lib.images_to_model
+  return memorization_lib.report(to_model(synthetic), to_model(held_out), to_model(training),
+                                 float(context.eval_config.memorization_percentile))
 
 
 def conditioning(context: EvalContext) -> dict:
@@ -356,6 +382,7 @@ EVALUATORS: dict[str, Callable[[EvalContext], dict]] = {
     'inception_fid': inception_fid,
     'domain_quality': domain_quality,
     'conditioning': conditioning,
+    'memorization': memorization,
     'anomaly': anomaly,
     'personalized': personalized,
 }

@@ -64,3 +64,4 @@ def test_site_calibration_thresholds_per_site_and_their_weighted_mean():
   assert report['federated']['threshold'] == 2.25 and report['federated']['normals'] == 4
   with pytest.raises(ValueError, match='site_percentile'):
     anomaly.site_calibration({'a': np.ones(2)}, test_scores, abnormal, 100.0)
+
