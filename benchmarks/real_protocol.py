@@ -4,7 +4,8 @@
         --workdir=/tmp/protocol -- --config.data.root=../shared/data/zhanglab
 
 Runs `python -m fedgan_jax.main` once per seed (workdir/seed_N; a finished seed is
-reused, an interrupted one resumes from its checkpoints), each scoring the split its
+reused, an interrupted one resumes from its checkpoints; `--reevaluate` runs the eval binary
+on a finished seed's checkpoint with the current config, e.g. after a detector change), each scoring the split its
 config names (`data.split.score`: 'validation' while choosing, 'test' once at the end),
 and writes `workdir/protocol.md` and `protocol.json`: per seed and as mean +- std, F-AD's
 AUC (the detector trained on synthetic normals only), its ceiling (the same detector on
@@ -28,18 +29,30 @@ from fedgan_jax import eval_report
 _CONFIG = flags.DEFINE_string('config', None, 'Config file (with variant), as main takes it.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'One subfolder per seed goes here.')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (config.seed) to run.')
+_REEVALUATE = flags.DEFINE_bool('reevaluate', False, 'Evaluate finished seeds\' checkpoints again '
+                                'with the current config (G is not retrained).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def run_seed(seed: int, workdir: str, extra: list[str]) -> dict:
-  results_path = os.path.join(workdir, 'results.json')
-  if not os.path.exists(results_path):
+  """Trains and evaluates seed `seed` unless done; with --reevaluate, evaluates its checkpoint
+  again with the config as it is now (the detector or evaluators changed, G did not)."""
+  command = None
+  if not os.path.exists(os.path.join(workdir, 'results.json')):
+    command = 'fedgan_jax.main'
+  elif _REEVALUATE.value:
+    command = 'fedgan_jax.eval'
+  if command:
     started = time.time()
-    subprocess.run([sys.executable, '-m', 'fedgan_jax.main', f'--config={_CONFIG.value}',
+    subprocess.run([sys.executable, '-m', command, f'--config={_CONFIG.value}',
                     f'--workdir={workdir}', f'--config.seed={seed}', *extra], check=True)
-    print(f'seed {seed}: {time.time() - started:.0f} s', flush=True)
-  with open(results_path) as f:
-    return json.load(f)
+    print(f'seed {seed}: {command} {time.time() - started:.0f} s', flush=True)
+  # eval/ holds the latest evaluation of the checkpoint (main's own, or the eval binary's).
+  with open(os.path.join(workdir, 'eval', 'results.json')) as f:
+    results = json.load(f)
+  with open(os.path.join(workdir, 'results.json')) as f:
+    results['wall_time_s'] = json.load(f).get('wall_time_s')
+  return results
 
 
 def main(argv):

@@ -292,7 +292,7 @@ def mean_std(values) -> str:
 def protocol_markdown(config: str, overrides, rows: Mapping[int, Mapping[str, Any]]) -> str:
   """Per-seed rows and their mean ± std, with the command that made them."""
   splits = sorted({row['scored_split'] for row in rows.values()})
-  headers = ['seed'] + [header for _, header in PROTOCOL_COLUMNS] + ['wall time (s)']
+  headers = ['seed'] + [header for _, header in PROTOCOL_COLUMNS] + ['main wall time (s)']
   body = [[str(seed)] + [number(row[key]) for key, _ in PROTOCOL_COLUMNS]
           + [number(row['wall_time_s'], 0)] for seed, row in sorted(rows.items())]
   body.append([f'mean ± std ({len(rows)} seeds)']
