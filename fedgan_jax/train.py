@@ -31,6 +31,7 @@ from fedgan_jax import cpu_backend
 from fedgan_jax import metrics_log
 from fedgan_jax import plots
 from fedgan_jax import synthesis
+from fedgan_jax import validation
 from fedgan_jax.data import dataset as dataset_lib
 from fedgan_jax.data import registry
 from fedgan_jax.evaluators import anomaly as anomaly_lib
@@ -88,6 +89,26 @@ def check_finite(row: dict, max_abs_loss: float) -> None:
           'then rerun with the same --workdir to resume from it.')
 
 
+def check_params(state, max_abs_param: float, round_number: int, kept: int | None) -> None:
+  """Raises before a round's params (and G's moving average) can reach a checkpoint when
+  they are NaN/inf or beyond `max_abs_param`: the losses are those of the clients' steps,
+  before the server step, so they cannot catch a server step that blew the model up."""
+  try:
+    validation.check_params(host_local(state.params), max_abs_param,
+                            f'round {round_number}: params')
+    if state.generator_ema is not None:
+      validation.check_params(host_local(state.generator_ema), max_abs_param,
+                              f'round {round_number}: generator_ema')
+  except validation.ParameterCheckError as error:
+    resume = (f'the checkpoint of round {kept}' if kept is not None else
+              'round 0 (no checkpoint was written)')
+    raise TrainingDivergedError(
+        f'{error} (limit train.max_abs_param). Training stopped; these params were not '
+        f'checkpointed. Lower fl.server_optimizer.learning_rate or '
+        'fl.client_optimizer.d_learning_rate / g_learning_rate, then rerun with the same '
+        f'--workdir to resume from {resume}.') from None
+
+
 def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
               task: client_lib.GanTask,
               plan: privacy_engine.PrivacyPlan | None = None) -> algorithm.ServerState:
@@ -118,9 +139,10 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
   train_rng = jax.random.fold_in(root_rng, 1)
 
   checkpoint_manager = checkpointing.manager(workdir, config.checkpoint.keep)
-  latest = checkpoint_manager.latest_step()
+  # The newest step that reads back and holds sane params; unusable newer ones are moved
+  # to WORKDIR/checkpoints_unusable with a warning.
+  state, _, latest = checkpointing.restore_latest(checkpoint_manager, state, config)
   if latest is not None:
-    state, _ = checkpointing.restore_server_state(checkpoint_manager, latest, state, config)
     logging.info('Resumed from the checkpoint of round %d in %s.', latest, workdir)
   start_round = int(state.round)
   log = metrics_log.MetricsLog(os.path.join(workdir, 'metrics.jsonl'))
@@ -186,6 +208,8 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
       log.append(row)
     try:
       check_finite(row, config.train.max_abs_loss)
+      check_params(state, config.train.max_abs_param, round_index + 1,
+                   checkpoint_manager.latest_step())
     except TrainingDivergedError:
       checkpoint_manager.wait_until_finished()
       raise
@@ -253,7 +277,9 @@ def conditioning_fidelity(config, federation, task, g_params) -> dict:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The whole pipeline; returns (and writes) `results.json`'s content."""
   started = time.time()
+  validation.validate_config(config)
   os.makedirs(workdir, exist_ok=True)
+  checkpointing.prepare_directory(workdir)  # Before minutes of data loading and compiling.
   federation = registry.load_federation(config)
   rows = [dataset_lib.client_summary(c) for c in federation.clients]
   if is_chief():
