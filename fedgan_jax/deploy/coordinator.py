@@ -34,6 +34,7 @@ import numpy as np
 
 from fedgan_jax import checkpointing
 from fedgan_jax import metrics_log
+from fedgan_jax import validation
 from fedgan_jax.data import conditions as conditions_lib
 from fedgan_jax.deploy import common
 from fedgan_jax.deploy import settings
@@ -99,9 +100,8 @@ class Coordinator:
     self.specs = common.array_specs(params)
     os.makedirs(workdir, exist_ok=True)
     self._manager = checkpointing.manager(workdir, config.checkpoint.keep)
-    latest = self._manager.latest_step()
+    self.state, _, latest = checkpointing.restore_latest(self._manager, self.state, config)
     if latest is not None:
-      self.state, _ = checkpointing.restore_server_state(self._manager, latest, self.state, config)
       logging.info('Resumed from the checkpoint of round %d in %s.', latest, workdir)
     self._log = metrics_log.MetricsLog(os.path.join(workdir, 'metrics.jsonl'))
     self._log.truncate_after(self.round_index)
@@ -155,13 +155,22 @@ class Coordinator:
     stacked = jax.tree.map(lambda *d: np.stack(d), *deltas)
     weights = np.asarray([r.num_examples for r in replies], np.float32)
     if self._dp is None:
-      self.state = self._fedavg(self.state, stacked, weights)
+      state = self._fedavg(self.state, stacked, weights)
     else:
       noise_rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.config.seed),
                                                         _DP_NOISE_STREAM), round_index)
-      self.state = self._dp(self.state, stacked, noise_rng)
-    if self.state.generator_ema is not None:
-      self.state = self._update_ema(self.state)
+      state = self._dp(self.state, stacked, noise_rng)
+    if state.generator_ema is not None:
+      state = self._update_ema(state)
+    # Bounded deltas cannot blow the model up, but a server learning rate can: the new
+    # state is kept (and checkpointed) only when its params pass the check.
+    limit = float(self.config.train.max_abs_param)
+    for name, tree in (('params', state.params), ('generator_ema', state.generator_ema)):
+      if tree is not None:
+        validation.check_params(tree, limit, f'round {round_index + 1}: {name} after the '
+                                'server update (not applied; the last checkpoint is kept; '
+                                'lower fl.server_optimizer.learning_rate)')
+    self.state = state
     metrics = {}
     names = set.intersection(*(set(r.losses) for r in replies))
     for name in sorted(names):

@@ -31,6 +31,7 @@ import jax
 from ml_collections import config_flags
 
 from fedgan_jax import cpu_backend
+from fedgan_jax import validation
 from fedgan_jax import xla_cache
 from fedgan_jax.data import conditions as conditions_lib
 from fedgan_jax.data import dataset as dataset_lib
@@ -149,6 +150,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
+  validation.validate_config(config)
   cpu_backend.apply(_CPU_YNN_FUSIONS.value)
   xla_cache.enable(_COMPILATION_CACHE.value)
   if _INSECURE.value:
