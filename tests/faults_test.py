@@ -201,6 +201,8 @@ def test_a_site_that_never_replies_is_named_and_too_few_replies_stop_cleanly(str
     strategy.aggregate_fit(before + 1, results, [TimeoutError('deadline')])
   assert strategy._coordinator.round_index == before  # Nothing applied.
   assert "'geriatric': no reply" in caplog.text and "'general': InvalidReplyError" in caplog.text
+  # Sites that failed to reply are not waited for while disconnected (nobody is now).
+  assert {'children_and_young', 'geriatric'} <= strategy._failed_sites
   strategy._site_of_proxy.clear()
 
 

@@ -93,7 +93,9 @@ class FedGanStrategy(flwr_strategy.Strategy):
     self._keys = hospital_keys  # None = authentication off (--insecure).
     self._nonce = secrets.token_bytes(16)  # Binds signatures to this run.
     self._site_of_proxy: dict[str, int] = {}  # Flower cid -> client id, once identified.
-    self._refused_sites: set[str] = set()  # Roster sites claimed by refused connections.
+    # Roster sites claimed by a refused connection, or that failed to reply, in this run:
+    # not waited for before a round while they are not connected.
+    self._failed_sites: set[str] = set()
     self._chosen: dict[str, int] = {}  # This round's connections -> client id.
     self._audit_path = audit_path
     self._audit_lock = threading.Lock()
@@ -161,32 +163,37 @@ class FedGanStrategy(flwr_strategy.Strategy):
         logging.warning('Refused connection %s: site %r is already connected.', cid, site)
         client_id = None
       elif client_id is None and site is not None:
-        self._refused_sites.add(site)
+        self._failed_sites.add(site)
       if client_id is None:
         self._refuse(proxy, client_manager)
         continue
       self._site_of_proxy[cid] = client_id
-      self._refused_sites.discard(site)
+      self._failed_sites.discard(site)
       logging.info('Hospital %s (client %d) connected as %s.', site, client_id, cid)
 
   def _sites_to_wait_for(self) -> int:
-    """`deploy.min_available_hospitals`, less roster sites whose connection was refused in
-    this run and that are not connected now: waiting for them would stall every round."""
+    """`deploy.min_available_hospitals`, less roster sites that were refused or failed to
+    reply in this run and are not connected now: waiting for them would stall every round
+    for `deploy.connect_timeout_s`. They rejoin as soon as they connect again."""
     wanted = min(settings.min_available(self._config), len(self._coordinator.sites))
     connected = {self._coordinator.sites[i] for i in self._site_of_proxy.values()}
-    return max(wanted - len(self._refused_sites - connected), 1)
+    return max(wanted - len(self._failed_sites - connected), 1)
+
+  def _forget_disconnected(self, proxies: dict) -> None:
+    for cid in set(self._site_of_proxy) - set(proxies):
+      del self._site_of_proxy[cid]
 
   def configure_fit(self, server_round, parameters, client_manager):
+    # Copies: flwr's client manager hands out its live dict, which connections (and
+    # `_refuse` below) change while we go through it.
+    self._forget_disconnected(dict(client_manager.all()))
     wanted = self._sites_to_wait_for()
     if not client_manager.wait_for(wanted, timeout=int(self._deploy.connect_timeout_s)):
       raise RoundFailedError(f'only {client_manager.num_available()} of the {wanted} hospitals '
                              '(deploy.min_available_hospitals) connected within '
                              f'deploy.connect_timeout_s={self._deploy.connect_timeout_s}.')
-    # A copy: flwr's client manager hands out its live dict, which connections (and
-    # `_refuse` below) change while we go through it.
     proxies = dict(client_manager.all())
-    for cid in set(self._site_of_proxy) - set(proxies):
-      del self._site_of_proxy[cid]  # Disconnected.
+    self._forget_disconnected(proxies)
     self._identify_new(proxies, client_manager, server_round)
     participants = set(int(i) for i in self._coordinator.participants())
     round_index = self._coordinator.round_index
@@ -246,15 +253,21 @@ class FedGanStrategy(flwr_strategy.Strategy):
       except Exception as error:  # pylint: disable=broad-except
         # Untrusted input: any reply that does not pass every check is dropped.
         problems.append(f'{self._site_name(proxy.cid)}: {_short(error)}')
+    lost = []
     for failure in failures:
       if isinstance(failure, tuple):  # (proxy, FitRes) with a status other than OK.
         answered.add(failure[0].cid)
+        lost.append(failure[0].cid)
         problems.append(f'{self._site_name(failure[0].cid)}: failed '
                         f'({failure[1].status.code.name}: {failure[1].status.message})')
     for cid in sorted(set(self._chosen) - answered):
       # Flower reports these as bare exceptions without their connection.
+      lost.append(cid)
       problems.append(f'{self._site_name(cid)}: no reply (crashed, dropped out or took '
                       f'longer than deploy.round_timeout_s={self._deploy.round_timeout_s})')
+    for cid in lost:
+      if cid in self._chosen:
+        self._failed_sites.add(self._coordinator.sites[self._chosen[cid]])
     round_number = self._coordinator.round_index + 1
     if problems:
       logging.warning('Round %d: %d hospital(s) left out: %s', round_number, len(problems),
