@@ -306,16 +306,21 @@ def move_aside(checkpoint_manager: ocp.CheckpointManager, step: int) -> str:
 
 
 def restore_latest(checkpoint_manager: ocp.CheckpointManager, template_state, config):
-  """The newest step that restores and passes the parameter check; unusable ones move aside.
+  """The newest step that restores and passes the parameter check.
+
+  Newer steps that do not are moved to `WORKDIR/checkpoints_unusable/` (training will
+  write those step numbers again), each with a warning naming the step and the error.
 
   Returns:
-    `(state, meta, step)`, or `(template_state, None, None)` when no step is usable (the
-    run starts from round 0).
+    `(state, meta, step)`, or `(template_state, None, None)` when there is no checkpoint.
 
   Raises:
     IncompatibleCheckpointError: the newest readable step was made with another config
       (that is the user's to fix, not a fault to skip).
+    RuntimeError: steps exist but none is usable; nothing is moved (starting over from
+      round 0 is the user's call, e.g. after a code change that no longer reads them).
   """
+  problems = []
   for step in sorted(checkpoint_manager.all_steps(), reverse=True):
     try:
       state, meta = restore_server_state(checkpoint_manager, step, template_state, config)
@@ -326,12 +331,19 @@ def restore_latest(checkpoint_manager: ocp.CheckpointManager, template_state, co
       raise
     except Exception as error:  # pylint: disable=broad-except
       # Whatever Orbax/TensorStore raise on truncated, zeroed or half-deleted files.
-      target = move_aside(checkpoint_manager, step)
-      logging.warning('Checkpoint of round %d in %s is unusable (%s); moved it to %s and '
-                      'trying the next older one.', step, checkpoint_manager.directory,
-                      _describe(error), target)
+      problems.append((step, _describe(error)))
       continue
+    for bad_step, reason in problems:
+      target = move_aside(checkpoint_manager, bad_step)
+      logging.warning('Checkpoint of round %d in %s is unusable (%s); moved it to %s and '
+                      'resuming from round %d, the newest intact one.', bad_step,
+                      checkpoint_manager.directory, reason, target, step)
     return state, meta, step
+  if problems:
+    raise RuntimeError(
+        f'no checkpoint in {checkpoint_manager.directory} can be restored: '
+        + '; '.join(f'round {s}: {r}' for s, r in problems) + '. Nothing was moved; to '
+        'start over, move that folder away or pass another --workdir.')
   return template_state, None, None
 
 

@@ -339,6 +339,18 @@ def test_corrupt_latest_step_falls_back_to_the_newest_intact_one(three_rounds, t
   np.testing.assert_array_equal(_flat(state), three_rounds[1])
 
 
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_no_usable_step_stops_instead_of_starting_over(three_rounds, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'run'
+  shutil.copytree(three_rounds[0], workdir)
+  for step in (1, 2, 3):
+    _corrupt(workdir / 'checkpoints' / str(step), 'zero')
+  with pytest.raises(RuntimeError, match='no checkpoint in .* can be restored: round 3'):
+    run_training(workdir, 3)
+  assert _steps(workdir) == [1, 2, 3] and not (workdir / checkpointing.UNUSABLE_DIR).exists()
+
+
 def test_checkpoint_folder_that_is_a_file_fails_at_once(tmp_path):
   """Probe 4: the save failed, then the process hung 5 minutes before a TimeoutError."""
   (tmp_path / 'checkpoints').write_text('not a folder')
