@@ -249,14 +249,15 @@ def supervise(processes, record, phase, kills=0, rng=None, restart=True):
         record['hangs'].append({'phase': phase, 'process': process.name,
                                 'log': process.log()[-600:]})
         process.kill()
-      if not process.alive() and process.name != 'server' and not server.alive():
-        continue  # A hospital outliving its server may end; it restarts with the server.
-      if not process.alive() and (process.popen.returncode != 0 or process.name == 'server'):
-        if not restart:
-          if process.name == 'server':
-            return server.popen.returncode
-          continue
-        process.start()
+      if process.alive():
+        continue
+      if not restart:
+        if process.name == 'server':
+          return server.popen.returncode
+        continue
+      if process.name != 'server' and not server.alive():
+        continue  # Hospitals end when their server dies; they restart after it.
+      process.start()
     if kills and time.monotonic() > next_kill:
       victim = processes[rng.choice(sorted(processes))]
       if victim.alive():
@@ -269,7 +270,7 @@ def supervise(processes, record, phase, kills=0, rng=None, restart=True):
     if time.monotonic() - started > _TRIAL_TIMEOUT_S.value:
       raise RuntimeError(f'{phase}: the federation did not finish:\n'
                          + processes['server'].log()[-3000:])
-  deadline = time.monotonic() + 120
+  deadline = time.monotonic() + 15
   for process in processes.values():  # Hospitals are told to disconnect at the end.
     while process.alive() and time.monotonic() < deadline:
       time.sleep(0.1)
