@@ -148,6 +148,7 @@ DOMAINS: tuple[tuple[str, Domain], ...] = (
     ('deploy.max_delta_norm', _POSITIVE),
     ('deploy.min_*', _count()),
     ('deploy.max_message_bytes', _count(1)),
+    ('deploy.identify_concurrency', _count(1)),
     # Data sources (configs/data/).
     ('data.image_size', _count(1)),
     ('data.channels', _count(1)),

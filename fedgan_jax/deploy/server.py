@@ -151,12 +151,13 @@ class FedGanStrategy(flwr_strategy.Strategy):
         pass  # Already closed by its own disconnect.
 
   def _identify_new(self, proxies: dict, client_manager, server_round: int) -> None:
-    """Identifies every not yet identified connection, all at once (bounded by
-    `deploy.identify_timeout_s` in total, however many connect)."""
+    """Identifies every not yet identified connection, `deploy.identify_concurrency` at a
+    time, so silent connections cost `deploy.identify_timeout_s` per batch, not each."""
     new = [(cid, proxy) for cid, proxy in proxies.items() if cid not in self._site_of_proxy]
     if not new:
       return
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(new), 32)) as pool:
+    threads = min(len(new), int(self._deploy.identify_concurrency))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
       answers = list(pool.map(lambda item: self._identify(item[1], server_round), new))
     for (cid, proxy), (client_id, site) in zip(new, answers):
       if client_id is not None and client_id in self._site_of_proxy.values():

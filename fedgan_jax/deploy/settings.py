@@ -25,9 +25,11 @@ def get_deploy_config() -> ml_collections.ConfigDict:
       round_timeout_s=3600.0,         # Longest wait for a round's replies.
       connect_timeout_s=3600.0,       # Longest wait for hospitals to connect before a round.
       # Longest wait for a new connection to say which site it is; one that does not answer
-      # in time is refused (all new connections are asked at once, so N silent ones cost
-      # this once, not N times).
+      # in time is refused.
       identify_timeout_s=60.0,
+      # New connections asked at once: a flood of silent ones costs identify_timeout_s per
+      # this many (a roster is a few dozen sites).
+      identify_concurrency=32,
       # A reply whose delta has a larger global L2 norm is dropped before aggregation, so
       # one site cannot blow up the global model. Honest updates are far smaller: K local
       # Adam steps move each parameter by at most ~K x learning rate, ~1 in norm for the
