@@ -191,13 +191,17 @@ def train_trial(root, workdir, reference_s, budget, rng, record):
 
 def run_train_phase(root, kills_wanted, rng, record):
   config = load_config(root)
-  reference = root / 'train_reference'
-  started = time.monotonic()
-  subprocess.run([sys.executable, '-m', *main_args(root, reference)], cwd=REPO_ROOT,
-                 env=_env(root / 'xla_cache'), check=True, capture_output=True)
-  reference_s = time.monotonic() - started
-  record['train_reference_s'] = round(reference_s, 1)
-  expected = final_arrays(reference, config)
+  # Twice: the first fills the XLA cache (the killed runs load it, so they are as fast as
+  # the second), and the two must agree bit for bit.
+  for name in ('train_reference_cold', 'train_reference'):
+    started = time.monotonic()
+    subprocess.run([sys.executable, '-m', *main_args(root, root / name)], cwd=REPO_ROOT,
+                   env=_env(root / 'xla_cache'), check=True, capture_output=True)
+    reference_s = time.monotonic() - started
+    record[f'{name}_s'] = round(reference_s, 1)
+  expected = final_arrays(root / 'train_reference', config)
+  cold = final_arrays(root / 'train_reference_cold', config)
+  record['train_references_identical'] = bool(np.array_equal(cold[1], expected[1]))
   trials, done = 0, 0
   while done < kills_wanted:
     workdir = root / f'train_trial_{trials}'
@@ -214,7 +218,8 @@ def run_train_phase(root, kills_wanted, rng, record):
 # ---------------------------------------------------------------------------- Flower
 
 
-def federation(root, workdir, extra_hospital_flags=None, server_flags=(), variant=None):
+def federation(root, workdir, extra_hospital_flags=None, server_flags=('--insecure',),
+               variant=None):
   """The server and one process per site, not started."""
   address = f'127.0.0.1:{_free_port()}'
   config_flag = f'--config={root / "config.py"}' + (f':{variant}' if variant else '')
@@ -238,7 +243,15 @@ def supervise(processes, record, phase, kills=0, rng=None, restart=True):
   for process in processes.values():
     process.start()
   started = time.monotonic()
-  next_kill = time.monotonic() + (rng.uniform(5.0, 40.0) if kills else float('inf'))
+
+  def schedule():
+    """Half the kills at a random moment, half just after a round (a mid-round kill when
+    more rounds follow): rounds of the tiny model take a fraction of a second."""
+    if not kills:
+      return float('inf'), False
+    return time.monotonic() + rng.uniform(5.0, 40.0), rng.random() < 0.5
+  next_kill, after_round = schedule()
+  rounds_seen = processes['server'].log().count('coordinator.py')
   while True:
     time.sleep(0.05)
     server = processes['server']
@@ -258,15 +271,22 @@ def supervise(processes, record, phase, kills=0, rng=None, restart=True):
       if process.name != 'server' and not server.alive():
         continue  # Hospitals end when their server dies; they restart after it.
       process.start()
-    if kills and time.monotonic() > next_kill:
+    if after_round and kills:
+      seen = processes['server'].log().count('coordinator.py')  # One line per round done.
+      due = seen > rounds_seen
+      rounds_seen = seen
+    else:
+      due = time.monotonic() > next_kill
+    if kills and due:
       victim = processes[rng.choice(sorted(processes))]
       if victim.alive():
         victim.kill()
         kills -= 1
-        record['kills'].append({'phase': phase, 'moment': f'flower_{victim.name}',
+        record['kills'].append({'phase': phase, 'after_round': after_round,
+                                'moment': f'flower_{victim.name}',
                                 'after_s': round(time.monotonic() - started, 2)})
         victim.start()
-      next_kill = time.monotonic() + (rng.uniform(5.0, 40.0) if kills else float('inf'))
+      next_kill, after_round = schedule()
     if time.monotonic() - started > _TRIAL_TIMEOUT_S.value:
       raise RuntimeError(f'{phase}: the federation did not finish:\n'
                          + processes['server'].log()[-3000:])
@@ -282,7 +302,10 @@ def run_flower_phase(root, kills_wanted, rng, record):
   config = load_config(root)
   reference = root / 'flower_reference'
   started = time.monotonic()
-  supervise(federation(root, reference), record, 'flower', restart=False)
+  code = supervise(federation(root, reference), record, 'flower', restart=False)
+  if code != 0:
+    raise RuntimeError(f'the reference federation failed (server exit {code}):\n'
+                       + (reference / 'server.log').read_text()[-3000:])
   record['flower_reference_s'] = round(time.monotonic() - started, 1)
   expected = final_arrays(reference, config)
   trials, done = 0, 0
