@@ -11,9 +11,9 @@ Variants (`--config=configs/phantom_dp.py:runlocal`): `runlocal` shrinks everyth
 seconds-long smoke run; `client` switches to client-level DP-FedAvg (4 hospitals cannot make
 client-level epsilon small: the variant is for testing the mechanism, and `runlocal,client`
 sets a small fixed noise multiplier, since 3 hospitals' epsilon-10 noise swamps the model;
-`client,adaptive` adds adaptive quantile clipping). `--config.fl.fake_conditions=public_prior` draws G's images for
-conditions from the phantom's public prior, so the guarantee covers whole records (images and
-conditions), at a cost in AUC (benchmarks/privacy.md).
+`client,adaptive` adds adaptive quantile clipping). `--config.fl.fake_conditions=public_prior`
+draws G's images for conditions from the phantom's public prior, so the guarantee covers whole
+records (images and conditions), at a cost in AUC (benchmarks/privacy.md).
 
 Delta 1e-5 is below 1 / N (N = 3,450 training images; 1/N = 2.9e-4). The noise multiplier is
 calibrated to `dp.target_epsilon` over all `fl.num_rounds` before training (0.99 for batch 32 of

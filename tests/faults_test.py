@@ -10,8 +10,10 @@ stand-in connections (no sockets); the longer, process-killing version of these 
 import errno
 import os
 import pathlib
+import shutil
 import time
 
+from etils import epath
 import jax
 import numpy as np
 import pytest
@@ -322,7 +324,6 @@ def _corrupt(step_dir: pathlib.Path, how: str) -> None:
 def test_corrupt_latest_step_falls_back_to_the_newest_intact_one(three_rounds, tmp_path, how,
                                                                   caplog):
   """Probe 3: a damaged latest step was fatal; the intact earlier ones were never tried."""
-  import shutil  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'run'
   shutil.copytree(three_rounds[0], workdir)
   _corrupt(workdir / 'checkpoints' / '3', how)
@@ -341,7 +342,6 @@ def test_corrupt_latest_step_falls_back_to_the_newest_intact_one(three_rounds, t
 
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_no_usable_step_stops_instead_of_starting_over(three_rounds, tmp_path):
-  import shutil  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'run'
   shutil.copytree(three_rounds[0], workdir)
   for step in (1, 2, 3):
@@ -363,8 +363,6 @@ def test_checkpoint_folder_that_is_a_file_fails_at_once(tmp_path):
 def test_full_disk_gives_one_message_and_keeps_the_last_checkpoint(three_rounds, tmp_path,
                                                                    monkeypatch):
   """Probe 7: ENOSPC was buried in ~1,000 lines of Orbax/asyncio noise."""
-  import shutil  # pylint: disable=g-import-not-at-top
-  from etils import epath  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'run'
   shutil.copytree(three_rounds[0], workdir)
 
