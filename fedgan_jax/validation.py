@@ -112,7 +112,7 @@ DOMAINS: tuple[tuple[str, Domain], ...] = (
     ('model.generator.decoder_channels', _count(1)),
     ('model.discriminator.minibatch_std_group', _count()),   # 0 = off.
     ('model.*', _count(1)),                 # Widths, sizes, shuffle factors.
-    ('sampling.noise_scale', _POSITIVE),
+    ('sampling.noise_scale', _NON_NEGATIVE),  # 0 = every profile's mean image.
     ('checkpoint.every_rounds', _count(1)),
     ('checkpoint.keep', _count(1)),
     ('train.max_abs_loss', _POSITIVE),
