@@ -79,7 +79,12 @@ def get_common_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict(dict(
       log_every_rounds=10,
       sample_every_rounds=100,
-      max_abs_loss=1e4))   # a loss beyond this (or NaN/inf) stops the run as diverged.
+      max_abs_loss=1e4,    # a loss beyond this (or NaN/inf) stops the run as diverged.
+      # A parameter (of G, D or G's moving average) beyond this, or NaN/inf, stops the run
+      # before the round's state can be checkpointed, and makes a stored step unusable on
+      # restore. Healthy weights stay below ~1 (init max 1.0; Adam moves a weight at most
+      # ~learning_rate per step: 600 steps x 6e-4 = 0.4), so only a blown-up model reaches it.
+      max_abs_param=1e3))
 
   config.anomaly = ml_collections.ConfigDict(dict(
       num_synthetic=2000,

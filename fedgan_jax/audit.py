@@ -15,6 +15,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from fedgan_jax import cpu_backend
+from fedgan_jax import validation
 from fedgan_jax import xla_cache
 from fedgan_jax.privacy import audit
 
@@ -33,6 +34,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cpu_backend.apply(_CPU_YNN_FUSIONS.value)
   xla_cache.enable(_COMPILATION_CACHE.value)
+  validation.validate_config(_CONFIG.value)
   results = audit.run_audit(_CONFIG.value, _WORKDIR.value, _STEP.value)
   logging.info('audit of round %d: %s', results['step'],
                json.dumps({k: results[k] for k in ('discriminator', 'update_alignment',

@@ -17,8 +17,10 @@ from absl import logging
 from ml_collections import config_flags
 
 from configs import eval_common
+from fedgan_jax import checkpointing
 from fedgan_jax import cpu_backend
 from fedgan_jax import evaluation
+from fedgan_jax import validation
 from fedgan_jax import xla_cache
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
@@ -49,7 +51,13 @@ def main(argv):
   cpu_backend.apply(_CPU_YNN_FUSIONS.value)
   xla_cache.enable(_COMPILATION_CACHE.value)
   config = with_eval_section(_CONFIG.value, config_flags.get_config_filename(flags.FLAGS['config']))
-  results = evaluation.evaluate_checkpoint(config, _WORKDIR.value, _STEP.value)
+  validation.validate_config(config)
+  # Without --step: the newest step that reads back intact (a corrupt newer one is named in
+  # the log and skipped).
+  step = _STEP.value
+  if step is None:
+    step = checkpointing.newest_usable_step(_WORKDIR.value, config)
+  results = evaluation.evaluate_checkpoint(config, _WORKDIR.value, step)
   logging.info('Wrote %s (round %d, %.1f s).', os.path.join(_WORKDIR.value, 'eval', 'results.md'),
                results['step'], results['timing_s']['total'])
 

@@ -33,6 +33,7 @@ from fedgan_jax import evaluation
 from fedgan_jax import metrics_log
 from fedgan_jax import plots
 from fedgan_jax import synthesis
+from fedgan_jax import validation
 from fedgan_jax.data import dataset as dataset_lib
 from fedgan_jax.data import registry
 from fedgan_jax.federated import algorithm
@@ -87,6 +88,26 @@ def check_finite(row: dict, max_abs_loss: float) -> None:
           'Training stopped; the last good checkpoint is kept. Lower '
           'fl.client_optimizer.d_learning_rate / g_learning_rate or the server learning rate, '
           'then rerun with the same --workdir to resume from it.')
+
+
+def check_params(state, max_abs_param: float, round_number: int, kept: int | None) -> None:
+  """Raises before a round's params (and G's moving average) can reach a checkpoint when
+  they are NaN/inf or beyond `max_abs_param`: the losses are those of the clients' steps,
+  before the server step, so they cannot catch a server step that blew the model up."""
+  try:
+    validation.check_params(host_local(state.params), max_abs_param,
+                            f'round {round_number}: params')
+    if state.generator_ema is not None:
+      validation.check_params(host_local(state.generator_ema), max_abs_param,
+                              f'round {round_number}: generator_ema')
+  except validation.ParameterCheckError as error:
+    resume = (f'the checkpoint of round {kept}' if kept is not None else
+              'round 0 (no checkpoint was written)')
+    raise TrainingDivergedError(
+        f'{error} (limit train.max_abs_param). Training stopped; these params were not '
+        f'checkpointed. Lower fl.server_optimizer.learning_rate or '
+        'fl.client_optimizer.d_learning_rate / g_learning_rate, then rerun with the same '
+        f'--workdir to resume from {resume}.') from None
 
 
 def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
@@ -171,6 +192,8 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
       log.append(row)
     try:
       check_finite(row, config.train.max_abs_loss)
+      check_params(state, config.train.max_abs_param, round_index + 1,
+                   checkpoint_manager.latest_step())
     except TrainingDivergedError:
       checkpoint_manager.wait_until_finished()
       raise
@@ -196,8 +219,10 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The whole pipeline; returns (and writes) `results.json`'s content."""
   started = time.time()
+  validation.validate_config(config)
   evaluation.check_eval_config(config)
   os.makedirs(workdir, exist_ok=True)
+  checkpointing.prepare_directory(workdir)  # Before minutes of data loading and compiling.
   federation = registry.load_federation(config)
   rows = [dataset_lib.client_summary(c) for c in federation.clients]
   if is_chief():

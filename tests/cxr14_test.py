@@ -143,16 +143,44 @@ def test_missing_image_file_is_skipped_or_named(flat):
     _build(flat.root, on_bad_image='error')
 
 
-def test_second_run_reads_the_cache_not_the_pngs(flat):
+def test_second_run_reads_the_cache_not_the_pngs(flat, monkeypatch):
   first = _build(flat.root)
-  for name in flat.pixels:  # Were the PNGs decoded again, the pixels would all be zero.
-    if name != flat.corrupt:
-      data_fixtures.save_png(flat.root / 'images' / name, np.zeros((16, 16), np.uint8), 'L')
+
+  def no_decoding(*args, **kwargs):
+    raise AssertionError('unchanged files were decoded again')
+  monkeypatch.setattr(image_io, 'decode_into', no_decoding)
   second = _build(flat.root)
   assert not first.info['cache_hit'] and second.info['cache_hit']
   assert second.info['cache_path'] == first.info['cache_path']
+  assert second.info['refreshed_images'] == 0
   np.testing.assert_array_equal(first.test.images, second.test.images)
   assert second.test.images.any()
+
+
+@pytest.mark.filterwarnings('ignore:ChestX-ray14')
+def test_a_repaired_or_replaced_png_is_decoded_again(flat):
+  """The cache follows each file's size and mtime: a PNG repaired after a skip run is no
+  longer "bad", and a replaced one gives its new pixels (issue 22)."""
+  first = _build(flat.root)
+  assert first.info['bad_image_files'] == [flat.corrupt]
+  data_fixtures.save_png(flat.root / 'images' / flat.corrupt, flat.pixels[flat.corrupt], 'L')
+  replaced = next(n for n in flat.pixels if n != flat.corrupt)
+  data_fixtures.save_png(flat.root / 'images' / replaced, 255 - flat.pixels[replaced], 'L')
+  second = _build(flat.root)
+  assert second.info['bad_images'] == 0 and second.info['cache_hit']
+  assert second.info['refreshed_images'] == 2
+  rows = {name: (client, i) for client in _all_examples(second)
+          for i, name in enumerate(client.records['image_index'])}
+  checked = 0
+  for name, expected in ((flat.corrupt, flat.pixels[flat.corrupt]),
+                         (replaced, 255 - flat.pixels[replaced])):
+    if name in rows:  # Unless it belongs to the shared patient's dropped training rows.
+      client, i = rows[name]
+      np.testing.assert_array_equal(np.asarray(client.images)[i, :, :, 0], expected)
+      checked += 1
+  assert checked == 2
+  third = _build(flat.root, on_bad_image='error')  # Nothing bad is left, nothing stale.
+  assert third.info['refreshed_images'] == 0
 
 
 def test_cache_key_follows_image_size_and_file_list(flat):
@@ -233,6 +261,23 @@ def _rewrite_csv(root: pathlib.Path, old: str, new: str) -> None:
   text = path.read_text()
   assert old in text
   path.write_text(text.replace(old, new, 1))
+
+
+def test_negative_and_unparsable_ages_are_counted_and_missing(flat, caplog):
+  """Ages outside [0, max_valid_age] and text that is not a number become NaN, counted."""
+  rows = flat.rows
+  for row, age in ((rows[0], '-3'), (rows[1], 'abc'), (rows[2], '')):
+    line = f'{row["image_index"]},{row["labels"]},{row["follow_up"]},{row["patient_id"]},'
+    _rewrite_csv(flat.root, f'{line}{row["age"]},', f'{line}{age},')
+  with caplog.at_level('WARNING'):
+    records, info = cxr14.read_metadata(flat.root / cxr14.CSV_NAME, max_valid_age=120)
+  assert np.isnan(records['age'][:3]).all()
+  # -3 and the fixture's recorded errors (412) out of range, 'abc' unparsable; '' is missing.
+  recorded_errors = sum(r['patient_id'] == data_fixtures.INVALID_AGE_PATIENT for r in rows)
+  assert recorded_errors and info['out_of_range_ages'] == 1 + recorded_errors
+  assert info['unparsable_ages'] == 1 and info['invalid_ages'] == 2 + recorded_errors
+  assert 'ages treated as missing' in caplog.text and "'-3'" in caplog.text
+  assert np.isfinite(records['age']).sum() == len(rows) - 3 - recorded_errors
 
 
 def test_csv_without_a_column_names_it(flat):

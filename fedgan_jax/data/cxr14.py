@@ -5,8 +5,9 @@ Expected under `data.root` (the NIH release, https://nihcc.app.box.com/v/ChestXr
   images/*.png  or  images_001/images/*.png ... images_012/images/*.png
   train_val_list.txt, test_list.txt        official patient-wise split (optional)
 
-Metadata -> records: age in years (values above `data.max_valid_age` are known
-errors of this CSV and become missing), sex (F/M), view position (PA/AP),
+Metadata -> records: age in years (values outside [0, `data.max_valid_age`], known
+errors of this CSV, and text that is not a number become missing, counted and logged;
+an empty cell is plainly missing), sex (F/M), view position (PA/AP),
 follow-up number, and the 14 findings as multi-hot ('No Finding' = all zero =
 normal). Without split lists the test split is a seeded draw of whole patients.
 Images are decoded once into a cache (see `image_io.cached_images`).
@@ -45,13 +46,34 @@ LAYOUT = (f'{CSV_NAME}, images/*.png (or images_001/images ... images_012/images
           f'{TRAIN_LIST} and {TEST_LIST}')
 
 
-def _parse_age(text: str) -> float:
+def _parse_age(text: str) -> float | None:
+  """Years, NaN for an empty cell, None for text that is not a finite number."""
   # The first NIH release wrote ages as '058Y'; later ones as '58'.
   text = text.strip().upper().removesuffix('Y')
-  try:
-    return float(text)
-  except ValueError:
+  if not text:
     return np.nan
+  try:
+    value = float(text)
+  except ValueError:
+    return None
+  return value if np.isfinite(value) else None
+
+
+def parse_ages(texts: Sequence[str], max_valid_age: float) -> tuple[np.ndarray, dict[str, int]]:
+  """Age cells -> years with NaN where missing or invalid, and the counts of invalid ones.
+
+  Ages below 0 or above `max_valid_age` (recording errors) and unparsable text ('abc',
+  'nan', 'inf') become missing rather than values the model would be conditioned on.
+  """
+  parsed = [_parse_age(t) for t in texts]
+  unparsable = np.asarray([v is None for v in parsed], bool)
+  age = np.asarray([np.nan if v is None else v for v in parsed], np.float64)
+  with np.errstate(invalid='ignore'):
+    out_of_range = (age < 0) | (age > max_valid_age)
+  age[out_of_range] = np.nan
+  counts = {'out_of_range_ages': int(out_of_range.sum()), 'unparsable_ages': int(unparsable.sum())}
+  counts['invalid_ages'] = counts['out_of_range_ages'] + counts['unparsable_ages']
+  return age, counts
 
 
 def parse_findings(labels: Sequence[str], image_names: Sequence[str],
@@ -91,14 +113,16 @@ def read_metadata(csv_path: str | os.PathLike, *, max_valid_age: float, max_imag
 
   Args:
     csv_path: the CSV.
-    max_valid_age: ages above it are recorded errors and become NaN.
+    max_valid_age: ages above it (or below 0, or not numbers) are recorded errors and
+      become NaN.
     max_images: use only the first rows (0 = all).
     categories: categories of 'sex' and 'view' (codes index them), default F/M and PA/AP.
 
   Returns:
     `(records, info)`: 'image_index', 'patient_id' (int64), 'age' (float, NaN missing),
     'sex' and 'view' (int codes, -1 missing), 'follow_up' (float), 'findings' (N, 14);
-    info counts the ages dropped as invalid.
+    info counts the ages dropped as invalid (`invalid_ages`, split into
+    `out_of_range_ages` and `unparsable_ages`).
   """
   categories = {**DEFAULT_CATEGORIES, **(categories or {})}
   table = clinical.read_csv_columns(csv_path, list(CSV_COLUMNS.values()), 'data.root')
@@ -111,10 +135,13 @@ def read_metadata(csv_path: str | os.PathLike, *, max_valid_age: float, max_imag
   if bad_ids:
     raise ValueError(f'{csv_path}: image {names[bad_ids[0]]} has Patient ID '
                      f'{patient_text[bad_ids[0]]!r}; expected an integer.')
-  age = np.asarray([_parse_age(t) for t in column('age')])
-  with np.errstate(invalid='ignore'):
-    invalid_age = age > max_valid_age
-  age[invalid_age] = np.nan
+  age, age_counts = parse_ages(column('age'), max_valid_age)
+  if age_counts['invalid_ages']:
+    first = next(i for i, t in enumerate(column('age')) if np.isnan(age[i]) and t.strip())
+    logging.warning('%s: %d ages treated as missing: %d outside [0, %g] (data.max_valid_age), '
+                    '%d not a number; first: image %s, age %r.', csv_path,
+                    age_counts['invalid_ages'], age_counts['out_of_range_ages'], max_valid_age,
+                    age_counts['unparsable_ages'], names[first], column('age')[first])
   follow_up = np.asarray([float(t) if t else np.nan for t in column('follow_up')])
   records = {
       'image_index': names,
@@ -126,7 +153,7 @@ def read_metadata(csv_path: str | os.PathLike, *, max_valid_age: float, max_imag
       'follow_up': follow_up,
       'findings': parse_findings(column('labels'), names, csv_path),
   }
-  return records, {'rows_in_csv': len(names), 'invalid_ages': int(invalid_age.sum())}
+  return records, {'rows_in_csv': len(names), **age_counts}
 
 
 def find_images(root: pathlib.Path) -> dict[str, str]:

@@ -4,7 +4,10 @@ Raw chest X-rays (1024x1024 PNGs, about 9 ms each to decode) are decoded once,
 in a process pool, resized with antialiasing and written in chunks to a uint8
 `.npy` cache keyed by the image size, the resampling and the file list. Later
 runs memory-map that file, so they start in seconds and never hold more than
-one chunk of raw pixels.
+one chunk of raw pixels. Each row is tied to its file's content identity (size and
+modification time, recorded in the cache's index): a file replaced or repaired since
+it was decoded (e.g. a PNG that was "bad" in a skip run) is decoded again into its row
+on the next run, not served stale.
 
 This module imports no JAX: pool workers import it, and they should start fast.
 """
@@ -44,7 +47,8 @@ _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 # remaining antialiased resize still covers at least this many source pixels per
 # output pixel; 3 is visually indistinguishable from a full-support filter.
 _REDUCING_GAP = 3.0
-_CACHE_VERSION = 1
+# 2: the index records each file's (size, mtime_ns); version-1 caches are decoded anew.
+_CACHE_VERSION = 2
 
 
 def _grayscale_float_or_uint8(image: Image.Image, sixteen_bit: str) -> Image.Image:
@@ -276,6 +280,41 @@ def cache_key(names: Sequence[str], image_size: int, resample: str, sixteen_bit:
   return digest.hexdigest()[:20]
 
 
+def file_identities(paths: Sequence[str]) -> list[list[int]]:
+  """`[size, mtime_ns]` of each file (`[-1, -1]` when it cannot be read): its content identity.
+  A rewritten file changes both unless it is rewritten with the same size within the
+  filesystem's timestamp resolution."""
+  identities = []
+  for path in paths:
+    try:
+      stat = os.stat(path)
+      identities.append([int(stat.st_size), int(stat.st_mtime_ns)])
+    except OSError:
+      identities.append([-1, -1])
+  return identities
+
+
+def _write_index(index_path: pathlib.Path, index: dict) -> None:
+  partial = index_path.with_name(index_path.name + '.partial')
+  partial.write_text(json.dumps(index))
+  os.replace(partial, index_path)  # Readers never see half an index.
+
+
+def _refresh_rows(array_path: pathlib.Path, rows: Sequence[int], paths: Sequence[str],
+                  bad: dict[int, str], **decode_args) -> dict[int, str]:
+  """Decodes `rows` again into the cache array; returns `bad` updated for them."""
+  image_size = decode_args['image_size']
+  fresh = np.zeros((len(rows), image_size, image_size, 1), np.uint8)
+  fresh_bad = decode_into([paths[i] for i in rows], fresh, **decode_args)
+  images = np.load(array_path, mmap_mode='r+')
+  images[np.asarray(rows)] = fresh
+  images.flush()
+  del images
+  bad = {row: message for row, message in bad.items() if row not in set(rows)}
+  bad.update({rows[i]: message for i, message in fresh_bad.items()})
+  return dict(sorted(bad.items()))
+
+
 def cached_images(paths: Sequence[str], names: Sequence[str], *, cache_dir: str | os.PathLike,
                   prefix: str, image_size: int, resample: str, sixteen_bit: str, workers: int,
                   chunk_size: int, on_bad_image: str,
@@ -286,7 +325,8 @@ def cached_images(paths: Sequence[str], names: Sequence[str], *, cache_dir: str 
   Returns:
     `(images, bad, info)`: a read-only uint8 memmap `(N, S, S, 1)`, `{row: message}` of
     undecodable files (their rows are zero), and `{'cache_path', 'cache_hit',
-    'streaming'}` where `streaming` says the cache is larger than `max_in_memory_bytes`
+    'refreshed_images', 'streaming'}` (`refreshed_images`: files changed since they were
+    cached, decoded again) where `streaming` says the cache is larger than `max_in_memory_bytes`
     (so callers should keep it on disk, e.g. as `RowView`s, rather than read it whole).
   """
   cache_dir = pathlib.Path(cache_dir)
@@ -298,8 +338,23 @@ def cached_images(paths: Sequence[str], names: Sequence[str], *, cache_dir: str 
   stem = f'{prefix}_{image_size}px_{cache_key(names, image_size, resample, sixteen_bit)}'
   array_path, index_path = cache_dir / f'{stem}.npy', cache_dir / f'{stem}.json'
   hit = array_path.exists() and index_path.exists()
+  identities = file_identities(paths)
+  refreshed = 0
   if hit:
-    bad = {int(k): v for k, v in json.loads(index_path.read_text())['bad'].items()}
+    index = json.loads(index_path.read_text())
+    bad = {int(k): v for k, v in index['bad'].items()}
+    recorded = index.get('identities') or [None] * len(paths)
+    stale = [row for row, (was, now) in enumerate(zip(recorded, identities)) if was != now]
+    if stale:
+      # Decoded before the index is rewritten: a run killed in between leaves rows the
+      # index still calls stale, so they are decoded again next time.
+      bad = _refresh_rows(array_path, stale, paths, bad, image_size=image_size,
+                          resample=resample, sixteen_bit=sixteen_bit,
+                          workers=min(workers, max(len(stale) // chunk_size, 1)),
+                          chunk_size=chunk_size, on_bad_image=on_bad_image,
+                          png_decoder=png_decoder)
+      _write_index(index_path, {'files': len(paths), 'bad': bad, 'identities': identities})
+      refreshed = len(stale)
   else:
     partial = cache_dir / f'{stem}.partial.npy'
     out = np.lib.format.open_memmap(partial, mode='w+', dtype=np.uint8,
@@ -316,11 +371,12 @@ def cached_images(paths: Sequence[str], names: Sequence[str], *, cache_dir: str 
     del out
     # The index is written last: a run killed mid-decode leaves no cache that looks complete.
     os.replace(partial, array_path)
-    index_path.write_text(json.dumps({'files': len(paths), 'bad': bad}))
+    _write_index(index_path, {'files': len(paths), 'bad': bad, 'identities': identities})
   if bad and on_bad_image == 'error':
     row = min(bad)
     raise ValueError(f'cannot decode image {paths[row]} ({bad[row]}, recorded in {index_path}); '
                      'fix or remove the file, or set data.on_bad_image="skip".')
   streaming = len(paths) * image_size * image_size > max_in_memory_bytes
   images = np.load(array_path, mmap_mode='r')
-  return images, bad, {'cache_path': str(array_path), 'cache_hit': hit, 'streaming': streaming}
+  return images, bad, {'cache_path': str(array_path), 'cache_hit': hit,
+                       'refreshed_images': refreshed, 'streaming': streaming}

@@ -74,6 +74,11 @@ def check_reply(arrays: Sequence[Any], num_examples: Any, metrics: dict,
   check_scalars(metrics, IDENTITY_FIELDS, REPLY_METRICS, site)
 
 
+def delta_norm(arrays: Sequence[np.ndarray]) -> float:
+  """Global L2 norm of a reply's delta (float64, so huge entries give inf, not overflow)."""
+  return float(np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64))) for a in arrays)))
+
+
 def check_scalars(metrics: dict, required: dict, optional_floats: Sequence[str],
                   site: str) -> None:
   """`metrics` holds exactly `required` (name -> type) and optionally float `optional_floats`."""

@@ -25,6 +25,7 @@ import numpy as np
 
 from fedgan_jax import checkpointing
 from fedgan_jax import metrics_log
+from fedgan_jax import validation
 from fedgan_jax.data import conditions as conditions_lib
 from fedgan_jax.deploy import common
 from fedgan_jax.deploy import settings
@@ -114,10 +115,19 @@ class Coordinator:
     results = [(common.arrays_to_params(r.delta_arrays, self.state.params),
                 {name: np.float32(r.losses[name]) for name in loss_names},
                 np.float32(r.num_examples)) for r in replies]
-    self.state, metrics = self._server(self.state, results,
-                                       rngs.round_key(self.config.seed, round_index))
-    if self.state.generator_ema is not None:
-      self.state = self._update_ema(self.state)
+    state, metrics = self._server(self.state, results,
+                                  rngs.round_key(self.config.seed, round_index))
+    if state.generator_ema is not None:
+      state = self._update_ema(state)
+    # Bounded deltas cannot blow the model up, but a server learning rate can: the new
+    # state is kept (and checkpointed) only when its params pass the check.
+    limit = float(self.config.train.max_abs_param)
+    for name, tree in (('params', state.params), ('generator_ema', state.generator_ema)):
+      if tree is not None:
+        validation.check_params(tree, limit, f'round {round_index + 1}: {name} after the '
+                                'server update (not applied; the last checkpoint is kept; '
+                                'lower fl.server_optimizer.learning_rate)')
+    self.state = state
     metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
     for name in names:
       if name in common.TIMING_METRICS:

@@ -14,23 +14,29 @@ parameter delta, its example count and its mean losses, signed with its private 
 The site's global client id is its position in the roster (`config.deploy.sites`).
 
 `--exit_at_round=R` makes the process die after receiving round R's params, before
-replying: a hospital dropping out mid-round, for fault-tolerance tests.
+replying: a hospital dropping out mid-round, for fault-tolerance tests. `--misbehave=KIND`
+makes it a rogue that signs what it sends with its real key (tests and
+`benchmarks/soak.py`): `nan` or `huge` deltas, or a `stale_round` reply.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 
 from absl import app
 from absl import flags
 from absl import logging
 import flwr
+import grpc
 import jax
 from ml_collections import config_flags
+import numpy as np
 
 from fedgan_jax import cpu_backend
+from fedgan_jax import validation
 from fedgan_jax import xla_cache
 from fedgan_jax.data import conditions as conditions_lib
 from fedgan_jax.data import dataset as dataset_lib
@@ -55,6 +61,9 @@ _INSECURE = flags.DEFINE_bool('insecure', False, 'No TLS and unsigned messages: 
                               'loopback only.')
 _EXIT_AT_ROUND = flags.DEFINE_integer('exit_at_round', -1, 'Testing: die mid-round at this '
                                       '0-based round index (-1 = never).')
+MISBEHAVIOURS = ('', 'nan', 'huge', 'stale_round')
+_MISBEHAVE = flags.DEFINE_enum('misbehave', '', MISBEHAVIOURS, 'Testing: reply as a rogue site '
+                               'would (nan or huge deltas, a stale round); signed as usual.')
 _COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
                                           xla_cache.FLAG_HELP)
 _CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', True, cpu_backend.FLAG_HELP)
@@ -78,13 +87,16 @@ class Hospital(flwr.client.NumPyClient):
   """Answers the server: who it is (signed), and each round's local update (signed)."""
 
   def __init__(self, config, site: str, data: dataset_lib.ClientData,
-               private_key=None, exit_at_round: int = -1):
+               private_key=None, exit_at_round: int = -1, misbehave: str = ''):
     self._config = config
     self._site = site
     self._client_id = settings.client_id(config, site)
     self._data = data
     self._key = private_key
     self._exit_at_round = exit_at_round
+    if misbehave not in MISBEHAVIOURS:
+      raise ValueError(f'--misbehave={misbehave!r}: expected one of {MISBEHAVIOURS}.')
+    self._misbehave = misbehave
     schema = conditions_lib.ConditionSchema.from_config(config.conditions)
     # Refuses what a deployment cannot account (example-level DP needs every site's size).
     plan = privacy_engine.PrivacyPlan.from_config(config, (),
@@ -122,6 +134,12 @@ class Hospital(flwr.client.NumPyClient):
     server_params = common.arrays_to_params(parameters, self._template)
     delta, losses = self.local_update(server_params, round_index)
     arrays = common.params_to_arrays(delta)
+    if self._misbehave == 'nan':
+      arrays[0] = np.full_like(arrays[0], np.nan)
+    elif self._misbehave == 'huge':
+      arrays = [a * np.float32(1e6) + np.float32(1.0) for a in arrays]
+    elif self._misbehave == 'stale_round':
+      round_index -= 1
     losses['local_update_s'] = time.perf_counter() - started
     digest = security.reply_digest(config['nonce'], self._site, self._client_id, round_index,
                                    arrays, len(self._data), losses)
@@ -153,6 +171,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
+  validation.validate_config(config)
   cpu_backend.apply(_CPU_YNN_FUSIONS.value)
   xla_cache.enable(_COMPILATION_CACHE.value)
   if _INSECURE.value:
@@ -168,15 +187,29 @@ def main(argv):
       root_certificates = f.read()
   schema = conditions_lib.ConditionSchema.from_config(config.conditions)
   data = common.load_site_data(_DATA.value, _SITE.value, schema)
-  hospital = Hospital(config, _SITE.value, data, private_key, _EXIT_AT_ROUND.value)
+  hospital = Hospital(config, _SITE.value, data, private_key, _EXIT_AT_ROUND.value,
+                      _MISBEHAVE.value)
   deploy = settings.deploy_config(config)
   logging.info('Site %s (client %d, %d examples) connecting to %s.', _SITE.value,
                settings.client_id(config, _SITE.value), len(data), _SERVER.value)
   wait_for_server(_SERVER.value, float(deploy.hospital_max_wait_s), float(deploy.hospital_poll_s))
-  flwr.client.start_client(
-      server_address=_SERVER.value, client=hospital.to_client(), insecure=_INSECURE.value,
-      root_certificates=root_certificates, grpc_max_message_length=int(deploy.max_message_bytes),
-      max_wait_time=float(deploy.hospital_max_wait_s))
+  try:
+    flwr.client.start_client(
+        server_address=_SERVER.value, client=hospital.to_client(), insecure=_INSECURE.value,
+        root_certificates=root_certificates,
+        grpc_max_message_length=int(deploy.max_message_bytes),
+        max_wait_time=float(deploy.hospital_max_wait_s))
+  except grpc.RpcError as error:
+    # The server closes the stream of a connection it refuses (fedgan_jax/deploy/README.md,
+    # "Rogue hospitals"), or it stopped; say which checks to make instead of a gRPC trace.
+    message = (f'the server at {_SERVER.value} closed the connection ({error.code().name}). '
+               'If its log says "Refused connection ... (claims site '
+               f'{_SITE.value!r})", check that --private_key matches the {_SITE.value}.pub the '
+               'server holds and that this is the same config; otherwise the server stopped: '
+               'rerun this hospital when it is back.')
+    logging.error('%s', message)
+    print(f'ERROR: {message}', file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -24,6 +24,18 @@ def get_deploy_config() -> ml_collections.ConfigDict:
       accept_failures=True,           # False: any hospital failing in a round stops the run.
       round_timeout_s=3600.0,         # Longest wait for a round's replies.
       connect_timeout_s=3600.0,       # Longest wait for hospitals to connect before a round.
+      # Longest wait for a new connection to say which site it is; one that does not answer
+      # in time is refused.
+      identify_timeout_s=60.0,
+      # New connections asked at once: a flood of silent ones costs identify_timeout_s per
+      # this many (a roster is a few dozen sites).
+      identify_concurrency=32,
+      # A reply whose delta has a larger global L2 norm is dropped before aggregation, so
+      # one site cannot blow up the global model. Honest updates are far smaller: K local
+      # Adam steps move each parameter by at most ~K x learning rate, ~1 in norm for the
+      # 1.7M-parameter phantom model at the default rates (0.9 measured, configs/phantom_dp.py).
+      # Set it to a few times your sites' update norms.
+      max_delta_norm=100.0,
       hospital_max_wait_s=600.0,      # A hospital retries connecting to the server this long,
       hospital_poll_s=1.0,            # every this many seconds.
       max_message_bytes=536_870_912,  # gRPC message limit, both ends (Flower's default).

@@ -73,9 +73,10 @@ def build(config, task: client_lib.GanTask, image_shape, condition_dim: int,
   manager = None
   if workdir is not None:
     manager = checkpointing.manager(workdir, config.checkpoint.keep)
-    latest = manager.latest_step()
+    # The newest step that reads back and holds sane params; unusable newer ones are moved
+    # to WORKDIR/checkpoints_unusable with a warning.
+    state, _, latest = checkpointing.restore_latest(manager, state, config)
     if latest is not None:
-      state, _ = checkpointing.restore_server_state(manager, latest, state, config)
       logging.info('Resumed from the checkpoint of round %d in %s.', latest, workdir)
   if ema_decay > 0:
     update_ema = jax.jit(functools.partial(algorithm.update_generator_ema, decay=ema_decay))
