@@ -124,6 +124,7 @@ DOMAINS: tuple[tuple[str, Domain], ...] = (
     ('anomaly.learning_rate', _POSITIVE),
     ('anomaly.*percentile', _PERCENTILE),
     ('anomaly.score_blur_sigma', _NON_NEGATIVE),
+    ('anomaly.input_size', _count()),       # 0 = the image size.
     ('anomaly.*', _count(1)),
     ('conditioning.num_generated', _count(1)),
     # Differential privacy.
@@ -142,6 +143,10 @@ DOMAINS: tuple[tuple[str, Domain], ...] = (
     # Evaluation.
     ('eval.*learning_rate', _POSITIVE),
     ('eval.personalized.calibration_ridge', _NON_NEGATIVE),
+    ('eval.operating_point.site_percentile', Domain(low=0, high=100, low_open=True,
+                                                    high_open=True)),
+    ('eval.operating_point.specificity', _UNIT),
+    ('eval.memorization_percentile', _PERCENTILE),
     ('eval.*', _count(1)),
     # Cross-silo deployment (fedgan_jax/deploy/settings.py).
     ('deploy.*_s', _POSITIVE),
