@@ -20,7 +20,7 @@ from fedgan_jax import flags_common
 
 _CONFIG = flags_common.define_config()
 _WORKDIR = flags_common.define_workdir('Training workdir holding checkpoints/.')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint round to evaluate (default: the latest).')
+_STEP = flags_common.define_step('evaluate')
 _RUNTIME = flags_common.define_runtime_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 

@@ -2,7 +2,8 @@
 
 Every entry point (`fedgan_jax.main`, `eval`, `audit`, `deploy.server`, `deploy.hospital`,
 `benchmarks.compare_baselines`) takes the same `--config`, `--workdir`, `--compilation_cache`
-and `--cpu_ynn_fusions` (and `main` takes `--jax_distributed`); they are defined here once:
+and `--cpu_ynn_fusions` (`main` also `--jax_distributed`, `eval` and `audit` `--step`); they
+are defined here once:
 
     _CONFIG = flags_common.define_config()
     _WORKDIR = flags_common.define_workdir('Where checkpoints, metrics and results go.')
@@ -42,20 +43,32 @@ DISTRIBUTED_HELP = ('Call jax.distributed.initialize() first (multi-host). On Cl
                     'and JAX_PROCESS_ID.')
 
 
-def _existing(name: str) -> flags.FlagHolder | None:
+def _define_once(name: str, define) -> flags.FlagHolder:
+  """`define()`'s holder, or a holder of the flag `name` where a binary defined it already."""
   if name in FLAGS:
     return flags.FlagHolder(FLAGS, FLAGS[name])
-  return None
+  return define()
 
 
-def define_config(help_text: str = 'Experiment config file.') -> flags.FlagHolder:
-  """`--config=configs/x.py[:variant]` with `--config.a.b=value` overrides, locked."""
-  return _existing('config') or config_flags.DEFINE_config_file('config', None, help_text,
-                                                                lock_config=True)
+def define_config(help_text: str = 'Experiment config file.',
+                  lock: bool = True) -> flags.FlagHolder:
+  """`--config=configs/x.py[:variant]` with `--config.a.b=value` overrides.
+
+  Locked (`lock`), a config refuses fields it does not declare, so a typo in an override
+  fails at start-up, naming the field.
+  """
+  return _define_once('config', lambda: config_flags.DEFINE_config_file(
+      'config', None, help_text, lock_config=lock))
 
 
 def define_workdir(help_text: str) -> flags.FlagHolder:
-  return _existing('workdir') or flags.DEFINE_string('workdir', None, help_text)
+  return _define_once('workdir', lambda: flags.DEFINE_string('workdir', None, help_text))
+
+
+def define_step(verb: str) -> flags.FlagHolder:
+  """`--step`: the checkpoint round a binary reads (`verb`: what it does with it)."""
+  return _define_once('step', lambda: flags.DEFINE_integer(
+      'step', None, f'Checkpoint round to {verb} (default: the latest).'))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,14 +81,14 @@ class RuntimeFlags:
 
 def define_runtime_flags(distributed: bool = False) -> RuntimeFlags:
   """`--compilation_cache`, `--cpu_ynn_fusions` and, with `distributed`, `--jax_distributed`."""
-  cache = _existing('compilation_cache') or flags.DEFINE_string(
-      'compilation_cache', xla_cache.DEFAULT_DIR, xla_cache.FLAG_HELP)
-  ynn = _existing('cpu_ynn_fusions') or flags.DEFINE_bool('cpu_ynn_fusions', True,
-                                                          cpu_backend.FLAG_HELP)
+  cache = _define_once('compilation_cache', lambda: flags.DEFINE_string(
+      'compilation_cache', xla_cache.DEFAULT_DIR, xla_cache.FLAG_HELP))
+  ynn = _define_once('cpu_ynn_fusions', lambda: flags.DEFINE_bool(
+      'cpu_ynn_fusions', True, cpu_backend.FLAG_HELP))
   multi_host = None
   if distributed:
-    multi_host = _existing('jax_distributed') or flags.DEFINE_bool('jax_distributed', False,
-                                                                   DISTRIBUTED_HELP)
+    multi_host = _define_once('jax_distributed', lambda: flags.DEFINE_bool(
+        'jax_distributed', False, DISTRIBUTED_HELP))
   return RuntimeFlags(cache, ynn, multi_host)
 
 

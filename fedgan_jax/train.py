@@ -136,12 +136,13 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
   pad = mesh.size if mesh is not None else 1
   clients = federation.clients
   logging.info('Training %d rounds (from %d) over %d clients, %s per round, strategy %s on %s; '
-               'G %s, D %s parameters; checkpoint every %d rounds; metrics.jsonl%s.',
+               'G %s, D %s parameters; checkpoint every %d rounds; metrics to %s.',
                fl.num_rounds, start_round, len(clients), fl.clients_per_round or 'all', strategy,
                jax.default_backend(), *(f'{metrics_log.parameter_count(params[k]):,}'
                                         for k in ('generator', 'discriminator')),
                config.checkpoint.every_rounds,
-               ' + TensorBoard events' if log.writer is not None else '')
+               'metrics.jsonl and TensorBoard events' if log.writer is not None else
+               'metrics.jsonl (TensorBoard events: pip install -e ".[tensorboard]")')
   progress = metrics_log.Progress(fl.num_rounds, start_round)
   samples_dir = os.path.join(workdir, 'samples')
   for round_index in range(start_round, fl.num_rounds):
