@@ -67,13 +67,15 @@ def format_value(value: Any) -> str:
   return str(value)
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], indent: str = '  ') -> str:
-  """A plain-text table: the first column left-aligned, the others right-aligned."""
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], indent: str = '  ',
+          text_columns: int = 1) -> str:
+  """A plain-text table: the first `text_columns` columns left-aligned, the rest right-aligned."""
   cells = [list(headers)] + [[format_value(v) for v in row] for row in rows]
   widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
   lines = []
   for row in cells:
-    parts = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+    parts = [c.ljust(w) if i < text_columns else c.rjust(w)
+             for i, (c, w) in enumerate(zip(row, widths))]
     lines.append(indent + '  '.join(parts).rstrip())
   return '\n'.join(lines)
 
@@ -85,30 +87,53 @@ def clients_table(rows: Sequence[Mapping[str, Any]]) -> str:
                ([row['name'], *(row.get(c) for c in columns)] for row in rows))
 
 
-# The prefix that marks the real-image ceiling of a generated-image metric in a results section.
-REAL_PREFIX = 'real_test_'
+# Per evaluator, the numbers the console's results table shows (all of them are in
+# results.json and eval/results.md).
+HEADLINE_METRICS = {
+    'anomaly': ('auc', 'sensitivity', 'specificity'),
+    'inception_fid': ('fid', 'kid_mean'),
+    'domain_quality': ('fid', 'kid_mean', 'precision', 'recall'),
+    'privacy': ('epsilon', 'delta'),
+}
 
 
-def results_table(results: Mapping[str, Any],
-                  skip: Sequence[str] = ('config', 'roc')) -> str:
-  """The scalar results of every section of `results`, one row per metric.
+def results_table(results: Mapping[str, Any]) -> str:
+  """The headline numbers of each evaluator in `results` (evaluation's results.json), a row each.
 
-  A section is a top-level dict (e.g. `anomaly`, `conditioning`, `privacy`); a metric
-  `x` with a `real_test_x` twin (the same reader on real test images, the ceiling) shows
-  both side by side. Lists, nested dicts, missing values (None) and `skip`ped keys stay in
-  results.json only.
+  Conditioning shows, per condition feature, how well a reader fitted on real images reads it
+  back from generated ones (Pearson r, AUC, or the mean AUC of a multi-hot feature), beside the
+  same reader on the real reference images (its ceiling); detectors show their AUC.
   """
   rows = []
-  for section, values in results.items():
-    if section in skip or not isinstance(values, Mapping):
+  for name in [*results.get('evaluators', ()), 'privacy']:
+    section = results.get(name)
+    if not isinstance(section, Mapping):
       continue
-    for key, value in values.items():
-      if key.startswith(REAL_PREFIX) or key in skip or value is None or not _is_scalar(value):
-        continue
-      rows.append((f'{section}.{key}', value, values.get(REAL_PREFIX + key)))
-  return table(['metric', 'value', 'real test images'], rows)
+    if 'skipped' in section:
+      rows.append((name, 'skipped (see eval/results.md)', None, None))
+    elif name == 'conditioning':
+      rows += _conditioning_rows(section)
+    else:
+      rows += [(name, key, section[key], None) for key in HEADLINE_METRICS.get(name, ())
+               if isinstance(section.get(key), (int, float))]
+      rows += [(name, f'{key} auc', value['auc'], None) for key, value in section.items()
+               if isinstance(value, Mapping) and isinstance(value.get('auc'), (int, float))]
+  # An evaluator's name on its first row only, so its rows read as one block.
+  rows = [('' if i and rows[i - 1][0] == row[0] else row[0], *row[1:])
+          for i, row in enumerate(rows)]
+  return table(['evaluator', 'metric', 'value', 'real images'], rows, text_columns=2)
 
 
-def _is_scalar(value: Any) -> bool:
-  # Long strings (a privacy guarantee in words) would stretch the table; results.json has them.
-  return isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 24)
+def _conditioning_rows(section: Mapping[str, Any]) -> list[tuple]:
+  generated, real = section.get('generated', {}), section.get('real_reference', {})
+  rows = []
+  for feature, entry in generated.items():
+    if not isinstance(entry, Mapping):
+      rows.append(('conditioning', feature, entry, real.get(feature)))
+      continue
+    metric = next((k for k in ('pearson_r', 'auc', 'mean_auc')
+                   if isinstance(entry.get(k), (int, float))), None)
+    if metric is not None:
+      rows.append(('conditioning', f'{feature} {metric}', entry[metric],
+                   real.get(feature, {}).get(metric)))
+  return rows

@@ -73,17 +73,36 @@ def test_table_aligns_columns_and_formats_numbers():
                                '  long name   3      -']
 
 
-def test_results_table_pairs_real_test_ceilings_and_skips_what_is_not_a_number():
-  results = {'anomaly': {'auc': 0.9271, 'roc': {'fpr': [0, 1]}, 'test_normal': 500},
-             'conditioning': {'age_pearson_r': 0.81, 'real_test_age_pearson_r': 0.93},
-             'privacy': {'mode': 'none', 'epsilon': None, 'protects': 'x' * 80},
-             'rounds': 300, 'config': {'fl': {'num_rounds': 300}}}
-  rows = [line.split() for line in console.results_table(results).splitlines()]
-  assert rows == [['metric', 'value', 'real', 'test', 'images'],
-                  ['anomaly.auc', '0.927', '-'],
-                  ['anomaly.test_normal', '500', '-'],
-                  ['conditioning.age_pearson_r', '0.810', '0.930'],
-                  ['privacy.mode', 'none', '-']]
+def test_results_table_shows_each_evaluators_headline_beside_the_real_images_ceiling():
+  results = {
+      'evaluators': ['inception_fid', 'conditioning', 'anomaly', 'personalized'],
+      'inception_fid': {'skipped': 'eval.inception_weights is unset.'},
+      'conditioning': {
+          'generated': {'age': {'kind': 'continuous', 'pearson_r': 0.81, 'mae': 9.0},
+                        'sex': {'kind': 'categorical', 'auc': 0.99, 'accuracy': 0.9},
+                        'history': {'kind': 'multi_hot', 'auc': {'copd': 0.7}, 'mean_auc': 0.7},
+                        'cond_cosine': 0.5},
+          'real_reference': {'age': {'pearson_r': 0.93}, 'sex': {'auc': 1.0},
+                             'history': {'mean_auc': 0.8}, 'cond_cosine': 0.75}},
+      'anomaly': {'auc': 0.9271, 'sensitivity': 1.0, 'specificity': 0.03, 'test_normal': 500,
+                  'roc': {'fpr': [0, 1], 'tpr': [0, 1]}},
+      'personalized': {'unconditioned': {'auc': 0.92}, 'note': 'x'},
+      'privacy': {'mode': 'example', 'epsilon': 3.2, 'delta': 1e-5, 'protects': 'an image'},
+      'rounds': 300, 'config': {'fl': {'num_rounds': 300}}}
+  rows = [line.split('  ') for line in console.results_table(results).splitlines()]
+  rows = [[cell.strip() for cell in row if cell.strip()] for row in rows]
+  assert rows == [['evaluator', 'metric', 'value', 'real images'],
+                  ['inception_fid', 'skipped (see eval/results.md)', '-', '-'],
+                  ['conditioning', 'age pearson_r', '0.810', '0.930'],
+                  ['sex auc', '0.990', '1.000'],
+                  ['history mean_auc', '0.700', '0.800'],
+                  ['cond_cosine', '0.500', '0.750'],
+                  ['anomaly', 'auc', '0.927', '-'],
+                  ['sensitivity', '1.000', '-'],
+                  ['specificity', '0.030', '-'],
+                  ['personalized', 'unconditioned auc', '0.920', '-'],
+                  ['privacy', 'epsilon', '3.200', '-'],
+                  ['delta', '1e-05', '-']]
 
 
 def test_clients_table_has_a_row_per_hospital():
