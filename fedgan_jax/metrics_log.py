@@ -23,6 +23,10 @@ import jax
 
 def tensorboard_writer(logdir: str) -> Any | None:
   """clu's `create_default_writer(logdir)`, or None where clu or TensorFlow is missing."""
+  if logging.get_verbosity() < 1:
+    # TensorFlow's C++ start-up INFO lines (oneDNN notes) would bypass the console's quiet
+    # default (fedgan_jax/console.py); a user's own TF_CPP_MIN_LOG_LEVEL wins.
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
   try:
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
   except ImportError as error:
