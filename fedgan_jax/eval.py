@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from fedgan_jax import console
 from fedgan_jax import evaluation
 from fedgan_jax import flags_common
 
@@ -29,8 +30,9 @@ def main(argv):
   flags_common.check_no_arguments(argv)
   flags_common.start(_RUNTIME)
   results = evaluation.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value)
-  logging.info('Wrote %s (round %d, %.1f s).', os.path.join(_WORKDIR.value, 'eval', 'results.md'),
-               results['step'], results['timing_s']['total'])
+  logging.info('Results of round %d (%.1f s):\n%s\nWrote %s and its figures.', results['step'],
+               results['timing_s']['total'], console.results_table(results),
+               os.path.join(_WORKDIR.value, 'eval', 'results.md'))
 
 
 if __name__ == '__main__':
