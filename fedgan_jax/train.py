@@ -138,7 +138,7 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
   logging.info('Training %d rounds (from %d) over %d clients, %s per round, strategy %s on %s; '
                'G %s, D %s parameters; checkpoint every %d rounds; metrics to %s.',
                fl.num_rounds, start_round, len(clients), fl.clients_per_round or 'all', strategy,
-               jax.default_backend(), *(f'{metrics_log.parameter_count(params[k]):,}'
+               jax.default_backend(), *(f'{metrics_log.parameter_count(state.params[k]):,}'
                                         for k in ('generator', 'discriminator')),
                config.checkpoint.every_rounds,
                'metrics.jsonl and TensorBoard events' if log.writer is not None else
