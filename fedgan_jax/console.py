@@ -92,17 +92,26 @@ def clients_table(rows: Sequence[Mapping[str, Any]]) -> str:
 HEADLINE_METRICS = {
     'anomaly': ('auc', 'sensitivity', 'specificity'),
     'inception_fid': ('fid', 'kid_mean'),
-    'domain_quality': ('fid', 'kid_mean', 'precision', 'recall'),
+    'domain_quality': ('fid', 'kid_mean', 'precision', 'recall', 'fid_synthetic_normals'),
+    'memorization': ('fraction_synthetic_below_floor',),
     'privacy': ('epsilon', 'delta'),
+}
+# Where a headline number has a real-image counterpart in its section (the real-vs-real
+# floor of a FID, the detector trained on real normals), its path, shown beside it.
+REAL_IMAGES = {
+    'domain_quality': {'fid': ('fid_real_train_vs_test',),
+                       'fid_synthetic_normals': ('fid_real_normals_floor',)},
+    'anomaly': {'auc': ('ceiling', 'auc')},
 }
 
 
 def results_table(results: Mapping[str, Any]) -> str:
   """The headline numbers of each evaluator in `results` (evaluation's results.json), a row each.
 
-  Conditioning shows, per condition feature, how well a reader fitted on real images reads it
-  back from generated ones (Pearson r, AUC, or the mean AUC of a multi-hot feature), beside the
-  same reader on the real reference images (its ceiling); detectors show their AUC.
+  Beside a number, where the section has one, the same measure on real images: for
+  conditioning, the attribute reader on the real reference images (its ceiling); for FIDs, the
+  real-vs-real floor; for the detector, the same detector trained on real normals. Other
+  detectors (personalized) show their AUC.
   """
   rows = []
   for name in [*results.get('evaluators', ()), 'privacy']:
@@ -114,14 +123,25 @@ def results_table(results: Mapping[str, Any]) -> str:
     elif name == 'conditioning':
       rows += _conditioning_rows(section)
     else:
-      rows += [(name, key, section[key], None) for key in HEADLINE_METRICS.get(name, ())
+      twins = REAL_IMAGES.get(name, {})
+      rows += [(name, key, section[key], _lookup(section, twins.get(key, ())))
+               for key in HEADLINE_METRICS.get(name, ())
                if isinstance(section.get(key), (int, float))]
+      shown = {path[0] for path in twins.values()}
       rows += [(name, f'{key} auc', value['auc'], None) for key, value in section.items()
-               if isinstance(value, Mapping) and isinstance(value.get('auc'), (int, float))]
+               if key not in shown and isinstance(value, Mapping)
+               and isinstance(value.get('auc'), (int, float))]
   # An evaluator's name on its first row only, so its rows read as one block.
   rows = [('' if i and rows[i - 1][0] == row[0] else row[0], *row[1:])
           for i, row in enumerate(rows)]
   return table(['evaluator', 'metric', 'value', 'real images'], rows, text_columns=2)
+
+
+def _lookup(section: Mapping[str, Any], path: Sequence[str]) -> Any:
+  value = section if path else None
+  for key in path:
+    value = value.get(key) if isinstance(value, Mapping) else None
+  return value
 
 
 def _conditioning_rows(section: Mapping[str, Any]) -> list[tuple]:

@@ -73,10 +73,11 @@ def test_table_aligns_columns_and_formats_numbers():
                                '  long name   3      -']
 
 
-def test_results_table_shows_each_evaluators_headline_beside_the_real_images_ceiling():
+def test_results_table_shows_each_evaluators_headline_beside_its_real_images_counterpart():
   results = {
-      'evaluators': ['inception_fid', 'conditioning', 'anomaly', 'personalized'],
+      'evaluators': ['inception_fid', 'memorization', 'conditioning', 'anomaly', 'personalized'],
       'inception_fid': {'skipped': 'eval.inception_weights is unset.'},
+      'memorization': {'fraction_synthetic_below_floor': 0.0, 'held_out': 32},
       'conditioning': {
           'generated': {'age': {'kind': 'continuous', 'pearson_r': 0.81, 'mae': 9.0},
                         'sex': {'kind': 'categorical', 'auc': 0.99, 'accuracy': 0.9},
@@ -85,7 +86,7 @@ def test_results_table_shows_each_evaluators_headline_beside_the_real_images_cei
           'real_reference': {'age': {'pearson_r': 0.93}, 'sex': {'auc': 1.0},
                              'history': {'mean_auc': 0.8}, 'cond_cosine': 0.75}},
       'anomaly': {'auc': 0.9271, 'sensitivity': 1.0, 'specificity': 0.03, 'test_normal': 500,
-                  'roc': {'fpr': [0, 1], 'tpr': [0, 1]}},
+                  'roc': {'fpr': [0, 1], 'tpr': [0, 1]}, 'ceiling': {'auc': 0.985}},
       'personalized': {'unconditioned': {'auc': 0.92}, 'note': 'x'},
       'privacy': {'mode': 'example', 'epsilon': 3.2, 'delta': 1e-5, 'protects': 'an image'},
       'rounds': 300, 'config': {'fl': {'num_rounds': 300}}}
@@ -93,11 +94,12 @@ def test_results_table_shows_each_evaluators_headline_beside_the_real_images_cei
   rows = [[cell.strip() for cell in row if cell.strip()] for row in rows]
   assert rows == [['evaluator', 'metric', 'value', 'real images'],
                   ['inception_fid', 'skipped (see eval/results.md)', '-', '-'],
+                  ['memorization', 'fraction_synthetic_below_floor', '0.000', '-'],
                   ['conditioning', 'age pearson_r', '0.810', '0.930'],
                   ['sex auc', '0.990', '1.000'],
                   ['history mean_auc', '0.700', '0.800'],
                   ['cond_cosine', '0.500', '0.750'],
-                  ['anomaly', 'auc', '0.927', '-'],
+                  ['anomaly', 'auc', '0.927', '0.985'],
                   ['sensitivity', '1.000', '-'],
                   ['specificity', '0.030', '-'],
                   ['personalized', 'unconditioned auc', '0.920', '-'],
