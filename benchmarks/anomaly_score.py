@@ -7,14 +7,13 @@ Trains the configured autoencoder on *real* phantom normal images (an upper boun
 synthetic-trained detector: no GAN in the loop) and reports the real-test AUC of each scoring
 rule, so the default `anomaly.score` rests on a measurement.
 
-    python benchmarks/anomaly_score.py --json=/tmp/anomaly_score.json
+    python -m benchmarks.anomaly_score --json=/tmp/anomaly_score.json
 
 Writes `{"results": [{"score": ..., "blur_sigma": ..., "percentile": ..., "auc": ...}], ...}`.
 """
 
 import json
 import os
-import sys
 import time
 
 from absl import app
@@ -22,11 +21,9 @@ from absl import flags
 import jax
 from sklearn import metrics as sk_metrics
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from configs import phantom  # pylint: disable=g-import-not-at-top,wrong-import-position
-from fedgan_jax.data import registry  # pylint: disable=g-import-not-at-top,wrong-import-position
-from fedgan_jax.evaluators import anomaly  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import phantom
+from fedgan_jax.data import registry
+from fedgan_jax.evaluators import anomaly
 
 _JSON = flags.DEFINE_string('json', None, 'Where to write the results.')
 _NUM_NORMALS = flags.DEFINE_integer('num_normals', 2000, 'Real normal training images.')

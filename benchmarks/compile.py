@@ -1,6 +1,6 @@
 """Compile time of the round and its distance to this machine's matmul peak.
 
-    python benchmarks/compile.py --clients=32 --json=/tmp/compile.json
+    python -m benchmarks.compile --clients=32 --json=/tmp/compile.json
 
 For each strategy, times the compilation of a round of `compile_clients` clients (cold: run
 this without a persistent compilation cache): `lower` and `compile` of the one-program vmap
@@ -16,12 +16,9 @@ Efficiency rows are written for strategies whose round time is given in `--round
 import functools
 import json
 import pathlib
-import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp

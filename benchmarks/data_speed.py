@@ -1,6 +1,6 @@
 """Data loading speed: ChestX-ray14 CSV parse+map, PNG decode+resize, reads from the cache.
 
-  python benchmarks/data_speed.py --num_images=2000 --workers=2 [--png_decoder=pil]
+  python -m benchmarks.data_speed --num_images=2000 --workers=2 [--png_decoder=pil]
 
 Prints one JSON object. The PNGs are synthetic 1024x1024 8-bit chest-film-like
 images (smooth anatomy plus noise, ~0.5 MB each, like the NIH files); a few

@@ -1,6 +1,6 @@
 """Times the eval binary on the phantom default (target: <= 3 minutes on 2 CPU cores).
 
-    python benchmarks/eval_speed.py --workdir=/tmp/fedgan_eval_speed [--rounds=2]
+    python -m benchmarks.eval_speed --workdir=/tmp/fedgan_eval_speed [--rounds=2]
 
 Evaluation cost does not depend on how well G is trained, so when `WORKDIR` holds no
 checkpoint the script first trains `--rounds` rounds of the default config (not timed).
@@ -37,7 +37,6 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def train_if_needed(config_argument: str, workdir: str, rounds: int) -> None:
   if os.path.isdir(os.path.join(workdir, 'checkpoints')):
     return
-  sys.path.insert(0, REPO_ROOT)
   from fedgan_jax import train  # pylint: disable=g-import-not-at-top
   from fedgan_jax.data import registry  # pylint: disable=g-import-not-at-top
   from fedgan_jax.federated import task as task_lib  # pylint: disable=g-import-not-at-top

@@ -1,6 +1,6 @@
 """Round time of the Flower deployment over loopback vs the simulated round; prints JSON.
 
-    python benchmarks/flower_overhead.py [--variant=] [--hospitals=3] [--rounds=4]
+    python -m benchmarks.flower_overhead [--variant=] [--hospitals=3] [--rounds=4]
 
 Both sides train the same 3 phantom hospitals (`--variant=runlocal` for the tiny sizes)
 for `--rounds` rounds with the default model, batch and local steps:
@@ -28,10 +28,6 @@ from absl import flags
 import jax
 import numpy as np
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from fedgan_jax.data import registry
 from fedgan_jax.deploy import common
 from fedgan_jax.deploy import coordinator as coordinator_lib
@@ -39,7 +35,9 @@ from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import optimizers
 from fedgan_jax.federated import rngs
 from fedgan_jax.federated import sampling
-# pylint: enable=g-import-not-at-top,wrong-import-position
+
+# The deployment's processes import the project from here (PYTHONPATH).
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 _VARIANT = flags.DEFINE_string('variant', '', 'configs/phantom.py variant ("" = default sizes).')
 _HOSPITALS = flags.DEFINE_integer('hospitals', 3, 'Participating hospitals.')

@@ -86,16 +86,16 @@ run_step() {  # name, limit in seconds, command...
 
 run_step round "$ROUND_LIMIT" env JAX_COMPILATION_CACHE_DIR="$CACHE_DIR" \
   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
-  "$PYTHON" benchmarks/round.py "${ROUND_ARGS[@]}" --json="$OUTPUT_DIR/round.json"
-run_step scaling "$SCALING_LIMIT" "$PYTHON" benchmarks/scaling.py "${SCALING_ARGS[@]}" \
+  "$PYTHON" -m benchmarks.round "${ROUND_ARGS[@]}" --json="$OUTPUT_DIR/round.json"
+run_step scaling "$SCALING_LIMIT" "$PYTHON" -m benchmarks.scaling "${SCALING_ARGS[@]}" \
   --compilation_cache_dir="$CACHE_DIR" --json="$OUTPUT_DIR/scaling.json"
 ROUND_JSON=()
 [ -s "$OUTPUT_DIR/round.json" ] && ROUND_JSON=(--round_json="$OUTPUT_DIR/round.json")
 run_step compile "$COMPILE_LIMIT" env -u JAX_COMPILATION_CACHE_DIR \
-  "$PYTHON" benchmarks/compile.py "${COMPILE_ARGS[@]}" "${ROUND_JSON[@]}" \
+  "$PYTHON" -m benchmarks.compile "${COMPILE_ARGS[@]}" "${ROUND_JSON[@]}" \
   --json="$OUTPUT_DIR/compile.json"
 if "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
-  run_step torch_round "$TORCH_LIMIT" "$PYTHON" benchmarks/torch_round.py --device=cuda \
+  run_step torch_round "$TORCH_LIMIT" "$PYTHON" -m benchmarks.torch_round --device=cuda \
     "${TORCH_ARGS[@]}" "${ROUND_JSON[@]}" --json="$OUTPUT_DIR/torch_round.json"
 else
   echo "torch_round: skipped (torch sees no GPU)" | tee -a "$STATUS"

@@ -1,6 +1,6 @@
 """Round time of example-level DP-SGD against the non-DP round, phantom default sizes, CPU.
 
-    PYTHONPATH=. python benchmarks/privacy_cost.py [--rounds=5] [--out=benchmarks/privacy_cost.json]
+    python -m benchmarks.privacy_cost [--rounds=5] [--out=benchmarks/privacy_cost.json]
 
 Three variants of the same federation (configs/phantom_dp.py: 4 hospitals, 64x64, 2 local
 steps, its batch size (32), `sequential` strategy, the CPU default when it was first measured):

@@ -1,6 +1,6 @@
 """The real-data protocol: the federated GAN + F-AD over several seeds, beside its baselines.
 
-    python benchmarks/real_protocol.py --config=configs/zhanglab.py --seeds=0,1,2 \
+    python -m benchmarks.real_protocol --config=configs/zhanglab.py --seeds=0,1,2 \
         --workdir=/tmp/protocol -- --config.data.root=../shared/data/zhanglab
 
 Runs `python -m fedgan_jax.main` once per seed (workdir/seed_N; a finished seed is

@@ -1,6 +1,6 @@
 """Round time of every client-execution strategy against the naive per-client loop.
 
-    python benchmarks/round.py --clients=3,8,32 --json=/tmp/round.json
+    python -m benchmarks.round --clients=3,8,32 --json=/tmp/round.json
 
 For each client count, builds that many small phantom hospitals (configs/phantom.py model,
 batch size and local steps; every client takes part), runs `warmup` untimed rounds and
@@ -16,12 +16,8 @@ machine are pessimistic).
 """
 
 import json
-import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 
 from benchmarks import round_lib

@@ -1,6 +1,6 @@
 """Round time and memory from 3 to 1,000 clients in the population, a fixed number per round.
 
-    python benchmarks/scaling.py --populations=3,32,100,1000 --clients_per_round=32 \
+    python -m benchmarks.scaling --populations=3,32,100,1000 --clients_per_round=32 \
         --json=/tmp/scaling.json
 
 Each point runs in its own process (peak memory is per process), builds `population` small
@@ -21,10 +21,11 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
+
+# Children run `python -m benchmarks.scaling` from here.
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 _POPULATIONS = flags.DEFINE_list('populations', ['3', '32', '100', '1000'],
                                  'Clients in the federation, one process each.')
@@ -102,7 +103,7 @@ def run_point(population: int, clients_per_round: int) -> dict:
 
 def _child_command(population: int, clients_per_round: int) -> list[str]:
   passed = ['rounds', 'warmup', 'examples_per_client', 'config_arg', 'strategy']
-  command = [sys.executable, str(pathlib.Path(__file__).resolve()),
+  command = [sys.executable, '-m', 'benchmarks.scaling',
              f'--child_population={population}', f'--clients_per_round={clients_per_round}']
   return command + [f'--{name}={flags.FLAGS[name].value}' for name in passed]
 
@@ -123,7 +124,7 @@ def main(argv):
   results = []
   for population, clients_per_round in points:
     output = subprocess.run(_child_command(population, clients_per_round), env=env,
-                            capture_output=True, text=True, check=False)
+                            cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     lines = [l for l in output.stdout.splitlines() if l.startswith('RESULT ')]
     if output.returncode or not lines:
       raise RuntimeError(f'scaling point population={population} failed:\n{output.stderr[-3000:]}')

@@ -1,6 +1,6 @@
 """Soak under faults (issue 22): random SIGKILLs, rogue hospitals; asserts what survives.
 
-    python benchmarks/soak.py --kills=50 [--phases=train,flower,rogue] [--out=soak.json]
+    python -m benchmarks.soak --kills=50 [--phases=train,flower,rogue] [--out=soak.json]
 
 Phases (each on the tiny runlocal phantom networks, loopback addresses only):
   * train: `fedgan_jax.main` (training, a checkpoint every round, then F-AD evaluation)
@@ -36,9 +36,7 @@ import jax
 import numpy as np
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from fedgan_jax import checkpointing
 from fedgan_jax.data import registry
 from fedgan_jax.deploy import common

@@ -1,6 +1,6 @@
 """The same FedAvg round written the obvious PyTorch way (CPU or CUDA): the peer to beat.
 
-    /work/venvs/torch/bin/python benchmarks/torch_round.py --clients=3,8,32 \
+    /work/venvs/torch/bin/python -m benchmarks.torch_round --clients=3,8,32 \
         --round_json=/tmp/round.json --json=/tmp/torch_round.json
 
 Torch lives in its own virtual environment and never in the project's dependencies

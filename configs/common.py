@@ -77,7 +77,7 @@ def get_common_config() -> ml_collections.ConfigDict:
 
   config.checkpoint = ml_collections.ConfigDict(dict(every_rounds=50, keep=3))
   config.train = ml_collections.ConfigDict(dict(
-      log_every_rounds=10,
+      log_every_rounds=25,  # Console progress lines; metrics.jsonl has every round.
       sample_every_rounds=100,
       max_abs_loss=1e4,    # a loss beyond this (or NaN/inf) stops the run as diverged.
       # A parameter (of G, D or G's moving average) beyond this, or NaN/inf, stops the run

@@ -12,28 +12,21 @@ import json
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
-from fedgan_jax import cpu_backend
+from fedgan_jax import flags_common
 from fedgan_jax import validation
-from fedgan_jax import xla_cache
 from fedgan_jax.privacy import audit
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir holding checkpoints/.')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint round to audit (default: the latest).')
-_COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
-                                          xla_cache.FLAG_HELP)
-_CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', True, cpu_backend.FLAG_HELP)
+_CONFIG = flags_common.define_config()
+_WORKDIR = flags_common.define_workdir('Training workdir holding checkpoints/.')
+_STEP = flags_common.define_step('audit')
+_RUNTIME = flags_common.define_runtime_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  cpu_backend.apply(_CPU_YNN_FUSIONS.value)
-  xla_cache.enable(_COMPILATION_CACHE.value)
+  flags_common.check_no_arguments(argv)
+  flags_common.start(_RUNTIME)
   validation.validate_config(_CONFIG.value)
   results = audit.run_audit(_CONFIG.value, _WORKDIR.value, _STEP.value)
   logging.info('audit of round %d: %s', results['step'],

@@ -514,11 +514,15 @@ def _write_figures(context: EvalContext) -> None:
   profiles = config.train.get('profiles') or [{}]
   grid = synthesis.sample_grid(context.task, context.g_params, context.federation.schema,
                                profiles, config.eval.sample_columns, context.seed)
-  plots.save_image_grid(os.path.join(context.out_dir, 'samples.png'), grid)
+  plots.save_image_grid(os.path.join(context.out_dir, 'samples.png'), grid,
+                        *synthesis.sample_grid_labels(context.federation.schema, profiles,
+                                                      config.eval.sample_columns))
   # Real reference images above images generated for their conditions.
   columns = min(config.eval.sample_columns, len(context.reference()))
   pairs = np.stack([context.reference().images[:columns], context.generated_reference()[:columns]])
-  plots.save_image_grid(os.path.join(context.out_dir, 'real_vs_generated.png'), pairs)
+  plots.save_image_grid(os.path.join(context.out_dir, 'real_vs_generated.png'), pairs,
+                        ['real', 'generated'], [f'#{i + 1}' for i in range(columns)],
+                        title=f"real {config.eval.reference} images, G's for their conditions")
 
 
 def _write_atomic(path: str, text: str) -> None:

@@ -46,6 +46,32 @@ def profile_records(schema: conditions_lib.ConditionSchema,
   return records
 
 
+def profile_label(schema: conditions_lib.ConditionSchema, profile: Mapping[str, Any]) -> str:
+  """A sample grid's row label: `{'age': 75, 'sex': 1}` -> 'age 75, sex M'.
+
+  Categories are named as the schema names them; a profile naming nothing is 'reference'
+  (every feature at its reference value, see `profile_records`).
+  """
+  features = {f.name: f for f in schema.features}
+  parts = []
+  for name, value in profile.items():
+    feature = features.get(name)
+    if feature is not None and feature.kind == 'categorical':
+      value = feature.categories[int(value)]
+    elif feature is not None and feature.kind == 'multi_hot':
+      value = '+'.join(feature.categories[int(i)] for i in np.atleast_1d(value)) or 'none'
+    elif isinstance(value, float) and value.is_integer():
+      value = int(value)
+    parts.append(f'{name} {value}')
+  return ', '.join(parts) or 'reference'
+
+
+def sample_grid_labels(schema, profiles, columns: int) -> tuple[list[str], list[str]]:
+  """Row labels (the profiles) and column labels (`z1`..: one fixed noise draw per column)."""
+  return ([profile_label(schema, p) for p in profiles],
+          [f'z{i + 1}' for i in range(columns)])
+
+
 def profile_conditions(schema, profiles) -> np.ndarray:
   values, mask = schema.encode(profile_records(schema, profiles))
   return conditions_lib.model_condition(values, mask)

@@ -28,6 +28,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from fedgan_jax import checkpointing
+from fedgan_jax import console
+from fedgan_jax import cpu_backend
 from fedgan_jax import eval_report
 from fedgan_jax import evaluation
 from fedgan_jax import metrics_log
@@ -132,7 +134,8 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
   state, update_ema = server.state, server.update_ema
   checkpoint_manager = server.checkpoint_manager
   start_round = int(state.round)
-  log = metrics_log.MetricsLog(os.path.join(workdir, 'metrics.jsonl'))
+  log = metrics_log.MetricsLog(os.path.join(workdir, 'metrics.jsonl'),
+                               metrics_log.tensorboard_writer(workdir) if is_chief() else None)
   if is_chief():
     log.truncate_after(start_round)
 
@@ -153,9 +156,14 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
   round_fn = server_lib.round_fn(config, task, server, strategy, mesh)
   pad = mesh.size if mesh is not None else 1
   clients = federation.clients
-  logging.info('Training %d rounds (from %d) over %d clients, %s per round, strategy %s on %s.',
+  logging.info('Training %d rounds (from %d) over %d clients, %s per round, strategy %s on %s; '
+               'G %s, D %s parameters; checkpoint every %d rounds; metrics to %s.',
                fl.num_rounds, start_round, len(clients), fl.clients_per_round or 'all', strategy,
-               jax.default_backend())
+               jax.default_backend(), *(f'{metrics_log.parameter_count(state.params[k]):,}'
+                                        for k in ('generator', 'discriminator')),
+               config.checkpoint.every_rounds,
+               'metrics.jsonl and TensorBoard events' if log.writer is not None else
+               'metrics.jsonl (TensorBoard events: pip install -e ".[tensorboard]")')
   progress = metrics_log.Progress(fl.num_rounds, start_round)
   samples_dir = os.path.join(workdir, 'samples')
   for round_index in range(start_round, fl.num_rounds):
@@ -210,9 +218,14 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
       grid = synthesis.sample_grid(task, host_local(algorithm.sampling_generator(state)),
                                    federation.schema, config.train.profiles,
                                    config.eval.sample_columns, config.seed)
-      plots.save_image_grid(os.path.join(samples_dir, f'round_{done:06d}.png'), grid)
+      rows, columns = synthesis.sample_grid_labels(federation.schema, config.train.profiles,
+                                                   config.eval.sample_columns)
+      plots.save_image_grid(os.path.join(samples_dir, f'round_{done:06d}.png'), grid, rows,
+                            columns, title=f'round {done}')
+      plots.save_training_curves(os.path.join(workdir, 'training_curves.png'), log.read())
   checkpoint_manager.wait_until_finished()
   checkpoint_manager.close()
+  log.close()
   return state
 
 
@@ -228,8 +241,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if is_chief():
     with open(os.path.join(workdir, 'clients.json'), 'w') as f:
       json.dump(rows, f, indent=1)
-  for row in rows:
-    logging.info('client %s', row)
+  logging.info('Data: %s, %d hospitals, %d training images, test split %d images (%d abnormal), '
+               'images %s; hospitals (clients.json):\n%s',
+               federation.info.get('source', config.data.name), len(federation.clients),
+               sum(len(c) for c in federation.clients), len(federation.test),
+               int(np.sum(federation.test.abnormal)), 'x'.join(map(str, federation.image_shape)),
+               console.clients_table(rows))
   # Examples held out for the membership audit never reach training (fedgan_jax/audit.py).
   federation = audit_lib.hold_out(federation, config)
   plan = privacy_engine.PrivacyPlan.from_config(config, federation.client_sizes)
@@ -241,6 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # The very evaluation the eval binary runs, on the checkpoint just written: one set of
   # evaluators (`config.eval.evaluators`), one results.json/results.md under workdir/eval.
   rounds = int(state.round)
+  logging.info('Evaluating round %d: %s.', rounds, ', '.join(config.eval.evaluators))
   results = evaluation.evaluate_generator(
       config, workdir, rounds, {'privacy': plan.summary(rounds)}, federation, task,
       host_local(algorithm.sampling_generator(state)))
@@ -250,6 +268,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with open(path + '.tmp', 'w') as f:
     json.dump(eval_report.jsonable(results), f, indent=1)
   os.replace(path + '.tmp', path)
-  logging.info('anomaly AUC %.3f; wrote %s and %s', results['anomaly']['auc'], path,
-               os.path.join(workdir, 'eval', 'results.md'))
+  logging.info('Results after %d rounds (%s):\n%s\nWrote results.json, eval/ (results.md, roc.png, '
+               'sample grids), training_curves.png and samples/ in %s.', rounds,
+               metrics_log.format_duration(results['wall_time_s']),
+               console.results_table(results), workdir)
   return results

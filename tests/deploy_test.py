@@ -287,8 +287,10 @@ def run_federation(reference, workdir, rounds, credentials=None, exit_at=None):
                                     f'--hospital_keys={credentials["keys"]}']
     hospital_security = lambda site: [f'--root_certificates={credentials["ca"]}',
                                       f'--private_key={credentials["keys"]}/{site}.key']
+  # --verbosity=1: the server's log then holds Flower's own INFO lines ('SSL is enabled'),
+  # which the default console hides.
   commands = {'server': ['fedgan_jax.deploy.server', f'--workdir={workdir}',
-                         f'--address={address}', *server_security(None)]}
+                         f'--address={address}', '--verbosity=1', *server_security(None)]}
   for site in SITES:
     commands[site] = ['fedgan_jax.deploy.hospital', f'--site={site}',
                       f'--data={root / (site + ".npz")}', f'--server={address}',

@@ -14,6 +14,7 @@ from conftest import with_tiny_model
 from configs import eval_common
 from configs import phantom
 from fedgan_jax import checkpointing
+from fedgan_jax import console as console_lib
 from fedgan_jax import eval_report
 from fedgan_jax import evaluation
 from fedgan_jax import train
@@ -53,17 +54,18 @@ def binary_run(trained, compilation_cache_dir):
   """Runs `python -m fedgan_jax.eval` once; returns what it wrote and the checkpoints around it."""
   workdir, _ = trained
   before = _checkpoint_files(workdir)
-  subprocess.run([sys.executable, '-m', 'fedgan_jax.eval', '--config=configs/phantom.py:runlocal',
-                  f'--workdir={workdir}', f'--compilation_cache={compilation_cache_dir}',
-                  *tiny_model_flags()],
-                 cwd=REPO_ROOT, check=True, capture_output=True)
+  process = subprocess.run(
+      [sys.executable, '-m', 'fedgan_jax.eval', '--config=configs/phantom.py:runlocal',
+       f'--workdir={workdir}', f'--compilation_cache={compilation_cache_dir}',
+       *tiny_model_flags()], cwd=REPO_ROOT, check=True, capture_output=True, text=True)
   out = os.path.join(workdir, 'eval')
   with open(os.path.join(out, 'results.json')) as f:
     results = json.load(f)
   with open(os.path.join(out, 'results.md')) as f:
     markdown = f.read()
   return {'results': results, 'markdown': markdown, 'files': sorted(os.listdir(out)),
-          'before': before, 'after': _checkpoint_files(workdir)}
+          'before': before, 'after': _checkpoint_files(workdir),
+          'console': process.stdout + process.stderr}
 
 
 def test_binary_writes_results_plots_and_never_touches_checkpoints(binary_run):
@@ -88,6 +90,15 @@ def test_binary_writes_results_plots_and_never_touches_checkpoints(binary_run):
   assert '| personalized: AE score calibrated to the PD profile |' in binary_run['markdown']
   assert set(results['anomaly']['per_finding_auc']) == {'pneumonia', 'nodule', 'effusion',
                                                         'cardiomegaly'}
+
+
+def test_binary_console_ends_with_the_results_table_and_hides_library_info(binary_run):
+  console = binary_run['console']
+  auc = console_lib.format_value(binary_run['results']['anomaly']['auc'])
+  assert 'Results of round 4' in console
+  assert any(line.split()[:3] == ['anomaly', 'auc', auc] for line in console.splitlines())
+  # jax's INFO line about the missing TPU backend is a library's: hidden at default verbosity.
+  assert 'xla_bridge.py' not in console and len(console.splitlines()) <= 60, console
 
 
 def test_results_md_tables_show_the_json_numbers(binary_run):

@@ -433,7 +433,7 @@ def test_phantom_dp_runlocal_client_noise_does_not_swamp_the_model():
   config = phantom_dp.get_config('runlocal,client')
   federation, _ = federation_and_task_cache()
   plan = privacy_engine.PrivacyPlan.from_config(config, federation.client_sizes)
-  privacy = plan.client_privacy()
+  privacy = plan.aggregator()  # DP-FedAvg: clip norm, noise multiplier, denominator.
   per_parameter_std = privacy.noise_multiplier * privacy.clip_norm / privacy.expected_clients
   # The runlocal weights' RMS is 0.13: noise must stay a small fraction of it per round.
   assert per_parameter_std < 0.01

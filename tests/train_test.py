@@ -7,6 +7,7 @@ while keeping the last good checkpoint.
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -55,10 +56,16 @@ RESUME_OVERRIDES = ('--config.fl.num_rounds=12', '--config.checkpoint.every_roun
 
 
 @pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory, compilation_cache_dir):
+def uninterrupted_run(tmp_path_factory, compilation_cache_dir):
+  """`(workdir, console)` of a 12-round run at the default verbosity."""
   workdir = tmp_path_factory.mktemp('uninterrupted')
-  run_main(workdir, compilation_cache_dir, *RESUME_OVERRIDES)
-  return workdir
+  result = run_main(workdir, compilation_cache_dir, *RESUME_OVERRIDES)
+  return workdir, result.stdout + result.stderr
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(uninterrupted_run):
+  return uninterrupted_run[0]
 
 
 def test_pipeline_writes_every_output(uninterrupted):
@@ -76,8 +83,22 @@ def test_pipeline_writes_every_output(uninterrupted):
   assert (uninterrupted / 'eval' / 'roc.png').stat().st_size > 0
   assert 'anomaly' in (uninterrupted / 'eval' / 'results.md').read_text().lower()
   assert (uninterrupted / 'samples' / 'round_000012.png').exists()
+  assert (uninterrupted / 'training_curves.png').stat().st_size > 0
   clients = json.loads((uninterrupted / 'clients.json').read_text())
   assert len(clients) == 3 and all(c['examples'] > 0 for c in clients)
+
+
+def test_console_reads_as_setup_progress_and_results(uninterrupted_run):
+  _, console = uninterrupted_run
+  lines = console.splitlines()
+  # Setup, one progress line per round (runlocal logs every round), the evaluators, the table.
+  assert len(lines) <= 60, console
+  assert 'Data: phantom, 3 hospitals' in console and 'children_and_young' in console
+  assert 'round 12/12 (100%)' in console and 'ETA' in console
+  assert 'Results after 12 rounds' in console
+  assert re.search(r'^ +anomaly +auc +\d\.\d{3}', console, re.M), console
+  # Orbax's INFO chatter (dozens of lines per checkpoint) stays out of the default console.
+  assert 'checkpoint_manager.py' not in console and 'orbax' not in console.lower()
 
 
 def test_sigkill_and_restart_ends_with_the_same_params(uninterrupted, tmp_path,
@@ -111,11 +132,14 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
   workdir = tmp_path / 'run'
   shutil.copytree(uninterrupted, workdir)
   before = sorted(os.listdir(workdir / 'checkpoints'))
+  # --verbosity=1 (checked here, on a run the suite makes anyway) shows the libraries' INFO
+  # logs that the default console hides: Orbax's restore of round 12.
   result = run_main(workdir, compilation_cache_dir, '--config.fl.num_rounds=16',
                     '--config.checkpoint.every_rounds=1', '--config.train.max_abs_loss=1e-9',
-                    check=False)
+                    '--verbosity=1', check=False)
   assert result.returncode != 0
   assert 'round 13' in result.stderr and 'last good checkpoint is kept' in result.stderr
+  assert 'checkpoint_manager.py' in result.stderr
   assert sorted(os.listdir(workdir / 'checkpoints')) == before
   assert '12' in before
   assert json.loads((workdir / 'results.json').read_text())['rounds'] == 12

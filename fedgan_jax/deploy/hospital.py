@@ -32,12 +32,11 @@ from absl import logging
 import flwr
 import grpc
 import jax
-from ml_collections import config_flags
 import numpy as np
 
 from fedgan_jax import cpu_backend
+from fedgan_jax import flags_common
 from fedgan_jax import validation
-from fedgan_jax import xla_cache
 from fedgan_jax.data import conditions as conditions_lib
 from fedgan_jax.data import dataset as dataset_lib
 from fedgan_jax.deploy import common
@@ -49,8 +48,7 @@ from fedgan_jax.federated import sampling
 from fedgan_jax.federated import task as task_lib
 from fedgan_jax.privacy import engine as privacy_engine
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (the same '
-                                          'as the server\'s).', lock_config=True)
+_CONFIG = flags_common.define_config('Experiment config file (the same as the server\'s).')
 _SITE = flags.DEFINE_string('site', None, 'This hospital\'s name on the roster.')
 _DATA = flags.DEFINE_string('data', None, 'This hospital\'s npz (see common.export_site_data).')
 _SERVER = flags.DEFINE_string('server', None, 'Server host:port.')
@@ -64,9 +62,7 @@ _EXIT_AT_ROUND = flags.DEFINE_integer('exit_at_round', -1, 'Testing: die mid-rou
 MISBEHAVIOURS = ('', 'nan', 'huge', 'stale_round')
 _MISBEHAVE = flags.DEFINE_enum('misbehave', '', MISBEHAVIOURS, 'Testing: reply as a rogue site '
                                'would (nan or huge deltas, a stale round); signed as usual.')
-_COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
-                                          xla_cache.FLAG_HELP)
-_CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', True, cpu_backend.FLAG_HELP)
+_RUNTIME = flags_common.define_runtime_flags()
 flags.mark_flags_as_required(['config', 'site', 'data', 'server'])
 
 
@@ -168,12 +164,10 @@ def wait_for_server(address: str, max_wait_s: float, poll_s: float) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  flags_common.check_no_arguments(argv)
   config = _CONFIG.value
   validation.validate_config(config)
-  cpu_backend.apply(_CPU_YNN_FUSIONS.value)
-  xla_cache.enable(_COMPILATION_CACHE.value)
+  flags_common.start(_RUNTIME)
   if _INSECURE.value:
     security.warn_insecure('fedgan_jax.deploy.hospital')
     private_key, root_certificates = None, None

@@ -43,19 +43,16 @@ from absl import logging
 import flwr
 from flwr import common as flwr_common
 from flwr.server import strategy as flwr_strategy
-from ml_collections import config_flags
 
-from fedgan_jax import cpu_backend
+from fedgan_jax import flags_common
 from fedgan_jax import validation
-from fedgan_jax import xla_cache
 from fedgan_jax.deploy import common
 from fedgan_jax.deploy import coordinator as coordinator_lib
 from fedgan_jax.deploy import security
 from fedgan_jax.deploy import settings
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and the message audit.')
+_CONFIG = flags_common.define_config()
+_WORKDIR = flags_common.define_workdir('Checkpoints, metrics and the message audit.')
 _ADDRESS = flags.DEFINE_string('address', None, 'host:port to listen on (default deploy.address).')
 _SSL_CA = flags.DEFINE_string('ssl_ca_certfile', None, 'CA certificate (PEM) the hospitals trust.')
 _SSL_CERT = flags.DEFINE_string('ssl_certfile', None, "Server's TLS certificate (PEM).")
@@ -65,9 +62,7 @@ _HOSPITAL_KEYS = flags.DEFINE_string('hospital_keys', None,
                                      'roster site (node authentication).')
 _INSECURE = flags.DEFINE_bool('insecure', False, 'No TLS and no hospital authentication: tests '
                               'on loopback only.')
-_COMPILATION_CACHE = flags.DEFINE_string('compilation_cache', xla_cache.DEFAULT_DIR,
-                                          xla_cache.FLAG_HELP)
-_CPU_YNN_FUSIONS = flags.DEFINE_bool('cpu_ynn_fusions', True, cpu_backend.FLAG_HELP)
+_RUNTIME = flags_common.define_runtime_flags()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -336,11 +331,9 @@ def serve(config, workdir: str, address: str, certificates: tuple[bytes, bytes, 
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  flags_common.check_no_arguments(argv)
   config = _CONFIG.value
-  cpu_backend.apply(_CPU_YNN_FUSIONS.value)
-  xla_cache.enable(_COMPILATION_CACHE.value)
+  flags_common.start(_RUNTIME)
   if _INSECURE.value:
     security.warn_insecure('fedgan_jax.deploy.server')
     certificates, hospital_keys = None, None

@@ -25,6 +25,7 @@ from absl import app
 from absl import flags
 from flax import traverse_util
 
+from fedgan_jax import flags_common
 from fedgan_jax.evaluators import inception
 
 _TORCH_SUFFIX_TO_FLAX = {
@@ -131,7 +132,8 @@ def define_flags() -> None:
 
 
 def main(argv):
-  del argv
+  flags_common.check_no_arguments(argv)
+  flags_common.start()  # No JAX computation here: only the library logs to quiet.
   input_path, output_path = flags.FLAGS.input, flags.FLAGS.output
   try:
     import torch  # pylint: disable=g-import-not-at-top
