@@ -42,7 +42,6 @@ from fedgan_jax.data import registry
 from fedgan_jax.deploy import common
 from fedgan_jax.deploy import coordinator as coordinator_lib
 from fedgan_jax.deploy import security
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _KILLS = flags.DEFINE_integer('kills', 50, 'Total SIGKILLs over the kill phases.')
 _PHASES = flags.DEFINE_list('phases', ['train', 'flower', 'rogue'], 'Phases to run.')
