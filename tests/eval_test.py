@@ -17,6 +17,7 @@ from fedgan_jax import checkpointing
 from fedgan_jax import console as console_lib
 from fedgan_jax import eval_report
 from fedgan_jax import evaluation
+from fedgan_jax.evaluators import context as context_lib
 from fedgan_jax import train
 from fedgan_jax.data import conditions as conditions_lib
 from fedgan_jax.evaluators import schema_attributes
@@ -200,7 +201,7 @@ def test_privacy_report_reads_the_checkpoint_meta():
 
 
 def test_shared_models_refuse_other_data():
-  shared = evaluation.SharedModels()
+  shared = context_lib.SharedModels()
   calls = []
   assert shared.get('encoder', 'data A', lambda: calls.append(1) or 'fitted') == 'fitted'
   assert shared.get('encoder', 'data A', lambda: calls.append(1) or 'refitted') == 'fitted'

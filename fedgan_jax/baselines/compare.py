@@ -26,6 +26,7 @@ from fedgan_jax.baselines import autoencoder as autoencoder_baseline
 from fedgan_jax.baselines import classifier as classifier_baseline
 from fedgan_jax.baselines import local_gan
 from fedgan_jax.data import registry
+from fedgan_jax.evaluators import context as context_lib
 from fedgan_jax.federated import task as task_lib
 from fedgan_jax.privacy import engine as privacy_engine
 
@@ -95,7 +96,7 @@ def compare(config, workdir: str) -> dict:
   if unknown:
     raise ValueError(f'baselines.methods: unknown {sorted(unknown)}; expected some of {known}.')
   federation = registry.load_federation(_federated(config))
-  shared = evaluation.SharedModels()
+  shared = context_lib.SharedModels()
   gan_evaluators = tuple(config.baselines.gan_evaluators)
   seed, anomaly = int(config.seed), config.anomaly
   rows = []

@@ -1,0 +1,177 @@
+"""What the evaluators read: `EvalContext` (per run, cached) and `SharedModels` (per dataset).
+
+`EvalContext` computes once per evaluation what several evaluators need: images generated
+for the reference conditions, synthetic normal images, the F-AD detections (on synthetic
+normals, and the same detector on real normals for the baselines), the domain encoder and
+the attribute reader. What depends only on the real data lives in `SharedModels`, which
+`benchmarks/compare_baselines.py` reuses across methods so every method is scored by the
+very same encoder and attribute model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Callable
+
+import numpy as np
+
+from fedgan_jax import synthesis
+from fedgan_jax.data import dataset as dataset_lib
+from fedgan_jax.evaluators import anomaly as anomaly_lib
+from fedgan_jax.evaluators import domain_features
+from fedgan_jax.evaluators import personalized as personalized_lib
+from fedgan_jax.evaluators import schema_attributes
+from fedgan_jax.federated import client as client_lib
+
+REFERENCES = ('test', 'train')
+# Detectors trained on real normal films, reported beside F-AD (`eval.anomaly_baselines`).
+ANOMALY_BASELINES = ('ceiling', 'site_alone')
+
+
+class SharedModels:
+  """Models fitted on the real training data only, reusable by every method on that data."""
+
+  def __init__(self):
+    self._key = None
+    self._models: dict[str, Any] = {}
+
+  def get(self, name: str, key: str, build: Callable[[], Any]) -> Any:
+    """`build()` once per data key; a different key (other data or seed) is refused."""
+    if self._key is None:
+      self._key = key
+    elif key != self._key:
+      raise ValueError('SharedModels: reused with another data config or seed (its models were '
+                       'fitted on other images); use one SharedModels per dataset.')
+    if name not in self._models:
+      self._models[name] = build()
+    return self._models[name]
+
+
+@dataclasses.dataclass
+class EvalContext:
+  """Everything an evaluator reads, with lazily computed, cached intermediate results."""
+  config: Any
+  federation: dataset_lib.FederatedDataset
+  task: client_lib.GanTask
+  g_params: Any
+  out_dir: str
+  shared: SharedModels
+  roc_curves: dict = dataclasses.field(default_factory=dict)
+  _cache: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def eval_config(self):
+    return self.config.eval
+
+  @property
+  def seed(self) -> int:
+    return int(self.config.seed)
+
+  def _cached(self, name: str, build: Callable[[], Any]) -> Any:
+    if name not in self._cache:
+      self._cache[name] = build()
+    return self._cache[name]
+
+  def _shared(self, name: str, build: Callable[[], Any]) -> Any:
+    key = json.dumps({'data': self.config.data.to_dict(), 'seed': self.seed,
+                      'conditions': list(self.config.conditions),
+                      'domain_features': self.eval_config.domain_features.to_dict(),
+                      'conditioning': self.eval_config.conditioning.to_dict()},
+                     sort_keys=True, default=str)
+    return self.shared.get(name, key, build)
+
+  def pooled_training(self) -> dataset_lib.ClientData:
+    """All hospitals' real training data, concatenated once."""
+    return self._cached('pooled', self.federation.pooled)
+
+  def reference(self) -> dataset_lib.ClientData:
+    """The real images generated ones are compared with (`eval.reference`)."""
+    name = self.eval_config.reference
+    if name not in REFERENCES:
+      raise ValueError(f'eval.reference: {name!r} is not one of {REFERENCES}.')
+    return self.federation.test if name == 'test' else self.pooled_training()
+
+  def generated_reference(self) -> np.ndarray:
+    """One generated image per reference image, for that image's condition vector."""
+    return self._cached('generated_reference', lambda: synthesis.synthesize(
+        self.task, self.g_params, self.reference().conditions, self.seed + 2,
+        self.eval_config.generate_batch_size))
+
+  def synthetic_normals(self) -> tuple[np.ndarray, np.ndarray]:
+    """`(images, conditions)` of synthetic normal patients, drawn as training's F-AD does."""
+    def build():
+      anomaly_config = self.config.anomaly
+      if self.federation.normal_profiles is None:
+        raise ValueError(f'data source {self.config.data.name!r} gives no normal_profiles to '
+                         'synthesize normal patients from; the anomaly and personalized '
+                         'evaluators need them (remove them from eval.evaluators).')
+      rng = np.random.default_rng([self.seed, 99])
+      conditions = self.federation.normal_profiles(rng, anomaly_config.num_synthetic)
+      images = synthesis.synthesize(self.task, self.g_params, conditions, self.seed + 1,
+                                    self.eval_config.generate_batch_size)
+      return images, conditions
+    return self._cached('synthetic_normals', build)
+
+  def domain_encoder(self) -> domain_features.FittedEncoder:
+    def build():
+      pooled = self.pooled_training()
+      return domain_features.train_domain_encoder(
+          pooled.images, pooled.conditions, self.federation.schema.continuous_columns(),
+          self.eval_config.domain_features, self.seed)
+    return self._shared('domain_encoder', build)
+
+  def domain_features_of(self, name: str, images: np.ndarray) -> np.ndarray:
+    batch_size = self.eval_config.domain_features.feature_batch_size
+    return self._cached(f'domain_features/{name}',
+                        lambda: self.domain_encoder().features(images, batch_size))
+
+  def attribute_reader(self) -> schema_attributes.SchemaReader:
+    def build():
+      pooled = self.pooled_training()
+      return schema_attributes.SchemaReader.fit(
+          self.federation.schema, pooled.images, pooled.conditions,
+          self.eval_config.conditioning.features,
+          self.eval_config.conditioning.min_class_examples, self.seed)
+    return self._shared('attribute_reader', build)
+
+  def unconditioned_detection(self) -> dict:
+    """F-AD: the plain AE on synthetic normals, scored on the real test split."""
+    def build():
+      synthetic, _ = self.synthetic_normals()
+      detector = anomaly_lib.train_autoencoder(synthetic, self.config.anomaly, self.seed)
+      test_images = self.federation.test.images
+      return {'synthetic_scores': anomaly_lib.anomaly_scores(detector, synthetic),
+              'test_scores': anomaly_lib.anomaly_scores(detector, test_images),
+              'final_loss': detector.final_loss, 'detector': detector}
+    return self._cached('unconditioned_detection', build)
+
+  def site_normals(self) -> dict[str, np.ndarray]:
+    """Each hospital's real normal training films (they never leave the site)."""
+    return {c.name: np.asarray(c.images)[~np.asarray(c.abnormal, bool)]
+            for c in self.federation.clients}
+
+  def real_normal_detection(self, name: str, images: np.ndarray) -> dict:
+    """The same detector trained on real normal films `images` (a baseline, not the product)."""
+    def build():
+      if len(images) == 0:
+        return {'skipped': 'no real normal training films.'}
+      detector = anomaly_lib.train_autoencoder(images, self.config.anomaly, self.seed)
+      return {'train_scores': anomaly_lib.anomaly_scores(detector, images),
+              'test_scores': anomaly_lib.anomaly_scores(detector, self.federation.test.images)}
+    return self._cached(f'real_normal_detection/{name}', build)
+
+  def detection_summary(self, label: str, synthetic_scores, test_scores) -> dict:
+    """Threshold/AUC/sensitivity/specificity, per-finding AUC; adds the ROC to the plot."""
+    test = self.federation.test
+    report = anomaly_lib.detection_report(synthetic_scores, test_scores, test.abnormal,
+                                          self.config.anomaly.threshold_percentile)
+    roc = report.pop('roc')
+    self.roc_curves[label] = (np.array(roc['fpr']), np.array(roc['tpr']), report['auc'])
+    findings = self.eval_config.findings_feature
+    schema = self.federation.schema
+    if findings and findings in {f.name for f in schema.features}:
+      labels = schema.decode(test.conditions)[findings]
+      report['per_finding_auc'] = personalized_lib.per_finding_auc(
+          test_scores, labels, test.abnormal, schema.feature(findings).categories)
+    return report
