@@ -107,3 +107,27 @@ def make_medmnist_npz(path: pathlib.Path, task: str = 'pneumoniamnist', size: in
       arrays[f'{split}_labels'] = labels
   np.savez(path, **arrays)
   return arrays
+
+
+def write_jpeg(path: pathlib.Path, value: int) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  pixels = np.full((40, 40), value, np.uint8)
+  pixels[::4] = 255 - value  # Some structure, so JPEG copies of different films differ.
+  Image.fromarray(pixels).convert('RGB').save(path, 'JPEG')
+
+
+def make_zhanglab(root: pathlib.Path, with_test: bool) -> pathlib.Path:
+  """12 normal patients (2 films each), 12 pneumonia patients (bacteria and virus), a copy."""
+  for split in ('train', 'test') if with_test else ('train',):
+    offset = 0 if split == 'train' else 100
+    for patient in range(12):
+      for film in range(2):
+        write_jpeg(root / 'chest_xray' / split / 'NORMAL' /
+               f'IM-{patient + offset:04d}-{film + 1:04d}.jpeg', 10 + patient * 8 + film)
+      kind = 'bacteria' if patient % 2 else 'virus'
+      write_jpeg(root / 'chest_xray' / split / 'PNEUMONIA' /
+             f'person{patient + offset}_{kind}_{patient}.jpeg', 120 + patient * 8)
+  # A byte-identical copy under another patient's name: kept once.
+  train = root / 'chest_xray' / 'train' / 'NORMAL'
+  (train / 'NORMAL2-IM-0999-0001.jpeg').write_bytes((train / 'IM-0000-0001.jpeg').read_bytes())
+  return root

@@ -257,14 +257,8 @@ def load_images(records: Mapping[str, np.ndarray], rows: np.ndarray, root: pathl
 def build_federation(data_config, conditions_config: Sequence[Mapping[str, Any]],
                      seed: int) -> dataset_lib.FederatedDataset:
   """Reads ChestX-ray14 under `data_config.root` into hospitals and a test split."""
-  if not data_config.root:
-    raise ValueError(f'data.root is empty: set it to the ChestX-ray14 folder ({LAYOUT}); the data '
-                     f'set is published by the {SOURCE}.')
-  root = pathlib.Path(data_config.root)
+  root = dataset_lib.data_root(data_config.root, CSV_NAME, LAYOUT, f'the {SOURCE}')
   csv_path = root / CSV_NAME
-  if not csv_path.is_file():
-    raise ValueError(f'data.root: {csv_path} not found; expected {LAYOUT} under {root}. '
-                     f'ChestX-ray14 is published by the {SOURCE}.')
   schema = conditions_lib.ConditionSchema.from_config(
       clinical.with_clinical_features(conditions_config, data_config.get('clinical')))
   names_in_schema = {f.name for f in schema.features}

@@ -10,6 +10,7 @@ to float in [-1, 1] on device.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from typing import Any, Mapping
 
 import numpy as np
@@ -157,3 +158,18 @@ class HospitalPrior:
 def restricted_prior(prior, hospitals: list[int | None]):
   """`HospitalPrior(prior, hospitals)`, or None without a prior."""
   return None if prior is None else HospitalPrior(prior, hospitals)
+
+
+def data_root(root: str, required: str, layout: str, source: str) -> pathlib.Path:
+  """`data.root` as a path, refusing an empty one or one without `root/required`.
+
+  Both messages name the expected `layout` and who publishes the data (`source`).
+  """
+  if not root:
+    raise ValueError(f'data.root is empty: set it to the folder holding {layout}; the data set '
+                     f'is published by {source}.')
+  path = pathlib.Path(root)
+  if not (path / required).exists():
+    raise ValueError(f'data.root: {path / required} not found; expected {layout} under {path}. '
+                     f'The data set is published by {source}.')
+  return path

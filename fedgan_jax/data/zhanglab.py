@@ -15,8 +15,9 @@ Splits, whole patients throughout:
   * validation: `data.split.validation_fraction` of the remaining training patients,
     never trained on. `data.split.score` picks the split the pipeline scores:
     'validation' while choosing models and settings, 'test' once at the end.
-Byte-identical files (the release has 32) are kept once, so a copy cannot sit on both
-sides of a split. The release's train and test folders share some `personN` numbers; the
+Byte-identical training files (the release has 32) are kept once, so a copy cannot sit
+on both sides of the validation split; the test folder is kept whole (its copies of
+training files are counted in `info['test_copies_of_training_files']`). The release's train and test folders share some `personN` numbers; the
 split is fixed by the release, so they are counted (`info['overlapping_patients']`), not
 dropped. The films are small JPEGs (5,216 decode in seconds), so no cache is kept.
 """
@@ -93,11 +94,14 @@ def list_split(folder: pathlib.Path) -> tuple[list[pathlib.Path], np.ndarray, np
   return files, np.asarray(patients), np.stack(findings)
 
 
-def _first_copies(files: Sequence[pathlib.Path]) -> np.ndarray:
+def _digests(files: Sequence[pathlib.Path]) -> list[bytes]:
+  return [hashlib.sha1(path.read_bytes()).digest() for path in files]
+
+
+def _first_copies(digests: Sequence[bytes]) -> np.ndarray:
   """Mask of files whose bytes were not seen before (in order)."""
-  seen, keep = set(), np.ones(len(files), bool)
-  for i, path in enumerate(files):
-    digest = hashlib.sha1(path.read_bytes()).digest()
+  seen, keep = set(), np.ones(len(digests), bool)
+  for i, digest in enumerate(digests):
     keep[i] = digest not in seen
     seen.add(digest)
   return keep
@@ -106,13 +110,7 @@ def _first_copies(files: Sequence[pathlib.Path]) -> np.ndarray:
 def build_federation(data_config, conditions_config: Sequence[Mapping[str, Any]],
                      seed: int) -> dataset_lib.FederatedDataset:
   """Reads `data_config.root` into hospitals and the scored split (validation or test)."""
-  if not data_config.root:
-    raise ValueError(f'data.root is empty: set it to the folder holding {LAYOUT}; the data set is '
-                     f'published by {SOURCE}.')
-  root = pathlib.Path(data_config.root)
-  if not (root / 'chest_xray' / 'train').is_dir():
-    raise ValueError(f'data.root: {root / "chest_xray" / "train"} not found; expected {LAYOUT} '
-                     f'under {root}.')
+  root = dataset_lib.data_root(data_config.root, 'chest_xray/train', LAYOUT, SOURCE)
   schema = conditions_lib.ConditionSchema.from_config(conditions_config)
   absent = sorted({f.name for f in schema.features} - {'findings'})
   if absent:
@@ -126,7 +124,14 @@ def build_federation(data_config, conditions_config: Sequence[Mapping[str, Any]]
   origin = np.concatenate([[name] * len(s[0]) for name, s in splits.items()])
   patients = np.concatenate([s[1] for s in splits.values()])
   findings = np.concatenate([s[2] for s in splits.values()])
-  keep = _first_copies(files)
+  # Copies within the training folder are dropped (a copy must not sit on both sides of the
+  # validation split); the release's test split is kept whole, its copies of training films
+  # only counted, so it stays the split others report on.
+  digests = _digests(files)
+  in_train = origin == 'train'
+  keep = np.ones(len(files), bool)
+  keep[in_train] = _first_copies([d for d, t in zip(digests, in_train) if t])
+  train_digests = {d for d, t in zip(digests, in_train) if t}
   # One integer per patient name over both folders: a `personN` in train and test is one id.
   names, patient_ids = np.unique(patients, return_inverse=True)
   info: dict[str, Any] = {'source': 'zhanglab', 'duplicate_files_dropped': int((~keep).sum()),
@@ -156,6 +161,8 @@ def build_federation(data_config, conditions_config: Sequence[Mapping[str, Any]]
     test = everything.subset(np.flatnonzero(keep & (origin == 'test')), 'test')
     overlap = np.intersect1d(train.patient_ids, test.patient_ids)
     info['overlapping_patients'] = len(overlap)
+    info['test_copies_of_training_files'] = sum(
+        d in train_digests for d, t in zip(digests, in_train) if not t)
   else:
     train, test = partition_lib.hold_out_patients(
         everything.subset(np.flatnonzero(keep)), data_config.split.test_fraction, split_rng,
