@@ -63,7 +63,7 @@ _SSIM_C1, _SSIM_C2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2
 
 
 def score_config(anomaly_config) -> ScoreConfig:
-  kind = anomaly_config.get('score', 'mse')
+  kind = anomaly_config.score
   if kind not in SCORES:
     raise ValueError(f'anomaly.score: {kind!r} is not one of {SCORES}.')
   if kind == 'mse':

@@ -73,7 +73,7 @@ def server_init(params, server_optimizer: optax.GradientTransformation,
 
 def generator_ema_decay(fl_config) -> float:
   """`fl.generator_ema`, checked: a decay in [0, 1), 0 meaning no moving average."""
-  decay = float(fl_config.get('generator_ema', 0.0))
+  decay = float(fl_config.generator_ema)
   if not 0.0 <= decay < 1.0:
     raise ValueError(f'fl.generator_ema must be in [0, 1) (0 = off), got {decay}.')
   return decay

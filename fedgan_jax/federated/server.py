@@ -92,8 +92,8 @@ def round_fn(config, task, server: Server, strategy: str | None = None, mesh=Non
   `fl.client_threads`, `fl.fuse_local_steps`, `fl.client_ynn_fusions`); `strategy` and
   `ynn_fusions` override the config's."""
   fl = config.fl
-  ynn_fusions = fl.get('client_ynn_fusions', True) if ynn_fusions is None else ynn_fusions
+  ynn_fusions = fl.client_ynn_fusions if ynn_fusions is None else ynn_fusions
   return algorithm.make_round_fn(
       task, server.server_optimizer, fl.strategy if strategy is None else strategy, mesh,
-      server.aggregator, fl.get('client_threads', 0), fl.get('fuse_local_steps', True),
+      server.aggregator, fl.client_threads, fl.fuse_local_steps,
       cpu_backend.client_compiler_options(ynn_fusions))

@@ -63,7 +63,7 @@ def check_config(config, mode: str) -> None:
   if mode == 'none':
     return
   dp = config.dp
-  group = config.model.discriminator.get('minibatch_std_group', 0)
+  group = config.model.discriminator.minibatch_std_group
   if mode == 'example' and group:
     raise ValueError(
         f'config.dp.mode="example" needs model.discriminator.minibatch_std_group=0 (got '
