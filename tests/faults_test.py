@@ -224,10 +224,7 @@ def test_server_binary_exits_on_any_error_instead_of_hanging(monkeypatch, capsys
   monkeypatch.setattr(server_lib, '_CONFIG', type('Flag', (), {'value': small_config()}))
   monkeypatch.setattr(server_lib, '_WORKDIR', type('Flag', (), {'value': '/nonexistent'}))
   monkeypatch.setattr(server_lib, '_ADDRESS', type('Flag', (), {'value': '127.0.0.1:1'}))
-  monkeypatch.setattr(server_lib.cpu_backend, 'apply', lambda enabled: enabled)
-  monkeypatch.setattr(server_lib.xla_cache, 'enable', lambda directory: None)
-  monkeypatch.setattr(server_lib, '_COMPILATION_CACHE', type('Flag', (), {'value': ''}))
-  monkeypatch.setattr(server_lib, '_CPU_YNN_FUSIONS', type('Flag', (), {'value': True}))
+  monkeypatch.setattr(server_lib.flags_common, 'start', lambda runtime: None)
   with pytest.raises(SystemExit):
     server_lib.main(['server'])
   assert exits == [1]
