@@ -82,9 +82,7 @@ def domain_quality(context: context_lib.EvalContext) -> dict:
   reference = context.reference()
   reference_normal = real[~np.asarray(reference.abnormal, bool)]
   synthetic = context.domain_features_of('synthetic_normals', context.synthetic_normals()[0])
-  pooled = context.pooled_training()
-  training_normal = context.domain_features_of(
-      'training_normals', np.asarray(pooled.images)[~np.asarray(pooled.abnormal, bool)])
+  training_normal = context.domain_features_of('training_normals', context.training_normals())
   report['fid_synthetic_normals'] = fid.fid_from_features(reference_normal, synthetic)
   report['fid_real_normals_floor'] = fid.fid_from_features(reference_normal, training_normal)
   return report
@@ -97,11 +95,10 @@ def memorization(context: context_lib.EvalContext) -> dict:
   normal patients' films are; `fraction_synthetic_below_floor` should be ~0.
   """
   synthetic, _ = context.synthetic_normals()
-  pooled, test = context.pooled_training(), context.federation.test
-  training = np.asarray(pooled.images)[~np.asarray(pooled.abnormal, bool)]
-  held_out = np.asarray(test.images)[~np.asarray(test.abnormal, bool)]
   to_model = dataset_lib.images_to_model
-  return memorization_lib.report(to_model(synthetic), to_model(held_out), to_model(training),
+  return memorization_lib.report(to_model(synthetic),
+                                 to_model(context.federation.test.normal_images()),
+                                 to_model(context.training_normals()),
                                  float(context.eval_config.memorization_percentile))
 
 
@@ -137,15 +134,10 @@ def anomaly(context: context_lib.EvalContext) -> dict:
        for site, images in context.site_normals().items()},
       detection['test_scores'], test.abnormal, float(settings.site_percentile)),
       percentile=float(settings.site_percentile))
-  unknown = set(context.eval_config.anomaly_baselines) - set(context_lib.ANOMALY_BASELINES)
-  if unknown:
-    raise ValueError(f'eval.anomaly_baselines: unknown {sorted(unknown)}; expected some of '
-                     f'{context_lib.ANOMALY_BASELINES}.')
   percentile = context.config.anomaly.threshold_percentile
   baselines = {}
   if 'ceiling' in context.eval_config.anomaly_baselines:
-    pooled = context.pooled_training()
-    baselines['ceiling'] = {'real normals': np.asarray(pooled.images)[~pooled.abnormal]}
+    baselines['ceiling'] = {'real normals': context.training_normals()}
   if 'site_alone' in context.eval_config.anomaly_baselines:
     baselines['site_alone'] = context.site_normals()
   for kind, sources in baselines.items():
@@ -267,6 +259,10 @@ def check_eval_config(config) -> None:
   unknown = [name for name in config.eval.evaluators if name not in EVALUATORS]
   if unknown:
     raise ValueError(f'eval.evaluators: unknown {unknown}; expected some of {sorted(EVALUATORS)}.')
+  unknown = set(config.eval.anomaly_baselines) - set(context_lib.ANOMALY_BASELINES)
+  if unknown:
+    raise ValueError(f'eval.anomaly_baselines: unknown {sorted(unknown)}; expected some of '
+                     f'{context_lib.ANOMALY_BASELINES}.')
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None,

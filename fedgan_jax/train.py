@@ -29,7 +29,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from fedgan_jax import checkpointing
 from fedgan_jax import console
-from fedgan_jax import cpu_backend
 from fedgan_jax import eval_report
 from fedgan_jax import evaluation
 from fedgan_jax import metrics_log

@@ -112,7 +112,7 @@ def test_real_normal_autoencoders_train_and_threshold_on_training_normals(tiny_f
     assert detector.score.kind == config.anomaly.score
     report = autoencoder_baseline.evaluate(detector, tiny_federation, 90.0)
     assert 0.0 <= report['auc'] <= 1.0 and report['threshold_percentile'] == 90.0
-    normals = autoencoder_baseline.normal_images(tiny_federation.pooled())
+    normals = tiny_federation.pooled().normal_images()
     training_scores = autoencoder_baseline.anomaly_lib.anomaly_scores(detector, normals)
     assert report['threshold'] == pytest.approx(np.percentile(training_scores, 90.0), rel=1e-6)
     assert report['test_scores'].shape == (len(tiny_federation.test),)

@@ -13,16 +13,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fedgan_jax import losses
 from fedgan_jax.baselines import fedavg
 from fedgan_jax.data import dataset as dataset_lib
 from fedgan_jax.evaluators import anomaly as anomaly_lib
-
-
-def normal_images(client: dataset_lib.ClientData) -> np.ndarray:
-  return client.images[~np.asarray(client.abnormal, bool)]
 
 
 def _reconstruction_loss(model, pool, params, batch):
@@ -42,7 +37,7 @@ def train_federated(federation: dataset_lib.FederatedDataset, anomaly_config, fe
   """
   clients = []
   for client in federation.clients:
-    images = normal_images(client)
+    images = client.normal_images()
     if len(images) == 0:
       raise ValueError(f'AE baseline: hospital {client.name} has no normal images to train on.')
     clients.append({'image': images})
@@ -62,13 +57,13 @@ def train_federated(federation: dataset_lib.FederatedDataset, anomaly_config, fe
 def train_centralized(federation: dataset_lib.FederatedDataset, anomaly_config,
                       seed: int) -> anomaly_lib.Detector:
   """The F-AD recipe on every hospital's real normal images pooled."""
-  return anomaly_lib.train_autoencoder(normal_images(federation.pooled()), anomaly_config, seed)
+  return anomaly_lib.train_autoencoder(federation.pooled().normal_images(), anomaly_config, seed)
 
 
 def evaluate(detector: anomaly_lib.Detector, federation: dataset_lib.FederatedDataset,
              percentile: float) -> dict:
   """Threshold on the training normals' errors; scores on the real test split."""
-  training_scores = anomaly_lib.anomaly_scores(detector, normal_images(federation.pooled()))
+  training_scores = anomaly_lib.anomaly_scores(detector, federation.pooled().normal_images())
   test_scores = anomaly_lib.anomaly_scores(detector, federation.test.images)
   report = anomaly_lib.detection_report(training_scores, test_scores, federation.test.abnormal,
                                         percentile)

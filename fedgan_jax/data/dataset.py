@@ -51,6 +51,10 @@ class ClientData:
   def __len__(self) -> int:
     return len(self.images)
 
+  def normal_images(self) -> np.ndarray:
+    """The images without any finding, read into memory."""
+    return np.asarray(self.images)[~np.asarray(self.abnormal, bool)]
+
   def subset(self, index: np.ndarray, name: str | None = None) -> 'ClientData':
     return ClientData(
         name=name or self.name,

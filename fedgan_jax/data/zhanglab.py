@@ -133,7 +133,7 @@ def build_federation(data_config, conditions_config: Sequence[Mapping[str, Any]]
   keep[in_train] = _first_copies([d for d, t in zip(digests, in_train) if t])
   train_digests = {d for d, t in zip(digests, in_train) if t}
   # One integer per patient name over both folders: a `personN` in train and test is one id.
-  names, patient_ids = np.unique(patients, return_inverse=True)
+  _, patient_ids = np.unique(patients, return_inverse=True)
   info: dict[str, Any] = {'source': 'zhanglab', 'duplicate_files_dropped': int((~keep).sum()),
                           'test_source': 'chest_xray/test' if has_test else
                           f'held-out training patients ({data_config.split.test_fraction:.0%})'}
@@ -157,8 +157,8 @@ def build_federation(data_config, conditions_config: Sequence[Mapping[str, Any]]
       abnormal=findings.any(axis=1), patient_ids=patient_ids.astype(np.int64), records=records)
   split_rng, partition_rng = (np.random.default_rng([seed, stream]) for stream in (0, 1))
   if has_test:
-    train = everything.subset(np.flatnonzero(keep & (origin == 'train')), 'train')
-    test = everything.subset(np.flatnonzero(keep & (origin == 'test')), 'test')
+    train = everything.subset(np.flatnonzero(keep & in_train), 'train')
+    test = everything.subset(np.flatnonzero(keep & ~in_train), 'test')
     overlap = np.intersect1d(train.patient_ids, test.patient_ids)
     info['overlapping_patients'] = len(overlap)
     info['test_copies_of_training_files'] = sum(

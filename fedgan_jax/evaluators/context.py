@@ -148,8 +148,12 @@ class EvalContext:
 
   def site_normals(self) -> dict[str, np.ndarray]:
     """Each hospital's real normal training films (they never leave the site)."""
-    return {c.name: np.asarray(c.images)[~np.asarray(c.abnormal, bool)]
-            for c in self.federation.clients}
+    return self._cached('site_normals', lambda: {c.name: c.normal_images()
+                                                  for c in self.federation.clients})
+
+  def training_normals(self) -> np.ndarray:
+    """All hospitals' real normal training films."""
+    return self._cached('training_normals', lambda: self.pooled_training().normal_images())
 
   def real_normal_detection(self, name: str, images: np.ndarray) -> dict:
     """The same detector trained on real normal films `images` (a baseline, not the product)."""
