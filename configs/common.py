@@ -32,7 +32,10 @@ def get_common_config() -> ml_collections.ConfigDict:
       # condition is a single label (PneumoniaMNIST), where the plain cosine is always 1.
       cond_complement_binary=False,
       # R1 penalty (gamma / 2) E|grad_x D(x)|^2 on real images, 0 = off (Mescheder et al. 2018).
-      r1_gamma=0.0))
+      r1_gamma=0.0,
+      # MSGAN's mode-seeking term on G's images drawn for the same condition (Mao et al.
+      # 2019), 0 = off.
+      mode_seeking_weight=0.0))
 
   config.fl = ml_collections.ConfigDict()
   config.fl.num_rounds = 300

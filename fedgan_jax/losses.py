@@ -82,6 +82,26 @@ def cosine_condition_loss(predicted, values, mask, binary_columns=None, eps: flo
   return jnp.where(defined, 1.0 - dot / jnp.where(defined, norms, 1.0), 0.0)
 
 
+def mode_seeking_loss(fake, z, condition, eps: float = 1e-5):
+  """MSGAN's diversity term (Mao et al. 2019) over the batch, a scalar.
+
+  For every pair of G's images drawn for the *same* condition vector, the ratio of their
+  mean absolute distance to that of their noise vectors; the loss is `1 / (mean ratio +
+  eps)`, so G lowers it by letting z move the image (a collapsed conditional mode has ratio
+  ~0). Pairs whose conditions differ are skipped: their images should differ anyway. A
+  batch with no such pair (e.g. continuous conditions) contributes 0.
+  """
+  flat = fake.reshape(fake.shape[0], -1)
+  image_distance = jnp.mean(jnp.abs(flat[:, None] - flat[None]), axis=-1)
+  z_distance = jnp.mean(jnp.abs(z[:, None] - z[None]), axis=-1)
+  same = jnp.all(condition[:, None] == condition[None], axis=-1)
+  same = same & ~jnp.eye(fake.shape[0], dtype=bool)
+  ratio = image_distance / jnp.maximum(z_distance, eps)
+  pairs = jnp.sum(same)
+  mean_ratio = jnp.sum(jnp.where(same, ratio, 0.0)) / jnp.maximum(pairs, 1)
+  return jnp.where(pairs > 0, 1.0 / (mean_ratio + eps), 0.0)
+
+
 def reconstruction_error(images, reconstructions):
   """Per-image mean squared error, shape `(B,)`."""
   return jnp.mean(jnp.square(images - reconstructions), axis=tuple(range(1, images.ndim)))

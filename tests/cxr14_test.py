@@ -119,7 +119,10 @@ def test_corrupt_png_is_skipped_and_counted(flat):
   assert federation.info['bad_image_files'] == [flat.corrupt]
   used = np.concatenate([c.records['image_index'] for c in _all_examples(federation)])
   assert flat.corrupt not in used
-  assert len(used) == len(flat.rows) - 1 - federation.info['dropped_overlapping_rows']
+  # The validation patients' films are held out of the hospitals and, scoring the official
+  # test list, scored nowhere.
+  assert len(used) == (len(flat.rows) - 1 - federation.info['dropped_overlapping_rows']
+                       - federation.info['validation_rows'])
 
 
 def test_corrupt_png_error_names_the_file_and_leaves_no_partial_cache(flat):
@@ -186,7 +189,7 @@ def test_a_repaired_or_replaced_png_is_decoded_again(flat):
 def test_cache_key_follows_image_size_and_file_list(flat):
   base = _build(flat.root)
   resized = _build(flat.root, image_size=8)
-  fewer = _build(flat.root, max_images=10)
+  fewer = _build(flat.root, max_images=24)
   paths = {base.info['cache_path'], resized.info['cache_path'], fewer.info['cache_path']}
   assert len(paths) == 3 and not resized.info['cache_hit'] and not fewer.info['cache_hit']
   assert resized.image_shape == (8, 8, 1)
@@ -211,21 +214,38 @@ def test_streams_from_disk_when_larger_than_max_in_memory_bytes(flat):
 
 
 def test_max_images_uses_only_the_first_rows(flat):
-  federation = _build(flat.root, max_images=10)
+  federation = _build(flat.root, max_images=24)
   used = {n for c in _all_examples(federation) for n in c.records['image_index']}
-  assert federation.info['rows_in_csv'] == 10
-  assert used <= {r['image_index'] for r in flat.rows[:10]}
+  assert federation.info['rows_in_csv'] == 24
+  assert used <= {r['image_index'] for r in flat.rows[:24]}
 
 
 def test_seeded_patient_split_without_split_lists(tmp_path):
   fixture = data_fixtures.make_cxr14(tmp_path / 'nolists', split_lists=False)
-  a, b, c = (_build(fixture.root, seed=s) for s in (0, 0, 1))
-  assert a.info['split'] == 'seeded patients'
+  a, b, c = (_build(fixture.root, seed=s, split=dict(test_fraction=0.2, validation_fraction=0.2,
+                                                     score=score))
+             for s, score in ((0, 'test'), (0, 'test'), (1, 'test')))
+  assert a.info['split'] == 'seeded patients' and a.info['scored_split'] == 'test'
   test_patients = set(a.test.patient_ids.tolist())
   assert len(test_patients) == round(0.2 * 16)
   assert test_patients == set(b.test.patient_ids.tolist())
   assert test_patients != set(c.test.patient_ids.tolist())
   assert not test_patients & set(a.pooled().patient_ids.tolist())
+
+
+def test_validation_split_is_scored_without_lists_and_the_official_test_with_them(tmp_path, flat):
+  official = _build(flat.root)
+  assert official.info['scored_split'] == 'test'
+  assert set(official.test.patient_ids.tolist()) == set(flat.test_patients)
+  fixture = data_fixtures.make_cxr14(tmp_path / 'nolists', split_lists=False)
+  development = _build(fixture.root)
+  assert development.info['scored_split'] == 'validation'
+  validation = set(development.test.patient_ids.tolist())
+  # 20% of the 13 training patients, none of them in a hospital.
+  assert len(validation) == round(0.2 * 13) and development.info['validation_rows'] > 0
+  assert not validation & set(development.pooled().patient_ids.tolist())
+  with pytest.raises(ValueError, match='validation_fraction'):
+    _build(fixture.root, split=dict(test_fraction=0.2, validation_fraction=0.0, score='auto'))
 
 
 def test_normal_profiles_are_normal_training_conditions(flat):

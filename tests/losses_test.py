@@ -143,3 +143,22 @@ def test_a_one_label_condition_needs_the_complement_or_is_refused():
   config.loss.cond_complement_binary = False
   with pytest.raises(ValueError, match='cond_complement_binary'):
     task.cond_complement_binary(config, schema)
+
+
+def test_mode_seeking_loss_pairs_only_images_of_one_condition():
+  # Images 0 and 1 share a condition; image 2's differs, so its distances never count.
+  fake = np.array([[0.0, 0.0], [1.0, 3.0], [9.0, 9.0]], np.float32)
+  z = np.array([[0.0], [4.0], [100.0]], np.float32)
+  condition = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], np.float32)
+  # Pair (0, 1) in both orders: mean |image difference| 2, |z difference| 4 -> ratio 0.5.
+  np.testing.assert_allclose(losses.mode_seeking_loss(fake, z, condition, eps=0.0), 2.0,
+                             rtol=1e-6)
+  # A collapsed mode (identical images) is penalised far more than a diverse one.
+  collapsed = np.array([[1.0, 1.0], [1.0, 1.0], [9.0, 9.0]], np.float32)
+  assert losses.mode_seeking_loss(collapsed, z, condition) > 1e4
+
+
+def test_mode_seeking_loss_is_zero_without_a_shared_condition():
+  fake = np.ones((2, 3), np.float32)
+  condition = np.array([[0.1], [0.2]], np.float32)
+  assert float(losses.mode_seeking_loss(fake, np.ones((2, 2)), condition)) == 0.0

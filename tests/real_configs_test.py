@@ -141,7 +141,11 @@ def test_cxr14_runs_end_to_end_through_main(tmp_path, compilation_cache_dir):
   clients = json.loads((workdir / 'clients.json').read_text())
   assert len(clients) == 2 and all(row['patients'] > 0 for row in clients)
   train_patients = {r['patient_id'] for r in fixture.rows} - set(fixture.test_patients)
-  assert sum(row['patients'] for row in clients) == len(train_patients)
+  # The official test list is scored ('auto'); 20% of the training patients are the
+  # validation split, in no hospital.
+  assert results['scored_split'] == 'test'
+  validation = round(0.2 * len(train_patients))
+  assert sum(row['patients'] for row in clients) == len(train_patients) - validation
 
 
 def test_zhanglab_runs_end_to_end_through_main(tmp_path, compilation_cache_dir):

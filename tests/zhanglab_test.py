@@ -31,11 +31,15 @@ def test_release_test_split_is_scored_once_and_patients_stay_whole(tmp_path):
   assert len(federation.clients) == 3
   findings = federation.test.records['findings']
   assert findings[:, 0].sum() == 6 and findings[:, 1].sum() == 6  # Bacterial, viral.
+  # The config's 'auto' scores the release's test folder when it is there.
+  auto = zhanglab.build_federation(_data_config(root, score='auto'), zhanglab.get_conditions(), 0)
+  assert auto.info['scored_split'] == 'test' and len(auto.test) == 36
 
 
 def test_validation_is_scored_while_choosing_and_held_out_test_without_the_folder(tmp_path):
   root = data_fixtures.make_zhanglab(tmp_path, with_test=False)
-  federation = zhanglab.build_federation(_data_config(root), zhanglab.get_conditions(), seed=0)
+  federation = zhanglab.build_federation(_data_config(root, score='auto'),
+                                         zhanglab.get_conditions(), seed=0)
   assert federation.info['scored_split'] == 'validation'
   assert federation.info['test_source'].startswith('held-out training patients')
   train_patients = np.concatenate([c.patient_ids for c in federation.clients])

@@ -84,7 +84,12 @@ def get_data_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   config.png_decoder = 'auto'           # auto (libspng when pyspng is installed) | pil | spng.
   config.decode_chunk_size = 256        # Images per pool task and per cache write.
   config.split = ml_collections.ConfigDict(dict(
-      test_fraction=0.2))               # Patients held out when the split lists are absent.
+      test_fraction=0.2,                # Patients held out when the split lists are absent.
+      # Training patients never trained on, scored while choosing models and settings.
+      validation_fraction=0.2,
+      # 'auto': the official test list when the lists are present, else validation;
+      # 'validation' | 'test' force one (test: once, at the end).
+      score='auto'))
   config.partition = get_partition_config(num_clients=2 if runlocal else 4)
   config.clinical = get_clinical_config()
   config.augment = get_augment_config()

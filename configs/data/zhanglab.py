@@ -34,7 +34,9 @@ def get_data_config(runlocal: bool = False) -> ml_collections.ConfigDict:
       test_fraction=0.2,
       # Training patients never trained on, scored while choosing models and settings.
       validation_fraction=0.2,
-      score='validation'))              # 'validation' | 'test' (once, at the end).
+      # 'auto': the release's chest_xray/test when present, else validation; 'validation'
+      # | 'test' force one (test: once, at the end).
+      score='auto'))
   config.partition = cxr14_config.get_partition_config(num_clients=3)
   config.augment = cxr14_config.get_augment_config()
   return config

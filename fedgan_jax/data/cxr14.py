@@ -307,6 +307,17 @@ def build_federation(data_config, conditions_config: Sequence[Mapping[str, Any]]
       train_rows = train_rows[keep]
 
   train_rows, test_rows = (rows[image_row[rows] >= 0] for rows in (train_rows, test_rows))
+  # The validation patients leave before the standardization is fitted: nothing of theirs
+  # reaches training.
+  score = partition_lib.scored_split_name(
+      data_config.split, release_test=split_info['split'] == 'official lists')
+  validation_rows = np.array([], np.int64)
+  if data_config.split.validation_fraction:
+    held = partition_lib.held_out_patients(
+        records['patient_id'][train_rows], data_config.split.validation_fraction, split_rng,
+        'data.split.validation_fraction')
+    train_rows, validation_rows = train_rows[~held], train_rows[held]
+    info['validation_rows'] = len(validation_rows)
   schema = schema.fit_standardization({k: np.asarray(v)[train_rows] for k, v in records.items()})
 
   def examples(rows: np.ndarray, name: str, in_memory: bool) -> dataset_lib.ClientData:
@@ -321,8 +332,11 @@ def build_federation(data_config, conditions_config: Sequence[Mapping[str, Any]]
 
   # The pool stays on disk: `federate` reads each hospital's rows once.
   in_memory = not info['streaming']
-  pool, test = examples(train_rows, 'train', False), examples(test_rows, 'test', in_memory)
-  info.update(train_rows=len(pool), test_rows=len(test))
+  pool = examples(train_rows, 'train', False)
+  scored = examples(validation_rows if score == 'validation' else test_rows, score, in_memory)
+  partition_lib.check_scorable(scored, score)
+  info.update(scored_split=score, train_rows=len(pool), test_rows=len(test_rows),
+              scored_rows=len(scored), scored_abnormal=int(scored.abnormal.sum()))
   logging.info('ChestX-ray14: %s', {k: v for k, v in info.items() if k != 'bad_image_files'})
-  return partition_lib.federate(pool, test, schema, data_config.partition, partition_rng, info,
+  return partition_lib.federate(pool, scored, schema, data_config.partition, partition_rng, info,
                                 in_memory=in_memory)

@@ -176,49 +176,76 @@ def partition_from_config(metadata: Mapping[str, np.ndarray], partition_config,
   return partition(metadata, method, partition_config.num_clients, rng, **options)
 
 
-SCORED_SPLITS = ('validation', 'test')
+SCORED_SPLITS = ('auto', 'validation', 'test')
 
 
-def hold_out_patients(data: dataset_lib.ClientData, fraction: float, rng: np.random.Generator,
-                      field: str) -> tuple[dataset_lib.ClientData, dataset_lib.ClientData]:
-  """Splits `data` into (kept, held out) by whole patients, `fraction` of them held out.
+def held_out_patients(patient_ids: np.ndarray, fraction: float, rng: np.random.Generator,
+                      field: str) -> np.ndarray:
+  """Boolean mask over `patient_ids`: `fraction` of the distinct patients, held out whole.
 
   `field` names the config field of `fraction` in the error for a fraction that leaves
   either side without a patient.
   """
-  patients = np.unique(data.patient_ids)
+  patients = np.unique(patient_ids)
   count = int(round(fraction * len(patients)))
   if not 0 < count < len(patients):
     raise ValueError(f'{field}={fraction} holds out {count} of {len(patients)} patients; expected '
                      'a fraction in (0, 1) that leaves at least one patient on each side.')
-  held = np.isin(data.patient_ids, rng.permutation(patients)[:count])
+  return np.isin(patient_ids, rng.permutation(patients)[:count])
+
+
+def hold_out_patients(data: dataset_lib.ClientData, fraction: float, rng: np.random.Generator,
+                      field: str) -> tuple[dataset_lib.ClientData, dataset_lib.ClientData]:
+  """Splits `data` into (kept, held out) by whole patients (`held_out_patients`)."""
+  held = held_out_patients(data.patient_ids, fraction, rng, field)
   return (data.subset(np.flatnonzero(~held), data.name),
           data.subset(np.flatnonzero(held), 'validation'))
 
 
-def scored_split(train: dataset_lib.ClientData, test: dataset_lib.ClientData, split_config,
-                 rng: np.random.Generator) -> tuple[dataset_lib.ClientData, dataset_lib.ClientData,
-                                                    dict]:
-  """Carves a patient-level validation split from `train`; returns (train, scored, info).
+def scored_split_name(split_config, release_test: bool) -> str:
+  """'validation' or 'test': the split `split_config.score` asks to score.
 
-  `split_config.validation_fraction` of the training patients never reach a hospital, in
-  both settings of `split_config.score` ('validation' while choosing models and settings,
-  'test' to score the test split once), so a setting chosen on validation is the same run
-  that is then scored on test.
+  'auto' scores the test split when it is the data set's released one (`release_test`: a
+  test folder or official split lists, which a development copy leaves out) and validation
+  otherwise: one config then serves the development copy and the measurement on the full
+  release.
   """
   if split_config.score not in SCORED_SPLITS:
     raise ValueError(f'data.split.score: {split_config.score!r} is not one of {SCORED_SPLITS}.')
-  info = {'scored_split': split_config.score}
+  score = split_config.score
+  if score == 'auto':
+    score = 'test' if release_test else 'validation'
+  if score == 'validation' and not split_config.validation_fraction:
+    raise ValueError(f'data.split.score={split_config.score!r} scores the validation split, which '
+                     'needs data.split.validation_fraction > 0.')
+  return score
+
+
+def check_scorable(scored: dataset_lib.ClientData, score: str) -> None:
+  if scored.abnormal.all() or not scored.abnormal.any():
+    raise ValueError(f'the {score} split has {int(scored.abnormal.sum())} abnormal '
+                     f'films of {len(scored)}; it needs both normal and abnormal ones to score.')
+
+
+def scored_split(train: dataset_lib.ClientData, test: dataset_lib.ClientData, split_config,
+                 rng: np.random.Generator, release_test: bool
+                 ) -> tuple[dataset_lib.ClientData, dataset_lib.ClientData, dict]:
+  """Carves a patient-level validation split from `train`; returns (train, scored, info).
+
+  `split_config.validation_fraction` of the training patients never reach a hospital, in
+  every setting of `split_config.score` ('validation' while choosing models and settings,
+  'test' to score the test split once, 'auto': see `scored_split_name`), so a setting
+  chosen on validation is the same run that is then scored on test.
+  """
+  score = scored_split_name(split_config, release_test)
+  info = {'scored_split': score}
+  validation = None
   if split_config.validation_fraction:
     train, validation = hold_out_patients(train, split_config.validation_fraction, rng,
                                           'data.split.validation_fraction')
     info['validation_rows'] = len(validation)
-  elif split_config.score == 'validation':
-    raise ValueError('data.split.score="validation" needs data.split.validation_fraction > 0.')
-  scored = validation if split_config.score == 'validation' else test
-  if scored.abnormal.all() or not scored.abnormal.any():
-    raise ValueError(f'the {split_config.score} split has {int(scored.abnormal.sum())} abnormal '
-                     f'films of {len(scored)}; it needs both normal and abnormal ones to score.')
+  scored = validation if score == 'validation' else test
+  check_scorable(scored, score)
   return train, scored, info
 
 

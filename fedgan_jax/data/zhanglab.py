@@ -168,7 +168,7 @@ def build_federation(data_config, conditions_config: Sequence[Mapping[str, Any]]
         everything.subset(np.flatnonzero(keep)), data_config.split.test_fraction, split_rng,
         'data.split.test_fraction')
   train, scored, split_info = partition_lib.scored_split(train, test, data_config.split,
-                                                         split_rng)
+                                                         split_rng, release_test=has_test)
   info.update(split_info)
   info.update(train_rows=len(train), scored_rows=len(scored),
               scored_abnormal=int(scored.abnormal.sum()))

@@ -64,6 +64,9 @@ class GanTask:
   # gamma of the R1 penalty (gamma / 2) |grad_x D(x)|^2 on D's real inputs (Mescheder et al.
   # 2018): it keeps D smooth around the few hundred real films a hospital holds. 0 = off.
   r1_gamma: float = 0.0
+  # Weight of MSGAN's mode-seeking term in G's loss (`losses.mode_seeking_loss`): it keeps a
+  # condition shared by many films (ZhangLab's "normal") from collapsing to one image. 0 = off.
+  mode_seeking_weight: float = 0.0
 
   # The client functions the round engine runs (`execution.ClientTask`); the module-level
   # functions of the same names below do the work.
@@ -105,8 +108,12 @@ def init_params(task: GanTask, rng: jax.Array, image_shape, condition_dim: int) 
           'discriminator': task.discriminator.init(d_rng, images, condition)['params']}
 
 
+def sample_z(task: GanTask, condition, rng, noise_scale: float = 1.0):
+  return noise_scale * jax.random.normal(rng, (condition.shape[0], task.z_dim), jnp.float32)
+
+
 def generate(task: GanTask, g_params, condition, rng, noise_scale: float = 1.0):
-  z = noise_scale * jax.random.normal(rng, (condition.shape[0], task.z_dim), jnp.float32)
+  z = sample_z(task, condition, rng, noise_scale)
   return task.generator.apply({'params': g_params}, condition, z)
 
 
@@ -224,8 +231,14 @@ def private_split_discriminator_gradient(task: GanTask, d_params, batch, fake, f
   return jax.tree.map(jnp.add, real_grads, fake_grads), metrics
 
 
-def generator_loss(task: GanTask, fake, d_params, condition, rng):
-  """Mean G loss of G's images `fake`: GAN loss + lambda * L_cond. No real image enters."""
+def generator_loss(task: GanTask, fake, d_params, condition, rng, z=None):
+  """Mean G loss of G's images `fake` (drawn from noise `z`): GAN loss + lambda * L_cond
+  (+ the mode-seeking term when weighted). No real image enters."""
+  metrics = {}
+  mode_seeking = 0.0
+  if task.mode_seeking_weight:
+    mode_seeking = task.mode_seeking_weight * losses.mode_seeking_loss(fake, z, condition)
+    metrics['mode_seeking_loss'] = mode_seeking
   if task.augment is not None:
     fake = task.augment(fake, rng)
   outputs = task.discriminator.apply({'params': d_params}, fake, condition)
@@ -234,8 +247,8 @@ def generator_loss(task: GanTask, fake, d_params, condition, rng):
   binary = None if not task.cond_complement_binary else ~task.continuous_columns
   cond = losses.cosine_condition_loss(predicted, values, mask, binary)
   gan = losses.generator_gan_loss(outputs['logit'], task.gan_loss)
-  loss = jnp.mean(gan + task.cond_weight * cond)
-  return loss, {'g_gan_loss': jnp.mean(gan), 'cond_loss': jnp.mean(cond)}
+  loss = jnp.mean(gan + task.cond_weight * cond) + mode_seeking
+  return loss, dict(metrics, g_gan_loss=jnp.mean(gan), cond_loss=jnp.mean(cond))
 
 
 def client_init(task: GanTask, server_params: Params) -> ClientState:
@@ -255,7 +268,9 @@ def client_step(task: GanTask, state: ClientState, batch, rng):
   g_params, d_params = state.params['generator'], state.params['discriminator']
   fake_condition = (batch[FAKE_CONDITION_KEY] if task.public_fake_conditions
                     else batch['condition'])
-  fake, generator_vjp = jax.vjp(lambda p: generate(task, p, fake_condition, z_rng), g_params)
+  z = sample_z(task, fake_condition, z_rng)
+  fake, generator_vjp = jax.vjp(
+      lambda p: task.generator.apply({'params': p}, fake_condition, z), g_params)
   d_batch = dict(batch, fake=fake, **{FAKE_CONDITION_KEY: fake_condition})
   per_example = functools.partial(discriminator_loss, task)
 
@@ -274,7 +289,7 @@ def client_step(task: GanTask, state: ClientState, batch, rng):
   d_params = optax.apply_updates(d_params, d_updates)
 
   (g_loss, g_metrics), fake_grads = jax.value_and_grad(
-      lambda f: generator_loss(task, f, d_params, fake_condition, g_rng), has_aux=True)(fake)
+      lambda f: generator_loss(task, f, d_params, fake_condition, g_rng, z), has_aux=True)(fake)
   (g_grads,) = generator_vjp(fake_grads)
   g_updates, g_opt_state = task.g_optimizer.update(g_grads, state.g_opt_state, g_params)
   g_params = optax.apply_updates(g_params, g_updates)

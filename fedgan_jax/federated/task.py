@@ -102,6 +102,13 @@ def r1_gamma(config) -> float:
   return gamma
 
 
+def mode_seeking_weight(config) -> float:
+  weight = float(config.loss.mode_seeking_weight)
+  if not weight >= 0:
+    raise ValueError(f'loss.mode_seeking_weight must be >= 0 (0 = off), got {weight}.')
+  return weight
+
+
 def build_task(config, schema: conditions_lib.ConditionSchema, image_shape,
                discriminator_gradient=None, fake_term_gradient=None) -> client_lib.GanTask:
   """The task of `config`, with D's gradient replaced where DP-SGD asks (see `GanTask`).
@@ -130,4 +137,5 @@ def build_task(config, schema: conditions_lib.ConditionSchema, image_shape,
       sample_noise_scale=sample_noise_scale(config),
       public_fake_conditions=public_fake_conditions(config),
       fake_term_gradient=fake_term_gradient,
-      r1_gamma=r1_gamma(config))
+      r1_gamma=r1_gamma(config),
+      mode_seeking_weight=mode_seeking_weight(config))
