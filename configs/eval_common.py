@@ -25,6 +25,9 @@ def get_eval_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   config.reference = 'test'           # Real images the generated ones are compared with.
   config.generate_batch_size = 256
   config.sample_columns = 8           # Columns of eval/samples.png (one row per train.profiles).
+  # eval/real_vs_generated_by_class.png: per hospital, normal films and those of this many
+  # most frequent findings (real above G's for the same records).
+  config.class_grid_findings = 3
 
   # Inception-v3 FID (pytorch-fid's network). '' skips it, saying how to enable it; a path that
   # does not hold a converted npz is an error naming the convert command.

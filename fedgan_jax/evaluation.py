@@ -362,6 +362,40 @@ def _write_figures(context: context_lib.EvalContext) -> None:
   plots.save_image_grid(os.path.join(context.out_dir, 'real_vs_generated.png'), pairs,
                         ['real', 'generated'], [f'#{i + 1}' for i in range(columns)],
                         title=f"real {config.eval.reference} images, G's for their conditions")
+  grid, row_labels = class_hospital_grid(context, config.eval.sample_columns,
+                                         config.eval.class_grid_findings)
+  plots.save_image_grid(os.path.join(context.out_dir, 'real_vs_generated_by_class.png'), grid,
+                        row_labels, [f'#{i + 1}' for i in range(grid.shape[1])],
+                        title="each hospital's real films by class, G's for their records below")
+
+
+def class_hospital_grid(context: context_lib.EvalContext, columns: int,
+                        num_findings: int) -> tuple[np.ndarray, list[str]]:
+  """uint8 `(rows, columns, H, W, C)` and row labels: for each hospital and class (normal,
+  then the `num_findings` findings most frequent in training), a row of its first real
+  training films and a row of G's images for those films' records. Missing films are black.
+  """
+  federation = context.federation
+  names = federation.schema.feature('findings').categories
+  counts = np.asarray(context.pooled_training().records['findings']).sum(axis=0)
+  order = [int(k) for k in np.argsort(-counts, kind='stable')[:num_findings] if counts[k]]
+  rows, labels = [], []
+  for client in federation.clients:
+    findings = np.asarray(client.records['findings'], bool)
+    classes = [('normal', ~client.abnormal)] + [(names[k], findings[:, k]) for k in order]
+    for label, member in classes:
+      index = np.flatnonzero(member)[:columns]
+      if not len(index):
+        continue
+      real = np.asarray(client.images[index])
+      generated = synthesis.synthesize(context.task, context.g_params, client.conditions[index],
+                                       context.seed + 3, len(index))
+      for images, kind in ((real, 'real'), (generated, 'G')):
+        padded = np.zeros((columns,) + images.shape[1:], np.uint8)
+        padded[:len(images)] = images
+        rows.append(padded)
+        labels.append(f'{client.name} {label}: {kind}')
+  return np.stack(rows), labels
 
 
 def _write_atomic(path: str, text: str) -> None:

@@ -70,8 +70,8 @@ def binary_run(trained, compilation_cache_dir):
 
 
 def test_binary_writes_results_plots_and_never_touches_checkpoints(binary_run):
-  assert {'results.json', 'results.md', 'roc.png', 'samples.png',
-          'real_vs_generated.png'} <= set(binary_run['files'])
+  assert {'results.json', 'results.md', 'roc.png', 'samples.png', 'real_vs_generated.png',
+          'real_vs_generated_by_class.png'} <= set(binary_run['files'])
   assert binary_run['after'] == binary_run['before']
   results = binary_run['results']
   assert results['step'] == 4  # The latest checkpoint.
@@ -254,3 +254,40 @@ def test_number_and_jsonable_render_missing_values():
   assert eval_report.number(0.12345) == '0.123' and eval_report.number(2e-5) == '2.00e-05'
   assert eval_report.jsonable({'a': np.float32(0.5), 'b': [float('nan'), np.int64(3)]}) == {
       'a': 0.5, 'b': [None, 3]}
+
+
+def test_class_grid_pairs_each_hospitals_real_films_with_gs_for_their_records(monkeypatch):
+  import types
+  from fedgan_jax import synthesis
+  from fedgan_jax.data import dataset as dataset_lib
+  schema = conditions_lib.ConditionSchema.from_config(
+      [dict(name='findings', kind='multi_hot', categories=('a', 'b', 'c'))])
+
+  def client(name, findings):
+    findings = np.asarray(findings, np.int64)
+    n = len(findings)
+    return dataset_lib.ClientData(
+        name=name, images=np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones(
+            (1, 2, 2, 1), np.uint8), conditions=findings.astype(np.float32),
+        abnormal=findings.any(axis=1), patient_ids=np.arange(n), records={'findings': findings})
+
+  # 'b' is the most frequent finding, then 'a'; 'c' never occurs.
+  clients = [client('h0', [[0, 0, 0], [0, 1, 0], [0, 1, 0], [1, 0, 0]]),
+             client('h1', [[0, 1, 0], [0, 0, 0], [0, 0, 0]])]
+  federation = types.SimpleNamespace(schema=schema, clients=clients)
+  pooled = types.SimpleNamespace(
+      records={'findings': np.concatenate([c.records['findings'] for c in clients])})
+  context = types.SimpleNamespace(federation=federation, pooled_training=lambda: pooled,
+                                  task=None, g_params=None, seed=0)
+  # G's image for a record: 100 + the record's first finding index (normal: 100 + 3).
+  monkeypatch.setattr(synthesis, 'synthesize', lambda task, params, conditions, seed, batch: (
+      100 + np.where(conditions.any(axis=1), conditions.argmax(axis=1), 3)).astype(
+          np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 1), np.uint8))
+  grid, labels = evaluation.class_hospital_grid(context, columns=2, num_findings=5)
+  assert labels == ['h0 normal: real', 'h0 normal: G', 'h0 b: real', 'h0 b: G', 'h0 a: real',
+                    'h0 a: G', 'h1 normal: real', 'h1 normal: G', 'h1 b: real', 'h1 b: G']
+  assert grid.shape == (10, 2, 2, 2, 1)
+  np.testing.assert_array_equal(grid[2, :, 0, 0, 0], [1, 2])      # h0's two 'b' films.
+  np.testing.assert_array_equal(grid[3, :, 0, 0, 0], [101, 101])  # G for their records.
+  np.testing.assert_array_equal(grid[4, :, 0, 0, 0], [3, 0])      # One 'a' film, then black.
+  np.testing.assert_array_equal(grid[7, :, 0, 0, 0], [103, 103])  # h1's normals, G.
