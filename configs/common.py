@@ -91,7 +91,7 @@ def get_common_config() -> ml_collections.ConfigDict:
 
   config.anomaly = ml_collections.ConfigDict(dict(
       num_synthetic=2000,
-      architecture='dense',     # or 'conv' (slower on CPU).
+      architecture='dense',     # or 'conv' (slower on CPU), 'inpaint'.
       # The AE reads images block-averaged to this size (0 = the image size; must divide it).
       input_size=0,
       hidden=(512,), channels=(32, 64), latent_dim=32, pixel_shuffle=2,
@@ -101,7 +101,19 @@ def get_common_config() -> ml_collections.ConfigDict:
       # with a Gaussian of score_blur_sigma pixels (localized findings; residuals that flip
       # sign within a few pixels cancel); 'local': of the blurred squared residual;
       # 'mse': the image mean.
-      score='signed', score_blur_sigma=2.0, score_percentile=99.0))
+      # 'ssim': a percentile of 1 - local SSIM; 'judge' (inpaint/pixels): -D's logit on the
+      # reconstruction, SQUID's discriminator score.
+      score='signed', score_blur_sigma=2.0, score_percentile=99.0,
+      # What the AE reconstructs: 'pixels' (block averages, input_size) or 'discriminator':
+      # the federated D's residual block `discriminator_block` (0-based) output.
+      features='pixels', discriminator_block=1,
+      # architecture='inpaint' (SQUID-style, models/inpainting.py): patch side in the AE's
+      # input, embedding width, memory rows; its decoder's width is hidden[0].
+      inpaint_patch=4, inpaint_embedding_dim=64, memory_slots=64,
+      # Ensembles (evaluators/detectors.py): each member ('field=value,...' overrides of this
+      # section; () = this section alone) trained with ensemble_seeds seeds, scores
+      # normalized ('rank' or 'zscore') against the member's scores of the scored split.
+      ensemble_members=(), ensemble_seeds=1, ensemble_normalization='rank'))
   # Differential privacy (fedgan_jax/privacy/; README "Privacy"). 'example': DP-SGD on D at each
   # hospital; 'client': DP-FedAvg on whole hospital updates. Unset numbers are None.
   config.dp = ml_collections.ConfigDict(dict(

@@ -29,6 +29,7 @@ from fedgan_jax import synthesis
 from fedgan_jax.data import dataset as dataset_lib
 from fedgan_jax.data import registry
 from fedgan_jax.evaluators import anomaly as anomaly_lib
+from fedgan_jax.evaluators import detectors
 from fedgan_jax.evaluators import fid
 from fedgan_jax.evaluators import inception
 from fedgan_jax.evaluators import memorization as memorization_lib
@@ -130,7 +131,7 @@ def anomaly(context: context_lib.EvalContext) -> dict:
       anomaly_lib.sensitivity_at_specificity(detection['test_scores'], test.abnormal, target))}
   detector = detection['detector']
   report['site_calibrated'] = dict(anomaly_lib.site_calibration(
-      {site: anomaly_lib.anomaly_scores(detector, images)
+      {site: detectors.scores(detector, images)
        for site, images in context.site_normals().items()},
       detection['test_scores'], test.abnormal, float(settings.site_percentile)),
       percentile=float(settings.site_percentile))
@@ -300,13 +301,13 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None,
   if g_params is None:
     g_params = params['generator']
   return evaluate_generator(config, workdir, step, meta, federation, task, g_params, shared,
-                            started)
+                            started, d_params=params['discriminator'])
 
 
 def evaluate_generator(config, workdir: str, step: int, meta: dict,
                        federation: dataset_lib.FederatedDataset, task: client_lib.GanTask,
                        g_params, shared: context_lib.SharedModels | None = None,
-                       started: float | None = None) -> dict:
+                       started: float | None = None, d_params=None) -> dict:
   """Runs `config.eval.evaluators` on G's sampling params and writes `workdir/eval/`.
 
   The main job calls this with the state it just checkpointed (a restore would be a
@@ -316,12 +317,14 @@ def evaluate_generator(config, workdir: str, step: int, meta: dict,
   Args:
     meta: the checkpoint's metadata (its `privacy` entry is reported).
     started: `time.perf_counter()` when the caller started (for the timing report).
+    d_params: the federated D's params, for detectors that read D (`anomaly.features`,
+      `anomaly.score='judge'`).
   """
   started = time.perf_counter() if started is None else started
   out_dir = os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
   context = context_lib.EvalContext(config=config, federation=federation, task=task,
-                        g_params=g_params, out_dir=out_dir,
+                        g_params=g_params, out_dir=out_dir, d_params=d_params,
                         shared=shared if shared is not None else context_lib.SharedModels())
   timing = {'setup': time.perf_counter() - started}
   results = {'workdir': os.path.abspath(workdir), 'step': int(step),

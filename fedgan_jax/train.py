@@ -260,7 +260,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('Evaluating round %d: %s.', rounds, ', '.join(config.eval.evaluators))
   results = evaluation.evaluate_generator(
       config, workdir, rounds, {'privacy': plan.summary(rounds)}, federation, task,
-      host_local(algorithm.sampling_generator(state)))
+      host_local(algorithm.sampling_generator(state)),
+      d_params=host_local(state.params['discriminator']))
   results.update(rounds=rounds, wall_time_s=time.time() - started,
                  config=json.loads(config.to_json_best_effort()))
   path = os.path.join(workdir, 'results.json')

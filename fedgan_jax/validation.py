@@ -125,6 +125,7 @@ DOMAINS: tuple[tuple[str, Domain], ...] = (
     ('anomaly.*percentile', _PERCENTILE),
     ('anomaly.score_blur_sigma', _NON_NEGATIVE),
     ('anomaly.input_size', _count()),       # 0 = the image size.
+    ('anomaly.discriminator_block', _count()),  # 0 = D's first residual block.
     ('anomaly.*', _count(1)),
     ('conditioning.num_generated', _count(1)),
     # Differential privacy.

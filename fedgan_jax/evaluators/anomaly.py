@@ -17,6 +17,13 @@ and real-trained detectors alike; BENCHMARKS.md). `'ssim'` maps one minus the lo
 SSIM (Gaussian window of `score_blur_sigma` pixels), which weighs lost texture and
 contrast, not only intensity.
 
+Variants (issue 21, benchmarks/detector_variants.md): `anomaly.features='discriminator'`
+reconstructs the federated D's feature maps instead of pixels
+(`evaluators/discriminator_view.py`); `anomaly.architecture='inpaint'` in-paints patches
+from a memory of normal patterns (`models/inpainting.py`, SQUID-style), and
+`anomaly.score='judge'` scores a reconstruction by D's logit on it; ensembles are
+`evaluators/detectors.py`.
+
 The threshold is the configured percentile of reconstruction errors on the
 synthetic training set itself (no real image is used to set it); sensitivity and
 specificity are reported at that threshold, AUC over all thresholds, on the real
@@ -30,12 +37,15 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 import optax
 from sklearn import metrics as sk_metrics
 
 from fedgan_jax import losses
+from fedgan_jax.evaluators import discriminator_view
 from fedgan_jax.models import autoencoder as autoencoder_lib
+from fedgan_jax.models import inpainting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,18 +56,34 @@ class ScoreConfig:
   percentile: float = 100.0   # Of the blurred residual map's pixels.
 
 
+@dataclasses.dataclass(frozen=True)
+class DiscriminatorFeatures:
+  """`anomaly.features='discriminator'`: D's block `block`, normalized by the training set's."""
+  view: discriminator_view.DiscriminatorView
+  block: int
+  normalization: discriminator_view.FeatureNormalization
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    return self.normalization(discriminator_view.feature_maps(self.view, images, self.block))
+
+
 @dataclasses.dataclass
 class Detector:
-  model: autoencoder_lib.Autoencoder | autoencoder_lib.DenseAutoencoder
+  model: nn.Module
   params: dict
   final_loss: float
   score: ScoreConfig = ScoreConfig()
-  # Images are averaged over `pool x pool` blocks before the AE (`anomaly.input_size`).
+  # Images are averaged over `pool x pool` blocks before the AE (`anomaly.input_size`);
+  # 0: the AE reads `features(images)` instead.
   pool: int = 1
+  features: DiscriminatorFeatures | None = None
+  # The D that judges reconstructions (`anomaly.score='judge'`).
+  judge: discriminator_view.DiscriminatorView | None = None
 
 
-ARCHITECTURES = ('dense', 'conv')
-SCORES = ('mse', 'local', 'signed', 'ssim')
+ARCHITECTURES = ('dense', 'conv', 'inpaint')
+FEATURES = ('pixels', 'discriminator')
+SCORES = ('mse', 'local', 'signed', 'ssim', 'judge')
 # SSIM's stabilizers for images in [-1, 1] (dynamic range L = 2): (0.01 L)^2, (0.03 L)^2.
 _SSIM_C1, _SSIM_C2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2
 
@@ -66,8 +92,8 @@ def score_config(anomaly_config) -> ScoreConfig:
   kind = anomaly_config.score
   if kind not in SCORES:
     raise ValueError(f'anomaly.score: {kind!r} is not one of {SCORES}.')
-  if kind == 'mse':
-    return ScoreConfig()
+  if kind in ('mse', 'judge'):
+    return ScoreConfig(kind)
   sigma, percentile = float(anomaly_config.score_blur_sigma), float(anomaly_config.score_percentile)
   if kind == 'ssim' and sigma <= 0:
     raise ValueError(f'anomaly.score="ssim" needs anomaly.score_blur_sigma > 0 (its window), '
@@ -137,6 +163,8 @@ def detector_input(images, pool: int):
   Opacities are broad: the block average keeps them and drops the fine texture a GAN
   renders least faithfully (and real films differ in most from one scanner to the next).
   """
+  if pool == 0:  # Already the detector's features (`anomaly.features`).
+    return jnp.asarray(images, jnp.float32)
   images = jnp.asarray(images).astype(jnp.float32) / 127.5 - 1.0
   if pool == 1:
     return images
@@ -145,7 +173,12 @@ def detector_input(images, pool: int):
 
 
 def build_autoencoder(anomaly_config, conditional: bool = False):
-  """`anomaly.architecture`: 'dense' (fast on CPU, the default) or 'conv'."""
+  """`anomaly.architecture`: 'dense' (fast on CPU, the default), 'conv' or 'inpaint'."""
+  if anomaly_config.architecture == 'inpaint':
+    return inpainting.MemoryInpainter(
+        patch=anomaly_config.inpaint_patch, embedding_dim=anomaly_config.inpaint_embedding_dim,
+        memory_slots=anomaly_config.memory_slots, hidden=anomaly_config.hidden[0],
+        conditional=conditional)
   if anomaly_config.architecture == 'dense':
     return autoencoder_lib.DenseAutoencoder(hidden=tuple(anomaly_config.hidden),
                                             latent_dim=anomaly_config.latent_dim,
@@ -171,12 +204,36 @@ def _train_step(model, optimizer, params, opt_state, images, conditions, pool):
 
 
 def train_autoencoder(images: np.ndarray, anomaly_config, seed: int,
-                      conditions: np.ndarray | None = None) -> Detector:
-  """Fits the AE on uint8 images `(N, H, W, 1)` (and their conditions if personalized)."""
+                      conditions: np.ndarray | None = None,
+                      discriminator: discriminator_view.DiscriminatorView | None = None
+                      ) -> Detector:
+  """Fits the AE on uint8 images `(N, H, W, 1)` (and their conditions if personalized).
+
+  `discriminator` (the federated D) is needed by `anomaly.features='discriminator'` and
+  `anomaly.score='judge'`.
+  """
   if len(images) == 0:
     raise ValueError('anomaly: no images to train the autoencoder on.')
+  score = score_config(anomaly_config)
+  features_kind = anomaly_config.get('features', 'pixels')
+  if features_kind not in FEATURES:
+    raise ValueError(f'anomaly.features: {features_kind!r} is not one of {FEATURES}.')
+  needs_d = features_kind == 'discriminator' or score.kind == 'judge'
+  if needs_d and discriminator is None:
+    raise ValueError(f'anomaly.features={features_kind!r} / anomaly.score={score.kind!r} need '
+                     "the federated D's params, which this caller did not pass.")
+  if score.kind == 'judge' and features_kind != 'pixels':
+    raise ValueError("anomaly.score='judge' judges a film: it needs anomaly.features='pixels'.")
   model = build_autoencoder(anomaly_config, conditional=conditions is not None)
-  pool = input_pool(anomaly_config, images.shape[1])
+  features = None
+  if features_kind == 'discriminator':
+    block = int(anomaly_config.discriminator_block)
+    raw = discriminator_view.feature_maps(discriminator, images, block)
+    normalization = discriminator_view.FeatureNormalization.fit(raw)
+    features = DiscriminatorFeatures(discriminator, block, normalization)
+    images, pool = normalization(raw), 0
+  else:
+    pool = input_pool(anomaly_config, images.shape[1])
   rng = np.random.default_rng([seed, 7])
   example = detector_input(images[:1], pool)
   example_condition = None if conditions is None else conditions[:1]
@@ -194,20 +251,30 @@ def train_autoencoder(images: np.ndarray, anomaly_config, seed: int,
   if not np.isfinite(final_loss):
     raise FloatingPointError(f'anomaly: the autoencoder loss is {final_loss}; lower '
                              f'anomaly.learning_rate (now {anomaly_config.learning_rate}).')
-  return Detector(model=model, params=params, final_loss=final_loss,
-                  score=score_config(anomaly_config), pool=pool)
+  return Detector(model=model, params=params, final_loss=final_loss, score=score, pool=pool,
+                  features=features, judge=discriminator if score.kind == 'judge' else None)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def _scores(model, params, images, conditions, score, pool):
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+def _scores(model, params, images, conditions, score, pool, judge_module, judge_inputs):
   images_float = detector_input(images, pool)
-  return anomaly_score(images_float, model.apply({'params': params}, images_float, conditions),
-                       score)
+  reconstructions = model.apply({'params': params}, images_float, conditions)
+  if score.kind == 'judge':
+    # SQUID's second score: how implausible D finds the reconstruction (at D's resolution).
+    full = jnp.repeat(jnp.repeat(reconstructions, pool, axis=1), pool, axis=2)
+    d_params, condition = judge_inputs
+    return -discriminator_view.judge_logits(d_params, judge_module, condition, full)
+  return anomaly_score(images_float, reconstructions, score)
 
 
 def anomaly_scores(detector: Detector, images: np.ndarray,
                    conditions: np.ndarray | None = None, batch_size: int = 256):
   """Per-image anomaly scores (the detector's `score`), numpy `(N,)`, fixed-size batches."""
+  if detector.features is not None:
+    images = detector.features(images)
+  judge = detector.judge
+  judge_module = None if judge is None else judge.module
+  judge_inputs = None if judge is None else (judge.params, judge.condition)
   out = []
   for start in range(0, len(images), batch_size):
     chunk = images[start:start + batch_size]
@@ -216,8 +283,8 @@ def anomaly_scores(detector: Detector, images: np.ndarray,
     if pad:
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
       cond = None if cond is None else np.concatenate([cond, np.repeat(cond[-1:], pad, 0)])
-    out.append(np.asarray(_scores(detector.model, detector.params, chunk, cond,
-                                  detector.score, detector.pool))[:batch_size - pad])
+    out.append(np.asarray(_scores(detector.model, detector.params, chunk, cond, detector.score,
+                                  detector.pool, judge_module, judge_inputs))[:batch_size - pad])
   return np.concatenate(out)
 
 

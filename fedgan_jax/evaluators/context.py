@@ -19,6 +19,8 @@ import numpy as np
 from fedgan_jax import synthesis
 from fedgan_jax.data import dataset as dataset_lib
 from fedgan_jax.evaluators import anomaly as anomaly_lib
+from fedgan_jax.evaluators import detectors
+from fedgan_jax.evaluators import discriminator_view
 from fedgan_jax.evaluators import domain_features
 from fedgan_jax.evaluators import personalized as personalized_lib
 from fedgan_jax.evaluators import schema_attributes
@@ -57,6 +59,8 @@ class EvalContext:
   g_params: Any
   out_dir: str
   shared: SharedModels
+  # The federated D (its params), for detectors that read its features or judgment.
+  d_params: Any = None
   roc_curves: dict = dataclasses.field(default_factory=dict)
   _cache: dict = dataclasses.field(default_factory=dict)
 
@@ -135,14 +139,28 @@ class EvalContext:
           self.eval_config.conditioning.min_class_examples, self.seed)
     return self._shared('attribute_reader', build)
 
+  def discriminator(self) -> discriminator_view.DiscriminatorView | None:
+    """The federated D, judging under the synthetic normals' mean condition (None: not given)."""
+    if self.d_params is None:
+      return None
+    return self._cached('discriminator', lambda: discriminator_view.DiscriminatorView(
+        self.task.discriminator, self.d_params,
+        np.asarray(self.synthetic_normals()[1], np.float32).mean(axis=0)))
+
+  def train_detector(self, images: np.ndarray):
+    """The configured detector (`evaluators/detectors.py`) trained on uint8 `images`."""
+    return detectors.train_detector(images, self.config.anomaly, self.seed,
+                                    reference=self.federation.test.images,
+                                    discriminator=self.discriminator())
+
   def unconditioned_detection(self) -> dict:
     """F-AD: the plain AE on synthetic normals, scored on the real test split."""
     def build():
       synthetic, _ = self.synthetic_normals()
-      detector = anomaly_lib.train_autoencoder(synthetic, self.config.anomaly, self.seed)
+      detector = self.train_detector(synthetic)
       test_images = self.federation.test.images
-      return {'synthetic_scores': anomaly_lib.anomaly_scores(detector, synthetic),
-              'test_scores': anomaly_lib.anomaly_scores(detector, test_images),
+      return {'synthetic_scores': detectors.scores(detector, synthetic),
+              'test_scores': detectors.scores(detector, test_images),
               'final_loss': detector.final_loss, 'detector': detector}
     return self._cached('unconditioned_detection', build)
 
@@ -160,9 +178,9 @@ class EvalContext:
     def build():
       if len(images) == 0:
         return {'skipped': 'no real normal training films.'}
-      detector = anomaly_lib.train_autoencoder(images, self.config.anomaly, self.seed)
-      return {'train_scores': anomaly_lib.anomaly_scores(detector, images),
-              'test_scores': anomaly_lib.anomaly_scores(detector, self.federation.test.images)}
+      detector = self.train_detector(images)
+      return {'train_scores': detectors.scores(detector, images),
+              'test_scores': detectors.scores(detector, self.federation.test.images)}
     return self._cached(f'real_normal_detection/{name}', build)
 
   def detection_summary(self, label: str, synthetic_scores, test_scores) -> dict:
