@@ -30,7 +30,7 @@ from fedgan_jax.federated import client as client_lib
 from fedgan_jax.federated import optimizers
 from fedgan_jax.federated import sampling
 from fedgan_jax.federated import task as task_lib
-from fedgan_jax.privacy import audit
+from fedgan_jax.privacy import membership as audit
 from fedgan_jax.privacy import engine
 
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Timed rounds per variant (after one warm-up).')

@@ -29,8 +29,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from fedgan_jax import checkpointing
 from fedgan_jax import console
-from fedgan_jax import eval_report
-from fedgan_jax import evaluation
+from fedgan_jax.evaluation import report as eval_report
+from fedgan_jax.evaluation import driver as evaluation
 from fedgan_jax import metrics_log
 from fedgan_jax import plots
 from fedgan_jax import synthesis
@@ -43,7 +43,7 @@ from fedgan_jax.federated import rngs
 from fedgan_jax.federated import sampling
 from fedgan_jax.federated import server as server_lib
 from fedgan_jax.federated import task as task_lib
-from fedgan_jax.privacy import audit as audit_lib
+from fedgan_jax.privacy import membership as audit_lib
 from fedgan_jax.privacy import engine as privacy_engine
 
 

@@ -15,12 +15,12 @@ from configs import eval_common
 from configs import phantom
 from fedgan_jax import checkpointing
 from fedgan_jax import console as console_lib
-from fedgan_jax import eval_report
-from fedgan_jax import evaluation
+from fedgan_jax.evaluation import report as eval_report
+from fedgan_jax.evaluation import driver as evaluation
 from fedgan_jax import train
 from fedgan_jax.data import conditions as conditions_lib
-from fedgan_jax.evaluators import context as context_lib
-from fedgan_jax.evaluators import schema_attributes
+from fedgan_jax.evaluation import context as context_lib
+from fedgan_jax.evaluation import schema_attributes
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,7 +6,7 @@ import pytest
 
 from configs.data import phantom as phantom_config
 from fedgan_jax.data import phantom
-from fedgan_jax.evaluators import attributes
+from fedgan_jax.evaluation import attributes
 
 
 def _records(num, **fixed):

@@ -21,7 +21,7 @@ from configs import pneumoniamnist as pneumoniamnist_experiment
 from configs.data import model_sizes
 from fedgan_jax.data import augment
 from fedgan_jax.data import conditions as conditions_lib
-from fedgan_jax.evaluators import anomaly as anomaly_lib
+from fedgan_jax.evaluation import anomaly as anomaly_lib
 from fedgan_jax.federated import task as task_lib
 import data_fixtures
 

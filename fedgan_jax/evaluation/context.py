@@ -18,10 +18,10 @@ import numpy as np
 
 from fedgan_jax import synthesis
 from fedgan_jax.data import dataset as dataset_lib
-from fedgan_jax.evaluators import anomaly as anomaly_lib
-from fedgan_jax.evaluators import domain_features
-from fedgan_jax.evaluators import personalized as personalized_lib
-from fedgan_jax.evaluators import schema_attributes
+from fedgan_jax.evaluation import anomaly as anomaly_lib
+from fedgan_jax.evaluation import domain_features
+from fedgan_jax.evaluation import personalized as personalized_lib
+from fedgan_jax.evaluation import schema_attributes
 from fedgan_jax.federated import client as client_lib
 
 REFERENCES = ('test', 'train')

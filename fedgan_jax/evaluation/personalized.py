@@ -37,7 +37,7 @@ from sklearn import metrics as sk_metrics
 
 from fedgan_jax import synthesis
 from fedgan_jax.data import conditions as conditions_lib
-from fedgan_jax.evaluators import anomaly as anomaly_lib
+from fedgan_jax.evaluation import anomaly as anomaly_lib
 
 METHODS = ('conditional_ae', 'generator_distance', 'profile_calibrated')
 METHOD_LABELS = {'conditional_ae': 'personalized: conditional AE (PD/CD)',

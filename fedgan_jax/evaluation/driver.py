@@ -23,19 +23,19 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from fedgan_jax import checkpointing
-from fedgan_jax import eval_report
+from fedgan_jax.evaluation import report as eval_report
 from fedgan_jax import plots
 from fedgan_jax import synthesis
 from fedgan_jax.data import dataset as dataset_lib
 from fedgan_jax.data import registry
-from fedgan_jax.evaluators import anomaly as anomaly_lib
-from fedgan_jax.evaluators import fid
-from fedgan_jax.evaluators import inception
-from fedgan_jax.evaluators import memorization as memorization_lib
-from fedgan_jax.evaluators import personalized as personalized_lib
-from fedgan_jax.evaluators import sample_quality
+from fedgan_jax.evaluation import anomaly as anomaly_lib
+from fedgan_jax.evaluation import fid
+from fedgan_jax.evaluation import inception
+from fedgan_jax.evaluation import memorization as memorization_lib
+from fedgan_jax.evaluation import personalized as personalized_lib
+from fedgan_jax.evaluation import sample_quality
 from fedgan_jax.federated import client as client_lib
-from fedgan_jax.evaluators import context as context_lib
+from fedgan_jax.evaluation import context as context_lib
 from fedgan_jax.federated import task as task_lib
 
 
