@@ -2,7 +2,7 @@
 
 Attached by `configs/common.py` as `config.eval = eval_common.get_eval_config()`; a
 `runlocal` variant shrinks the encoder training for smoke tests. Evaluators are picked by
-name (`fedgan_jax.evaluation.EVALUATORS`), so adding one never edits the binary:
+name (`fedgan_jax.evaluation.driver.EVALUATORS`), so adding one never edits the binary:
 
     python -m fedgan_jax.eval --config=configs/phantom.py --workdir=/tmp/fedgan_phantom \
         --config.eval.inception_weights=/data/fid_inception.npz

@@ -7,7 +7,7 @@ and writes `workdir/eval/results.{json,md}`, `roc.png` and sample grids. It neve
 into `workdir/checkpoints`.
 
 Evaluators are functions `fn(context) -> dict` registered by name in `EVALUATORS`; what
-several of them need is computed once per run by `evaluators/context.EvalContext`.
+several of them need is computed once per run by `evaluation/context.EvalContext`.
 """
 
 from __future__ import annotations
