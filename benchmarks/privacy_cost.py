@@ -41,7 +41,7 @@ _VARIANTS = flags.DEFINE_list('variants', ['nondp_minibatch_std', 'nondp', 'dp_e
 
 def variant_config(name: str):
   config = phantom_dp.get_config()
-  config.fl.strategy = 'sequential'
+  config.runtime.strategy = 'sequential'
   if name == 'nondp_minibatch_std':
     default = phantom.get_config()
     config.dp.mode = 'none'

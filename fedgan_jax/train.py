@@ -138,10 +138,11 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
   if is_chief():
     log.truncate_after(start_round)
 
-  strategy = algorithm.resolve_strategy(fl.strategy)
+  strategy = algorithm.resolve_strategy(config.runtime.strategy)
   if jax.process_count() > 1 and strategy != 'vmap':
-    raise ValueError(f'fl.strategy={fl.strategy!r} resolves to {strategy!r}, but a multi-host run '
-                     'needs fl.strategy=vmap (one round sharded over all hosts).')
+    raise ValueError(f'runtime.strategy={config.runtime.strategy!r} resolves to {strategy!r}, but '
+                     'a multi-host run needs runtime.strategy=vmap (one round sharded over all '
+                     'hosts).')
   mesh = algorithm.client_mesh() if strategy == 'vmap' else None
   if mesh is not None:
     # Give the state its mesh sharding up front; otherwise the round compiles twice (the

@@ -33,7 +33,7 @@ from fedgan_jax.privacy import engine
 @pytest.fixture(scope='module')
 def dp_config():
   config = phantom_dp.get_config('runlocal')
-  config.fl.strategy = 'sequential'
+  config.runtime.strategy = 'sequential'
   config.train.sample_every_rounds = 1000  # No sample grids: not what is tested here.
   # Fewer layers than runlocal: compiling the per-example step is most of these tests' time.
   config.model.generator.update(encoder_channels=(8,), decoder_channels=(4,), embedding_dim=8,

@@ -76,7 +76,7 @@ class EvalContext:
   def _shared(self, name: str, build: Callable[[], Any]) -> Any:
     key = json.dumps({'data': self.config.data.to_dict(), 'seed': self.seed,
                       'conditions': list(self.config.conditions),
-                      'domain_features': self.eval_config.domain_features.to_dict(),
+                      'domain_features': dataclasses.asdict(self.eval_config.domain_features),
                       'conditioning': self.eval_config.conditioning.to_dict()},
                      sort_keys=True, default=str)
     return self.shared.get(name, key, build)
