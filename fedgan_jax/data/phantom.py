@@ -17,8 +17,6 @@ Everything is vectorized numpy over chunks of images; randomness comes only from
 the `np.random.Generator`s passed in, so a seed fixes the federation.
 """
 
-from __future__ import annotations
-
 import dataclasses
 from typing import Any, Mapping
 
@@ -48,8 +46,8 @@ class Demographics:
   Logistic models are in age decades past `history_reference_age`; per-finding tuples follow
   `FINDINGS`.
   """
-  age_bin_edges: tuple[float, ...]
-  age_bin_counts: tuple[float, ...]
+  age_bin_edges: tuple
+  age_bin_counts: tuple
   age_max_valid: float          # Ages above are entry errors in the source metadata.
   male_fraction: float
   ap_fraction: float
@@ -72,14 +70,14 @@ class Demographics:
   crp_max: float
   crp_missing_probability: float
   severity_baseline: float
-  severity_per_finding: tuple[float, ...]
+  severity_per_finding: tuple
   severity_per_decade: float
   severity_noise_std: float
   diuretic_logit_intercept: float
   diuretic_logit_effusion: float
   diuretic_logit_cardiomegaly: float
   diuretic_logit_per_decade: float
-  finding_weights: tuple[float, ...]
+  finding_weights: tuple
   finding_cooccurrence_probability: float
 
 
@@ -100,7 +98,7 @@ class Site:
   """
   name: str
   examples: int
-  age_bin_weights: tuple[float, ...]
+  age_bin_weights: tuple
   window_low: float
   window_high: float
   gamma: float

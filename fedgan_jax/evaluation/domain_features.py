@@ -14,8 +14,6 @@ only when they were scored by the same encoder (same data, seed and
 `benchmarks/compare_baselines.py` do.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import functools
 from typing import Sequence
@@ -45,7 +43,7 @@ class EncoderSettings:
     steps, batch_size, learning_rate: Adam training on the real training images.
     feature_batch_size: images per forward pass when extracting features.
   """
-  channels: tuple[int, ...]
+  channels: tuple
   feature_dim: int
   input_unshuffle: int
   steps: int

@@ -28,8 +28,6 @@ Thresholds are the configured percentile of the score on synthetic normal images
 the unconditioned detector; no real image sets them.
 """
 
-from __future__ import annotations
-
 import dataclasses
 from typing import Sequence
 
@@ -55,10 +53,10 @@ class Settings:
     calibration_groups: schema groups `profile_calibrated` regresses the normal score on.
     calibration_ridge: that regression's ridge penalty.
   """
-  methods: tuple[str, ...]
+  methods: tuple
   expected_normal_samples: int
   threshold_samples: int
-  calibration_groups: tuple[str, ...]
+  calibration_groups: tuple
   calibration_ridge: float
 METHOD_LABELS = {'conditional_ae': 'personalized: conditional AE (PD/CD)',
                  'generator_distance': 'personalized: distance to G(c) normal',

@@ -15,8 +15,6 @@ counts; some reference code uses `<`, which differs only on exact ties. Distance
 in chunks of `chunk_size` rows, so memory stays O(chunk_size * N).
 """
 
-from __future__ import annotations
-
 import dataclasses
 from typing import Iterator
 
