@@ -244,8 +244,8 @@ _STRATEGY_SCRIPT = textwrap.dedent('''
     # SGD clients: Adam's first step from a fresh state is ~lr * sign(g), which turns the
     # rounding differences of another device layout into lr-sized ones wherever a gradient
     # is near zero. SGD keeps them at rounding size, so layout bugs are what the test sees.
-    config.fl.client_optimizer.update(name='sgd', d_learning_rate=0.01, g_learning_rate=0.01,
-                                      kwargs={'momentum': 0.9})
+    config.fl.client_optimizer.update(name='sgd', d_learning_rate=0.01, g_learning_rate=0.01)
+    config.fl.client_optimizer.kwargs = {'momentum': 0.9}  # Replaces Adam's (update merges).
     federation = registry.load_federation(config)
     task = task_lib.build_task(config, federation.schema, federation.image_shape)
     server_optimizer = optimizers.build_server_optimizer(config.fl.server_optimizer)
