@@ -23,7 +23,7 @@ from sklearn import metrics as sk_metrics
 
 from configs import phantom
 from fedgan_jax.data import registry
-from fedgan_jax.evaluators import anomaly
+from fedgan_jax.evaluation import anomaly
 
 _JSON = flags.DEFINE_string('json', None, 'Where to write the results.')
 _NUM_NORMALS = flags.DEFINE_integer('num_normals', 2000, 'Real normal training images.')

@@ -17,7 +17,7 @@ from absl import logging
 
 from configs import baselines as baselines_config
 from configs import eval_common
-from fedgan_jax import eval_report
+from fedgan_jax.evaluation import report as eval_report
 from fedgan_jax import flags_common
 from fedgan_jax.baselines import compare
 

@@ -22,10 +22,11 @@ from absl import flags
 
 from configs import zhanglab
 from fedgan_jax import checkpointing
-from fedgan_jax import eval_report
-from fedgan_jax import evaluation
+from fedgan_jax.evaluation import report as eval_report
+from fedgan_jax.evaluation import driver as evaluation
 from fedgan_jax.data import registry
-from fedgan_jax.evaluators import context as context_lib
+from fedgan_jax.evaluation import context as context_lib
+from fedgan_jax.evaluation import detectors
 from fedgan_jax.federated import task as task_lib
 
 VARIANTS = {
@@ -86,7 +87,7 @@ def main(_):
     shared_cache = {}
     for name in _VARIANTS.value:
       variant = copy.deepcopy(config)
-      variant.anomaly.update(VARIANTS[name])
+      variant.anomaly = detectors.with_overrides(variant.anomaly, **VARIANTS[name])
       context = context_lib.EvalContext(config=variant, federation=federation, task=task,
                                         g_params=g_params, d_params=params['discriminator'],
                                         out_dir='/dev/null', shared=context_lib.SharedModels())

@@ -27,7 +27,8 @@ from absl import logging
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir to evaluate (trained first if empty).')
 _CONFIG = flags.DEFINE_string('config', 'configs/phantom.py', 'Config file (and variant).')
 _ROUNDS = flags.DEFINE_integer('rounds', 2, 'Rounds to train when the workdir has no checkpoint.')
-_OUTPUT = flags.DEFINE_string('output', 'benchmarks/eval_speed.json', 'Where the timings go.')
+_OUTPUT = flags.DEFINE_string('output', 'benchmarks/results/eval_speed.json',
+                              'Where the timings go.')
 _TARGET_S = flags.DEFINE_float('target_s', 180.0, 'Target wall time of one evaluation.')
 flags.mark_flags_as_required(['workdir'])
 

@@ -4,7 +4,7 @@
 
 Both sides train the same 3 phantom hospitals (`--variant=runlocal` for the tiny sizes)
 for `--rounds` rounds with the default model, batch and local steps:
-  * simulation: `algorithm.make_round_fn` with the config's `fl.strategy` (`auto`: `threads`
+  * simulation: `algorithm.make_round_fn` with the config's `runtime.strategy` (`auto`: `threads`
     on CPU, one client per core in flight) in this process, timed to `block_until_ready`;
   * Flower: `fedgan_jax.deploy.server` + one `fedgan_jax.deploy.hospital` process per
     site on 127.0.0.1 (`--insecure`), timed by the server per round (send params,
@@ -64,8 +64,8 @@ def simulated_round_times(config) -> list[float]:
   task = coordinator_lib.build_task(config)
   server_optimizer = optimizers.build_server_optimizer(config.fl.server_optimizer)
   state = algorithm.server_init(coordinator_lib.initial_params(config, task), server_optimizer)
-  round_fn = algorithm.make_round_fn(task, server_optimizer, config.fl.strategy,
-                                     client_threads=config.fl.client_threads)
+  round_fn = algorithm.make_round_fn(task, server_optimizer, config.runtime.strategy,
+                                     client_threads=config.runtime.client_threads)
   times = []
   for round_index in range(config.fl.num_rounds):
     ids = sampling.sample_clients(config.seed, round_index, len(federation.clients),
@@ -129,7 +129,7 @@ def main(argv):
       'image_size': int(config.data.image_size), 'batch_size': int(config.fl.batch_size),
       'local_steps': int(config.fl.local_steps), 'rounds': _ROUNDS.value,
       'cpu_count': os.cpu_count(), 'backend': jax.default_backend(),
-      'simulated_strategy': algorithm.resolve_strategy(config.fl.strategy),
+      'simulated_strategy': algorithm.resolve_strategy(config.runtime.strategy),
       'simulated_round_s': simulated, 'flower_round_s': flower,
       'flower_slowest_local_update_s': slowest_hospital,
       'simulated_median_s': float(np.median(simulated[1:])),

@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu_sweep.sh [OUTPUT_DIR [VARIANTS_FILE]]   # OUTPUT_DIR: else $OUT, else /tmp
 #
 # Each variant is a line `name|config|overrides...` of VARIANTS_FILE (default: the first sweep's,
-# benchmarks/gpu_h200_sweep/variants1.txt).
+# benchmarks/results/gpu_h200_sweep/variants1.txt).
 # All run at once (one process each, no memory preallocation), each under PER_RUN_LIMIT
 # seconds; summary.jsonl gets one line per variant (its results.json's anomaly, conditioning
 # and privacy fields, or the error and the last metrics row), log.txt the tails of the logs.
@@ -15,7 +15,7 @@ set -uo pipefail
 
 # Paths given on the command line are relative to where the script was started.
 OUTPUT_DIR="$(realpath -m "${1:-${OUT:-/tmp/fedgan_gpu_sweep}}")"
-VARIANTS_FILE="$(realpath -m "${2:-$(dirname "$0")/gpu_h200_sweep/variants1.txt}")"
+VARIANTS_FILE="$(realpath -m "${2:-$(dirname "$0")/results/gpu_h200_sweep/variants1.txt}")"
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 PER_RUN_LIMIT="${PER_RUN_LIMIT:-480}"

@@ -26,7 +26,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from fedgan_jax.evaluators import inception
+from fedgan_jax.evaluation import inception
 from fedgan_jax.tools import convert_inception
 
 _OUTPUT = flags.DEFINE_string('output', 'tests/fixtures/inception_parity.npz',

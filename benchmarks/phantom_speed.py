@@ -19,7 +19,7 @@ from PIL import Image
 
 from configs.data import phantom as phantom_config
 from fedgan_jax.data import phantom
-from fedgan_jax.evaluators import attributes
+from fedgan_jax.evaluation import attributes
 
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 4000, 'Phantoms per timed run.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 64, 'Side of the phantoms.')

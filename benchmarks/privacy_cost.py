@@ -1,6 +1,6 @@
 """Round time of example-level DP-SGD against the non-DP round, phantom default sizes, CPU.
 
-    python -m benchmarks.privacy_cost [--rounds=5] [--out=benchmarks/privacy_cost.json]
+    python -m benchmarks.privacy_cost [--rounds=5] [--out=benchmarks/results/privacy_cost.json]
 
 Three variants of the same federation (configs/phantom_dp.py: 4 hospitals, 64x64, 2 local
 steps, its batch size (32), `sequential` strategy, the CPU default when it was first measured):
@@ -30,18 +30,19 @@ from fedgan_jax.federated import client as client_lib
 from fedgan_jax.federated import optimizers
 from fedgan_jax.federated import sampling
 from fedgan_jax.federated import task as task_lib
-from fedgan_jax.privacy import audit
+from fedgan_jax.privacy import membership as audit
 from fedgan_jax.privacy import engine
 
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Timed rounds per variant (after one warm-up).')
-_OUT = flags.DEFINE_string('out', 'benchmarks/privacy_cost.json', 'Where the JSON goes.')
+_OUT = flags.DEFINE_string('out', 'benchmarks/results/privacy_cost.json',
+                           'Where the JSON goes.')
 _VARIANTS = flags.DEFINE_list('variants', ['nondp_minibatch_std', 'nondp', 'dp_example'],
                               'Which variants to time.')
 
 
 def variant_config(name: str):
   config = phantom_dp.get_config()
-  config.fl.strategy = 'sequential'
+  config.runtime.strategy = 'sequential'
   if name == 'nondp_minibatch_std':
     default = phantom.get_config()
     config.dp.mode = 'none'

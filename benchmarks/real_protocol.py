@@ -24,7 +24,7 @@ import time
 from absl import app
 from absl import flags
 
-from fedgan_jax import eval_report
+from fedgan_jax.evaluation import report as eval_report
 
 _CONFIG = flags.DEFINE_string('config', None, 'Config file (with variant), as main takes it.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'One subfolder per seed goes here.')

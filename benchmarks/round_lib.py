@@ -135,7 +135,7 @@ def make_round(setup: Setup, strategy: str) -> Callable:
   engine, _, suffix = strategy.partition('+')
   if engine in algorithm.STRATEGIES and suffix in ('', 'ynn'):
     # The engine's round as train.py builds it from the config; '<strategy>+ynn' keeps
-    # jaxlib's YNNPACK fusions in the client-update programs (`fl.client_ynn_fusions=True`).
+    # jaxlib's YNNPACK fusions in the client-update programs (`runtime.ynn_fusions=True`).
     return server_lib.round_fn(setup.config, setup.task, setup.server, engine,
                                ynn_fusions=True if suffix == 'ynn' else None)
   return round_candidates.make(strategy, setup.task, setup.server_optimizer)

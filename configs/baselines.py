@@ -19,13 +19,13 @@ def get_baselines_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   # FedAvg of the F-AD autoencoder on real normal images (architecture from `anomaly`).
   config.autoencoder = ml_collections.ConfigDict(dict(
       rounds=150, local_steps=10,
-      optimizer=dict(name='adam', learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8)))
+      optimizer=dict(name='adam', learning_rate=1e-3, kwargs=dict(b1=0.9, b2=0.999))))
   # FedAvg normal-vs-abnormal CNN; as many rounds as the phantom GAN (AUC 0.63 after 60
   # rounds, 0.85 after 150, 0.93 after 300 on the phantom default).
   config.classifier = ml_collections.ConfigDict(dict(
       channels=(16, 32, 64), rounds=300, local_steps=5, batch_size=32, balance_classes=True,
       decision_threshold=0.5, predict_batch_size=256,
-      optimizer=dict(name='adam', learning_rate=2e-3, b1=0.9, b2=0.999, eps=1e-8)))
+      optimizer=dict(name='adam', learning_rate=2e-3, kwargs=dict(b1=0.9, b2=0.999))))
   if runlocal:
     config.autoencoder.update(rounds=4, local_steps=2)
     config.classifier.update(channels=(8, 16), rounds=4, local_steps=2, batch_size=8,

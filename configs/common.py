@@ -9,6 +9,8 @@ import ml_collections
 from ml_collections import config_dict
 
 from configs import eval_common
+from fedgan_jax.evaluation import detectors
+from configs import variant
 from configs.data import model_sizes
 
 
@@ -42,16 +44,6 @@ def get_common_config() -> ml_collections.ConfigDict:
   config.fl.clients_per_round = 0   # 0 = every client, every round.
   config.fl.local_steps = 2         # D+G steps per client per round.
   config.fl.batch_size = 16
-  # 'vmap' | 'sequential' | 'threads' | 'auto' (fastest per backend: threads on CPU, else vmap).
-  config.fl.strategy = 'auto'
-  config.fl.client_threads = 0      # clients in flight under 'threads'; 0 = one per CPU core.
-  # 'sequential'/'threads': a client's local steps as one compiled program (~10% faster on CPU;
-  # compile time grows with local_steps). False: one program per step, compiled once for any K.
-  config.fl.fuse_local_steps = True
-  # XLA CPU only: False compiles the client-update programs (and only those) without jaxlib's
-  # YNNPACK convolution fusions; XLA's own convolutions run those small batches faster
-  # (BENCHMARKS.md, issue 3). True keeps jaxlib's default. No effect on GPU/TPU.
-  config.fl.client_ynn_fusions = False
   config.fl.centralized = False     # True: one client holding all data (the baseline).
   # Conditions G's images are drawn for during training: 'batch' (the real batch's records) or
   # 'public_prior' (drawn from the data source's public condition prior, built from config
@@ -61,16 +53,30 @@ def get_common_config() -> ml_collections.ConfigDict:
   # Decay of the server's moving average of G over rounds, which sampling and evaluation use
   # (0 = off: the last round's G). Averaging damps the round-to-round jitter of a short GAN run.
   config.fl.generator_ema = 0.99
+  # Optimizers by name plus that optimizer's own kwargs (fedgan_jax/federated/optimizers.py
+  # lists what each takes; a kwarg it does not take is an error). Clients: D and G each get
+  # their own learning rate, same kind. 6e-4 rather than DCGAN's 2e-4: a few hundred rounds of
+  # 2 local steps is a short GAN run (150 rounds, phantom: age r 0.44 -> 0.61, sex AUC
+  # 0.96 -> 1.00; BENCHMARKS.md).
   config.fl.client_optimizer = ml_collections.ConfigDict(dict(
-      # 6e-4 rather than DCGAN's 2e-4: a few hundred rounds of 2 local steps is a short GAN run
-      # (150 rounds, phantom: age r 0.44 -> 0.61, sex AUC 0.96 -> 1.00; BENCHMARKS.md).
-      name='adam', d_learning_rate=6e-4, g_learning_rate=6e-4, momentum=0.9, nesterov=False,
-      b1=0.5, b2=0.999, eps=1e-8, alpha=1.0, beta=1.0))
+      name='adam', d_learning_rate=6e-4, g_learning_rate=6e-4, kwargs=dict(b1=0.5, b2=0.999)))
+  # The server steps along the average client delta: sgd at 1.0 with no kwargs is FedAvg;
+  # kwargs={'momentum': 0.7} is FedAvgM, name='adam' FedAdam.
   config.fl.server_optimizer = ml_collections.ConfigDict(dict(
-      name='sgd', learning_rate=1.0, momentum=0.0, nesterov=False,
-      b1=0.9, b2=0.999, eps=1e-8, alpha=1.0, beta=1.0))
+      name='sgd', learning_rate=1.0, kwargs=dict()))
 
-  config.augment = ml_collections.ConfigDict(dict(enabled=False))
+  # How the round executes: never changes the math, only its speed (and float rounding).
+  config.runtime = ml_collections.ConfigDict()
+  # 'vmap' | 'sequential' | 'threads' | 'auto' (fastest per backend: threads on CPU, else vmap).
+  config.runtime.strategy = 'auto'
+  config.runtime.client_threads = 0      # clients in flight under 'threads'; 0 = one per CPU core.
+  # 'sequential'/'threads': a client's local steps as one compiled program (~10% faster on CPU;
+  # compile time grows with local_steps). False: one program per step, compiled once for any K.
+  config.runtime.fuse_local_steps = True
+  # XLA CPU only: False compiles the client-update programs (and only those) without jaxlib's
+  # YNNPACK convolution fusions; XLA's own convolutions run those small batches faster
+  # (BENCHMARKS.md, issue 3). True keeps jaxlib's default. No effect on GPU/TPU.
+  config.runtime.ynn_fusions = False
 
   # How a trained G is sampled: F-AD's synthetic normals, conditioning fidelity, the eval
   # binary and sample grids all draw z with this standard deviation (training: always 1).
@@ -104,16 +110,12 @@ def get_common_config() -> ml_collections.ConfigDict:
       # 'ssim': a percentile of 1 - local SSIM; 'judge' (inpaint/pixels): -D's logit on the
       # reconstruction, SQUID's discriminator score.
       score='signed', score_blur_sigma=2.0, score_percentile=99.0,
-      # What the AE reconstructs: 'pixels' (block averages, input_size) or 'discriminator':
-      # the federated D's residual block `discriminator_block` (0-based) output.
-      features='pixels', discriminator_block=1,
-      # architecture='inpaint' (SQUID-style, models/inpainting.py): patch side in the AE's
-      # input, embedding width, memory rows; its decoder's width is hidden[0].
-      inpaint_patch=4, inpaint_embedding_dim=64, memory_slots=64,
-      # Ensembles (evaluators/detectors.py): each member ('field=value,...' overrides of this
-      # section; () = this section alone) trained with ensemble_seeds seeds, scores
-      # normalized ('rank' or 'zscore') against the member's scores of the scored split.
-      ensemble_members=(), ensemble_seeds=1, ensemble_normalization='rank'))
+      # Which detector (issue 21; benchmarks/detector_variants.md, fields in
+      # evaluation/detectors.py): pixels or D's features, the in-painter's shape, ensembles.
+      variant=detectors.Variant(
+          features='pixels', discriminator_block=1,
+          inpaint_patch=4, inpaint_embedding_dim=64, memory_slots=64,
+          ensemble_members=(), ensemble_seeds=1, ensemble_normalization='rank')))
   # Differential privacy (fedgan_jax/privacy/; README "Privacy"). 'example': DP-SGD on D at each
   # hospital; 'client': DP-FedAvg on whole hospital updates. Unset numbers are None.
   config.dp = ml_collections.ConfigDict(dict(
@@ -147,6 +149,11 @@ def shrink_training_for_runlocal(config: ml_collections.ConfigDict) -> None:
   config.eval = eval_common.get_eval_config(runlocal=True)
 
 
+# The variants every real-data config takes (`:runlocal,size=128`).
+REAL_DATA_FLAGS = ('runlocal', 'centralized')
+REAL_DATA_VALUES = {'size': (int, tuple(sorted(model_sizes.SHAPES)))}
+
+
 def real_data_config(arg: str | None, config_file: str, data_section, conditions,
                      default_size: int) -> tuple[ml_collections.ConfigDict, bool]:
   """The skeleton every real-data config shares; returns `(config, runlocal)`.
@@ -156,14 +163,14 @@ def real_data_config(arg: str | None, config_file: str, data_section, conditions
   `runlocal`, else `default_size`) and, for `runlocal`, shrinks models and training. The
   caller then sets what is particular to its data.
   """
-  options, image_size = model_sizes.parse_options(arg, config_file, ('runlocal', 'centralized'))
-  runlocal = 'runlocal' in options
-  image_size = image_size or (32 if runlocal and default_size > 32 else default_size)
+  options = variant.parse(arg, config_file, REAL_DATA_FLAGS, REAL_DATA_VALUES)
+  runlocal = options['runlocal']
+  image_size = options['size'] or (32 if runlocal and default_size > 32 else default_size)
   config = get_common_config()
   config.data = data_section(runlocal)
   config.data.image_size = image_size
   config.conditions = conditions
-  config.fl.centralized = 'centralized' in options
+  config.fl.centralized = options['centralized']
   model_sizes.model_for_image_size(config, image_size)
   if runlocal:
     model_sizes.shrink_for_runlocal(config)

@@ -14,13 +14,16 @@ is 10^-ceil(log10(10 N)) for the N training images (1e-7 for the full release's 
 
 import ml_collections
 
+from configs import common
 from configs import cxr14
+from configs import variant
 
 
 def get_config(arg: str | None = None):
-  options = [o for o in (arg or '').split(',') if o]
-  client = 'client' in options
-  config = cxr14.get_config(','.join(o for o in options if o != 'client') or None)
+  options = variant.parse(arg, 'configs/cxr14_dp.py', common.REAL_DATA_FLAGS + ('client',),
+                          common.REAL_DATA_VALUES)
+  client = options.pop('client')
+  config = cxr14.get_config(variant.format(options))
   # Minibatch std couples examples, which per-example clipping cannot bound.
   config.model.discriminator.minibatch_std_group = 0
   config.dp.update(mode='example', clip_norm=1.0, target_epsilon=10.0, accountant='rdp')
@@ -31,6 +34,6 @@ def get_config(arg: str | None = None):
   # The membership audit's non-members: 10% of hospital 0's patients never train.
   config.audit = ml_collections.ConfigDict(dict(
       hospital=0, holdout_fraction=0.1, max_examples=512, update_rounds=4, chunk=32))
-  if 'runlocal' in options:
+  if options['runlocal']:
     config.audit.update(max_examples=32, update_rounds=2)
   return config

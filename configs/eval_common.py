@@ -2,7 +2,7 @@
 
 Attached by `configs/common.py` as `config.eval = eval_common.get_eval_config()`; a
 `runlocal` variant shrinks the encoder training for smoke tests. Evaluators are picked by
-name (`fedgan_jax.evaluation.EVALUATORS`), so adding one never edits the binary:
+name (`fedgan_jax.evaluation.driver.EVALUATORS`), so adding one never edits the binary:
 
     python -m fedgan_jax.eval --config=configs/phantom.py --workdir=/tmp/fedgan_phantom \
         --config.eval.inception_weights=/data/fid_inception.npz
@@ -10,9 +10,21 @@ name (`fedgan_jax.evaluation.EVALUATORS`), so adding one never edits the binary:
 Generated images are compared with the real images of `eval.reference` ('test' or
 'train'), one generated image per real one, generated for that real image's condition
 vector, so both sets have the same mix of patients and findings.
+
+What defines a metric rather than an experiment (the domain encoder's network and training,
+the KID / k-NN protocol, the personalized detectors' sampling) is a typed preset: one leaf
+each (a dataclass of `fedgan_jax/evaluation/`, numbers written here), whose fields are still
+overridden by name, e.g. `--config.eval.domain_features.steps=800`.
 """
 
+import dataclasses
+
 import ml_collections
+
+from fedgan_jax.evaluation import detectors
+from fedgan_jax.evaluation import domain_features
+from fedgan_jax.evaluation import personalized
+from fedgan_jax.evaluation import sample_quality
 
 EVALUATORS = ('inception_fid', 'domain_quality', 'conditioning', 'memorization', 'anomaly',
               'personalized')
@@ -32,18 +44,19 @@ def get_eval_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   # Inception-v3 FID (pytorch-fid's network). '' skips it, saying how to enable it; a path that
   # does not hold a converted npz is an error naming the convert command.
   config.inception_weights = ''
-  config.inception_batch_size = 50
 
-  # KID and k-NN metrics, in the domain feature space (and Inception's when weights are given).
-  config.kid_subsets = 50
-  config.kid_subset_size = 500        # At most; smaller reference sets use all their images.
-  config.nearest_neighbours = 5       # k of precision/recall and density/coverage.
+  # KID and k-NN metrics, in the domain feature space (and Inception's when weights are given):
+  # KID over 50 subsets of at most 500 images (smaller reference sets use all theirs), k = 5
+  # for precision/recall and density/coverage, Inception batches of 50.
+  config.sample_quality = sample_quality.Settings(
+      kid_subsets=10 if runlocal else 50, kid_subset_size=32 if runlocal else 500,
+      nearest_neighbours=5, inception_batch_size=50)
 
   # The domain encoder: a small CNN trained on the real training images to predict the
   # condition vector (attributes and findings); its penultimate layer is the feature space.
-  config.domain_features = ml_collections.ConfigDict(dict(
+  config.domain_features = domain_features.EncoderSettings(
       channels=(16, 32, 64), feature_dim=64, input_unshuffle=2, steps=400, batch_size=64,
-      learning_rate=1e-3, feature_batch_size=256))
+      learning_rate=1e-3, feature_batch_size=256)
 
   # Conditioning fidelity: the attribute model fitted on real training images reads back every
   # schema feature (or those listed) from images generated for the reference conditions.
@@ -56,37 +69,30 @@ def get_eval_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   config.memorization_percentile = 1.0
 
   # Anomaly detection on the real test split (the detector follows `config.anomaly`).
-  config.findings_feature = 'findings'  # Multi-hot feature holding per-finding labels.
+  # The multi-hot feature holding per-finding labels: per-finding AUCs, and the personalized
+  # detectors replace it by its normal-profile value so none reads the answer.
+  config.findings_feature = 'findings'
   # Where F-AD would be used: each hospital thresholds at this percentile of the detector's
   # scores on its own real normal training films (they never leave it; the weights never see
   # them), and the sensitivity at this specificity is read off the ROC.
-  config.operating_point = ml_collections.ConfigDict(dict(site_percentile=50.0,
-                                                          specificity=0.9))
+  config.operating_point = detectors.OperatingPoint(site_percentile=50.0, specificity=0.9)
   # The same detector trained on real normals, beside F-AD: 'ceiling' (all hospitals' pooled:
   # what synthetic images could give at best) and 'site_alone' (each hospital's own).
   config.anomaly_baselines = ('ceiling', 'site_alone')
 
-  # Personalization ablation: detectors that use the patient's own PD/CD.
-  config.personalized = ml_collections.ConfigDict(dict(
+  # Personalization ablation: detectors that use the patient's own PD/CD. Two z draws make
+  # G's expected normal image; 250 synthetic normals set the generator_distance threshold
+  # (the percentile is stable well before); profile_calibrated regresses on PD only (CD holds
+  # acute-disease markers that track the findings).
+  config.personalized = personalized.Settings(
       methods=('conditional_ae', 'generator_distance', 'profile_calibrated'),
-      # Features that are the label itself: replaced by their value in normal profiles
-      # (no findings) before conditioning, so a detector never reads the answer.
-      label_features=('findings',),
-      expected_normal_samples=2,      # z draws averaged into G's expected normal image.
-      # Synthetic normals whose distance to G's expected normal sets that detector's threshold
-      # (each costs expected_normal_samples generations; the percentile is stable well before).
-      threshold_samples=250,
-      # profile_calibrated: schema groups the normal score is regressed on (label features
-      # excluded). PD only: CD holds acute-disease markers that track the findings.
-      calibration_groups=('PD',),
-      calibration_ridge=1.0))
+      expected_normal_samples=2, threshold_samples=32 if runlocal else 250,
+      calibration_groups=('PD',), calibration_ridge=1.0)
 
   if runlocal:
-    config.kid_subsets = 10
-    config.kid_subset_size = 32
-    config.domain_features.update(channels=(8, 16), feature_dim=16, steps=30, batch_size=32,
-                                  feature_batch_size=64)
+    config.domain_features = dataclasses.replace(
+        config.domain_features, channels=(8, 16), feature_dim=16, steps=30, batch_size=32,
+        feature_batch_size=64)
     config.generate_batch_size = 64
     config.sample_columns = 4
-    config.personalized.update(expected_normal_samples=2, threshold_samples=32)
   return config

@@ -5,24 +5,23 @@
 Variants (`--config=configs/phantom.py:runlocal`): `runlocal` shrinks everything to a
 seconds-long smoke run (32x32, 3 tiny hospitals, a few rounds); `centralized` trains the
 same GAN on the pooled data (the baseline). Any field can be overridden, e.g.
-`--config.fl.num_rounds=50 --config.fl.strategy=vmap`.
+`--config.fl.num_rounds=50 --config.runtime.strategy=vmap`.
 """
 
 from configs import common
+from configs import variant
 from configs.data import phantom
+
+FLAGS = ('runlocal', 'centralized')
 
 
 def get_config(arg: str | None = None):
-  options = set((arg or '').split(',')) - {''}
-  unknown = options - {'runlocal', 'centralized'}
-  if unknown:
-    raise ValueError(f'configs/phantom.py: unknown option(s) {sorted(unknown)}; '
-                     'use runlocal and/or centralized.')
-  runlocal = 'runlocal' in options
+  options = variant.parse(arg, 'configs/phantom.py', FLAGS)
+  runlocal = options['runlocal']
   config = common.get_common_config()
   config.data = phantom.get_data_config(runlocal)
   config.conditions = phantom.get_conditions()
-  config.fl.centralized = 'centralized' in options
+  config.fl.centralized = options['centralized']
   config.train.profiles = [dict(age=age, sex=sex) for age in (25, 50, 75) for sex in (0, 1)]
 
   if runlocal:

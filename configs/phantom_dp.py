@@ -23,14 +23,12 @@ calibrated to `dp.target_epsilon` over all `fl.num_rounds` before training (0.99
 import ml_collections
 
 from configs import phantom
+from configs import variant
 
 
 def get_config(arg: str | None = None):
-  options = set((arg or '').split(',')) - {''}
-  unknown = options - {'runlocal', 'client', 'adaptive'}
-  if unknown:
-    raise ValueError(f'configs/phantom_dp.py: unknown option(s) {sorted(unknown)}; use '
-                     'runlocal, client and/or adaptive.')
+  options = variant.parse(arg, 'configs/phantom_dp.py', ('runlocal', 'client', 'adaptive'))
+  options = {name for name, on in options.items() if on}
   config = phantom.get_config('runlocal' if 'runlocal' in options else None)
   # Minibatch std couples examples, which per-example clipping cannot bound.
   config.model.discriminator.minibatch_std_group = 0

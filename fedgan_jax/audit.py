@@ -3,7 +3,7 @@
     python -m fedgan_jax.audit --config=configs/phantom_dp.py --workdir=/tmp/fedgan_phantom_dp
 
 Pass the config the run was trained with (it names the held-out examples: `config.audit`).
-Runs the membership-inference attacks of `fedgan_jax.privacy.audit` on the latest checkpoint
+Runs the membership-inference attacks of `fedgan_jax.privacy.membership` on the latest checkpoint
 (or `--step`) and writes `WORKDIR/audit.json`.
 """
 
@@ -15,7 +15,7 @@ from absl import logging
 
 from fedgan_jax import flags_common
 from fedgan_jax import validation
-from fedgan_jax.privacy import audit
+from fedgan_jax.privacy import membership as audit
 
 _CONFIG = flags_common.define_config()
 _WORKDIR = flags_common.define_workdir('Training workdir holding checkpoints/.')

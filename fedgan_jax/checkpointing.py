@@ -45,7 +45,7 @@ from fedgan_jax import validation
 # Config fields that change parameter shapes or the meaning of the condition vector.
 SHAPE_FIELDS = ('model', 'data.image_size', 'conditions')
 # Fields that must also match to *resume training* (the optimizer state's structure).
-RESUME_FIELDS = SHAPE_FIELDS + ('fl.server_optimizer.name', 'fl.server_optimizer.momentum',
+RESUME_FIELDS = SHAPE_FIELDS + ('fl.server_optimizer.name', 'fl.server_optimizer.kwargs',
                                  'fl.generator_ema')
 GENERATOR_EMA_ITEM = 'generator_ema'
 # Where training moves a step it cannot use (`restore_latest`), beside `checkpoints/`.

@@ -8,7 +8,7 @@ client's small-batch local update ~7% faster, jaxlib's run synthesis and the aut
 (batches of 64-256) faster.
 
 * `client_compiler_options` gives the option to the round's client-update programs only
-  (`jax.jit(..., compiler_options=...)`), under `fl.client_ynn_fusions=False`, the default.
+  (`jax.jit(..., compiler_options=...)`), under `runtime.ynn_fusions=False`, the default.
 * `apply` sets it process-wide in `XLA_FLAGS` (the binaries' opt-in
   `--cpu_ynn_fusions=false`); it must run before the first computation starts the backend.
 
@@ -27,7 +27,7 @@ from absl import logging
 
 YNN_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
 FLAG_HELP = ("Keep jaxlib's YNNPACK fusions for CPU convolutions (its default) in every program "
-             "but the round's client updates, which fl.client_ynn_fusions governs. false: XLA's "
+             "but the round's client updates, which runtime.ynn_fusions governs. false: XLA's "
              'own convolutions everywhere, slower synthesis and autoencoders (BENCHMARKS.md).')
 
 
@@ -71,7 +71,7 @@ def apply(ynn_fusions: bool) -> str:
 
 
 def client_compiler_options(ynn_fusions: bool, backend: str | None = None) -> dict | None:
-  """XLA compile options for the client-update programs (`fl.client_ynn_fusions`).
+  """XLA compile options for the client-update programs (`runtime.ynn_fusions`).
 
   Per program, so only the round's small-batch convolutions change: synthesis and the
   autoencoders keep jaxlib's default, which is faster for them (BENCHMARKS.md). None (the

@@ -17,7 +17,7 @@ from absl import logging
 
 from fedgan_jax import checkpointing
 from fedgan_jax import console
-from fedgan_jax import evaluation
+from fedgan_jax.evaluation import driver as evaluation
 from fedgan_jax import flags_common
 from fedgan_jax import validation
 

@@ -29,8 +29,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from fedgan_jax import checkpointing
 from fedgan_jax import console
-from fedgan_jax import eval_report
-from fedgan_jax import evaluation
+from fedgan_jax.evaluation import report as eval_report
+from fedgan_jax.evaluation import driver as evaluation
 from fedgan_jax import metrics_log
 from fedgan_jax import plots
 from fedgan_jax import synthesis
@@ -43,7 +43,7 @@ from fedgan_jax.federated import rngs
 from fedgan_jax.federated import sampling
 from fedgan_jax.federated import server as server_lib
 from fedgan_jax.federated import task as task_lib
-from fedgan_jax.privacy import audit as audit_lib
+from fedgan_jax.privacy import membership as audit_lib
 from fedgan_jax.privacy import engine as privacy_engine
 
 
@@ -138,10 +138,11 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
   if is_chief():
     log.truncate_after(start_round)
 
-  strategy = algorithm.resolve_strategy(fl.strategy)
+  strategy = algorithm.resolve_strategy(config.runtime.strategy)
   if jax.process_count() > 1 and strategy != 'vmap':
-    raise ValueError(f'fl.strategy={fl.strategy!r} resolves to {strategy!r}, but a multi-host run '
-                     'needs fl.strategy=vmap (one round sharded over all hosts).')
+    raise ValueError(f'runtime.strategy={config.runtime.strategy!r} resolves to {strategy!r}, but '
+                     'a multi-host run needs runtime.strategy=vmap (one round sharded over all '
+                     'hosts).')
   mesh = algorithm.client_mesh() if strategy == 'vmap' else None
   if mesh is not None:
     # Give the state its mesh sharding up front; otherwise the round compiles twice (the

@@ -98,15 +98,15 @@ DOMAINS: tuple[tuple[str, Domain], ...] = (
     ('fl.clients_per_round', _count()),     # 0 = every client.
     ('fl.local_steps', _count(1)),
     ('fl.batch_size', _count(1)),
-    ('fl.client_threads', _count()),        # 0 = one per core.
+    ('runtime.client_threads', _count()),        # 0 = one per core.
     ('fl.generator_ema', _DECAY),           # 0 = off; 1 would never move.
     ('fl.*_optimizer.*learning_rate', _POSITIVE),
-    ('fl.*_optimizer.momentum', _DECAY),
-    ('fl.*_optimizer.b1', _DECAY),
-    ('fl.*_optimizer.b2', _DECAY),
-    ('fl.*_optimizer.eps', _POSITIVE),
-    ('fl.*_optimizer.alpha', _POSITIVE),
-    ('fl.*_optimizer.beta', _POSITIVE),
+    ('fl.*_optimizer.kwargs.momentum', _DECAY),
+    ('fl.*_optimizer.kwargs.b1', _DECAY),
+    ('fl.*_optimizer.kwargs.b2', _DECAY),
+    ('fl.*_optimizer.kwargs.eps', _POSITIVE),
+    ('fl.*_optimizer.kwargs.alpha', _POSITIVE),
+    ('fl.*_optimizer.kwargs.beta', _POSITIVE),
     ('loss.*', _NON_NEGATIVE),              # Loss weights.
     # Networks.
     ('model.generator.decoder_channels', _count(1)),
@@ -125,9 +125,8 @@ DOMAINS: tuple[tuple[str, Domain], ...] = (
     ('anomaly.*percentile', _PERCENTILE),
     ('anomaly.score_blur_sigma', _NON_NEGATIVE),
     ('anomaly.input_size', _count()),       # 0 = the image size.
-    ('anomaly.discriminator_block', _count()),  # 0 = D's first residual block.
+    ('anomaly.variant.discriminator_block', _count()),  # 0 = D's first residual block.
     ('anomaly.*', _count(1)),
-    ('conditioning.num_generated', _count(1)),
     # Differential privacy.
     ('dp.clip_norm', _POSITIVE),
     ('dp.noise_multiplier', _NON_NEGATIVE),
@@ -196,18 +195,27 @@ def _is_number(value) -> bool:
   return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+def _is_mapping(value) -> bool:
+  return isinstance(value, (ml_collections.ConfigDict, dict)) or (
+      dataclasses.is_dataclass(value) and not isinstance(value, type))
+
+
 def numeric_fields(node, prefix: str = '') -> Iterator[tuple[str, Any]]:
-  """(dotted path, value) of every numeric or None leaf; sequences of numbers as one field."""
+  """(dotted path, value) of every numeric or None leaf; sequences of numbers as one field.
+
+  Typed presets (dataclass leaves such as `data.demographics`) are walked like sections.
+  """
+  if dataclasses.is_dataclass(node) and not isinstance(node, type):
+    node = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)}
   if isinstance(node, (ml_collections.ConfigDict, dict)):
     items = node.items()
-  elif isinstance(node, (list, tuple)) and any(isinstance(v, (dict, ml_collections.ConfigDict))
-                                                for v in node):
+  elif isinstance(node, (list, tuple)) and any(_is_mapping(v) for v in node):
     items = ((str(i), v) for i, v in enumerate(node))
   else:
     return
   for key, value in items:
     path = f'{prefix}.{key}' if prefix else str(key)
-    if isinstance(value, (ml_collections.ConfigDict, dict, list, tuple)) and not (
+    if (_is_mapping(value) or isinstance(value, (list, tuple))) and not (
         isinstance(value, (list, tuple)) and value and all(_is_number(v) for v in value)):
       yield from numeric_fields(value, path)
     elif value is None or _is_number(value) or isinstance(value, (list, tuple)):

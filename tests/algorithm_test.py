@@ -88,7 +88,7 @@ def test_fedavg_server_adds_the_average_delta():
 
 def test_server_momentum_matches_hand_computation():
   optimizer = optimizers.build_server_optimizer(
-      {'name': 'sgd', 'learning_rate': 0.5, 'momentum': 0.9})
+      {'name': 'sgd', 'learning_rate': 0.5, 'kwargs': {'momentum': 0.9}})
   state = algorithm.server_init({'w': jnp.array([0.0])}, optimizer)
   state = algorithm.server_update(optimizer, state, {'w': jnp.array([1.0])})
   state = algorithm.server_update(optimizer, state, {'w': jnp.array([2.0])})
@@ -99,8 +99,9 @@ def test_server_momentum_matches_hand_computation():
 
 @pytest.mark.parametrize('name', ['adam', 'optimistic', 'fedavg', 'sgd'])
 def test_every_server_optimizer_builds_and_steps(name):
+  kwargs = {'sgd': {'momentum': 0.9}, 'adam': {'b1': 0.9}, 'optimistic': {'alpha': 1.0}}
   optimizer = optimizers.build_server_optimizer(
-      {'name': name, 'learning_rate': 0.1, 'momentum': 0.9})
+      {'name': name, 'learning_rate': 0.1, 'kwargs': kwargs.get(name, {})})
   state = algorithm.server_init({'w': jnp.zeros(3)}, optimizer)
   state = algorithm.server_update(optimizer, state, {'w': jnp.ones(3)})
   assert np.all(np.asarray(state.params['w']) > 0)
@@ -132,8 +133,35 @@ def test_generator_ema_ramps_then_decays_by_hand():
 def test_unknown_optimizer_names_the_config_field():
   with pytest.raises(ValueError, match='fl.server_optimizer.name'):
     optimizers.build_server_optimizer({'name': 'lamb', 'learning_rate': 1.0})
-  with pytest.raises(ValueError, match='fl.strategy'):
+  with pytest.raises(ValueError, match='runtime.strategy'):
     algorithm.resolve_strategy('pmap')
+
+
+def test_optimizer_kwargs_are_checked_against_the_named_optimizer():
+  with pytest.raises(ValueError, match=r"fl.client_optimizer.kwargs: optimizer 'adam' takes no "
+                                       r"\['bb1'\]; it takes \['b1', 'b2', 'eps'\]"):
+    optimizers.build_client_optimizers({'name': 'adam', 'd_learning_rate': 1e-3,
+                                        'g_learning_rate': 1e-3, 'kwargs': {'bb1': 0.5}})
+  # A leftover of the previous optimizer after switching `name` is the same error.
+  with pytest.raises(ValueError, match="optimizer 'sgd' takes no \\['b1'\\]"):
+    optimizers.build_server_optimizer({'name': 'sgd', 'learning_rate': 1.0,
+                                       'kwargs': {'b1': 0.5}})
+  # The old flat layout names where the argument now goes.
+  with pytest.raises(ValueError, match='fl.server_optimizer.kwargs.momentum'):
+    optimizers.build_server_optimizer({'name': 'sgd', 'learning_rate': 1.0, 'momentum': 0.9})
+
+
+def test_optimistic_optimizer_takes_alpha_and_beta():
+  spec = {'name': 'optimistic', 'learning_rate': 0.1, 'kwargs': {'alpha': 0.5, 'beta': 2.0}}
+  optimizer = optimizers.build_server_optimizer(spec)
+  expected = optax.optimistic_gradient_descent(0.1, alpha=0.5, beta=2.0)
+  params = {'w': jnp.array([1.0, -2.0])}
+  grads = {'w': jnp.array([0.3, 0.7])}
+  state, expected_state = optimizer.init(params), expected.init(params)
+  for _ in range(2):
+    updates, state = optimizer.update(grads, state, params)
+    expected_updates, expected_state = expected.update(grads, expected_state, params)
+    np.testing.assert_array_equal(updates['w'], expected_updates['w'])
 
 
 def test_auto_strategy_is_threads_on_cpu_and_vmap_on_accelerators():
@@ -194,7 +222,7 @@ def test_threads_give_bit_identical_params_to_sequential(tiny_task_and_federatio
 
 
 def test_client_threads_must_not_be_negative():
-  with pytest.raises(ValueError, match='fl.client_threads'):
+  with pytest.raises(ValueError, match='runtime.client_threads'):
     algorithm.resolve_client_threads(-1)
   assert algorithm.resolve_client_threads(3) == 3
   assert algorithm.resolve_client_threads(0) >= 1
@@ -212,11 +240,12 @@ _STRATEGY_SCRIPT = textwrap.dedent('''
     config = phantom.get_config('runlocal')
     for network, fields in TINY_MODEL.items():
       config.model[network].update(fields)
-    config.fl.server_optimizer.momentum = 0.9
+    config.fl.server_optimizer.kwargs = {'momentum': 0.9}
     # SGD clients: Adam's first step from a fresh state is ~lr * sign(g), which turns the
     # rounding differences of another device layout into lr-sized ones wherever a gradient
     # is near zero. SGD keeps them at rounding size, so layout bugs are what the test sees.
     config.fl.client_optimizer.update(name='sgd', d_learning_rate=0.01, g_learning_rate=0.01)
+    config.fl.client_optimizer.kwargs = {'momentum': 0.9}  # Replaces Adam's (update merges).
     federation = registry.load_federation(config)
     task = task_lib.build_task(config, federation.schema, federation.image_shape)
     server_optimizer = optimizers.build_server_optimizer(config.fl.server_optimizer)

@@ -4,7 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fedgan_jax.evaluators import anomaly
+from fedgan_jax.evaluation import anomaly
 
 
 def test_ssim_of_constant_images_matches_the_formula_away_from_the_border():

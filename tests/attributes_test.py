@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedgan_jax.evaluators import attributes
+from fedgan_jax.evaluation import attributes
 
 
 def test_area_downsampling_matches_hand_computed_means():

@@ -17,7 +17,7 @@ from fedgan_jax.baselines import local_gan
 from fedgan_jax.data import dataset as dataset_lib
 from fedgan_jax.data import registry
 
-SGD_HALF = dict(name='sgd', learning_rate=0.5, momentum=0.0, nesterov=False)
+SGD_HALF = dict(name='sgd', learning_rate=0.5, kwargs=dict(momentum=0.0, nesterov=False))
 
 
 def _mean_squared_distance(params, batch):

@@ -210,9 +210,8 @@ def write_reference(root: pathlib.Path) -> None:
   # and a miss makes 3 hospitals compile at once on the test machine's cores.
   round_fn = algorithm.make_round_fn(
       task, server_optimizer, 'sequential',
-      fuse_local_steps=config.fl.get('fuse_local_steps', True),
-      client_compiler_options=cpu_backend.client_compiler_options(
-          config.fl.get('client_ynn_fusions', True)))
+      fuse_local_steps=config.runtime.fuse_local_steps,
+      client_compiler_options=cpu_backend.client_compiler_options(config.runtime.ynn_fusions))
   train_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
 
   def run_round(state, round_index, client_ids):

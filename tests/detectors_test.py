@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedgan_jax import evaluation
-from fedgan_jax.evaluators import anomaly
-from fedgan_jax.evaluators import context as context_lib
-from fedgan_jax.evaluators import detectors
-from fedgan_jax.evaluators import discriminator_view
+from fedgan_jax.evaluation import driver as evaluation
+from fedgan_jax.evaluation import anomaly
+from fedgan_jax.evaluation import context as context_lib
+from fedgan_jax.evaluation import detectors
+from fedgan_jax.evaluation import discriminator_view
 from fedgan_jax.federated import client as client_lib
 from fedgan_jax.models import discriminator as discriminator_lib
 from fedgan_jax.models import inpainting
@@ -38,8 +38,9 @@ def test_zscore_and_ensemble_average_by_hand():
 
 def test_member_config_overrides_typed_fields_and_names_bad_ones(runlocal_config):
   member = detectors.member_config(runlocal_config.anomaly, 'features=discriminator, latent_dim=4')
-  assert member.features == 'discriminator' and member.latent_dim == 4
-  assert runlocal_config.anomaly.features == 'pixels'  # The section itself is untouched.
+  assert member.variant.features == 'discriminator' and member.latent_dim == 4
+  # The section itself is untouched.
+  assert runlocal_config.anomaly.variant.features == 'pixels'
   with pytest.raises(ValueError, match='ensemble_members'):
     detectors.member_config(runlocal_config.anomaly, 'no_such_field=1')
   assert not detectors.is_ensemble(runlocal_config.anomaly)
@@ -135,7 +136,8 @@ def context(runlocal_config, runlocal_federation, runlocal_task, tmp_path_factor
 
 
 def test_an_ensemble_of_variants_runs_through_the_anomaly_evaluator(context):
-  context.config.anomaly.update(
+  context.config.anomaly = detectors.with_overrides(
+      context.config.anomaly,
       ensemble_members=('features=discriminator,score=mse,discriminator_block=0',
                         'architecture=inpaint,score=judge,inpaint_patch=4'), ensemble_seeds=1)
   report = evaluation.anomaly(context)
@@ -154,7 +156,6 @@ def test_an_ensemble_of_variants_runs_through_the_anomaly_evaluator(context):
 
 def test_discriminator_features_need_d(runlocal_config):
   images = np.zeros((4, 16, 16, 1), np.uint8)
-  config = copy.deepcopy(runlocal_config.anomaly)
-  config.features = 'discriminator'
+  config = detectors.with_overrides(runlocal_config.anomaly, features='discriminator')
   with pytest.raises(ValueError, match="federated D"):
     anomaly.train_autoencoder(images, config, 0)

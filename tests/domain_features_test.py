@@ -4,8 +4,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fedgan_jax.evaluators import domain_features
-from fedgan_jax.evaluators import fid
+from fedgan_jax.evaluation import domain_features
+from fedgan_jax.evaluation import fid
 
 SETTINGS = ml_collections.ConfigDict(dict(channels=(8, 16), feature_dim=8, input_unshuffle=2,
                                           steps=60, batch_size=32, learning_rate=3e-3))

@@ -1,6 +1,6 @@
 """The protocol table of benchmarks/real_protocol.py: rows from results.json, mean ± std."""
 
-from fedgan_jax import eval_report
+from fedgan_jax.evaluation import report as eval_report
 
 
 def _results(auc, ceiling):

@@ -1,5 +1,6 @@
 """End-to-end tests of the eval binary on a tiny trained workdir, and its small helpers."""
 
+import dataclasses
 import json
 import os
 import re
@@ -15,12 +16,12 @@ from configs import eval_common
 from configs import phantom
 from fedgan_jax import checkpointing
 from fedgan_jax import console as console_lib
-from fedgan_jax import eval_report
-from fedgan_jax import evaluation
+from fedgan_jax.evaluation import report as eval_report
+from fedgan_jax.evaluation import driver as evaluation
 from fedgan_jax import train
 from fedgan_jax.data import conditions as conditions_lib
-from fedgan_jax.evaluators import context as context_lib
-from fedgan_jax.evaluators import schema_attributes
+from fedgan_jax.evaluation import context as context_lib
+from fedgan_jax.evaluation import schema_attributes
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -144,13 +145,13 @@ def test_main_and_the_eval_binary_report_the_same_numbers(trained):
 
 
 def test_profile_calibration_without_a_profile_is_skipped_with_a_reason(trained):
-  # A schema whose only features are labels (PneumoniaMNIST's) has no profile; here every PD
-  # feature of the phantom is declared a label to get one.
+  # A schema whose only features are labels (PneumoniaMNIST's) has no profile; here no schema
+  # group is calibrated on, which leaves the same nothing to calibrate to.
   workdir, _ = trained
   config = _config()
   config.eval.evaluators = ('personalized',)
-  config.eval.personalized.update(methods=('profile_calibrated',), calibration_groups=('PD',),
-                                  label_features=('age', 'sex', 'view', 'history', 'findings'))
+  config.eval.personalized = dataclasses.replace(
+      config.eval.personalized, methods=('profile_calibrated',), calibration_groups=())
   results = evaluation.evaluate_checkpoint(config, workdir)
   assert 'no profile to calibrate to' in results['personalized']['profile_calibrated']['skipped']
   with open(os.path.join(workdir, 'eval', 'results.md')) as f:

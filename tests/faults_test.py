@@ -250,7 +250,8 @@ def run_training(workdir, rounds, **overrides):
   """`train.train_gan` on the tiny runlocal config (the sequential strategy: one client
   program, compiled once per session)."""
   config = tiny_runlocal_config()
-  config.fl.update(num_rounds=rounds, strategy='sequential')
+  config.fl.num_rounds = rounds
+  config.runtime.strategy = 'sequential'
   config.checkpoint.every_rounds = 1
   config.train.update(sample_every_rounds=1000)
   for dotted, value in overrides.items():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from fedgan_jax.evaluators import fid
+from fedgan_jax.evaluation import fid
 
 
 def test_diagonal_covariances_match_hand_computed_distance():

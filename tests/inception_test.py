@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from fedgan_jax.evaluators import inception
+from fedgan_jax.evaluation import inception
 from fedgan_jax.tools import convert_inception
 
 FIXTURE = pathlib.Path(__file__).resolve().parent / 'fixtures' / 'inception_parity.npz'

@@ -64,7 +64,7 @@ def test_reconstruction_error_is_per_image_mse():
 
 
 def test_local_anomaly_score_is_a_percentile_of_the_blurred_residual():
-  from fedgan_jax.evaluators import anomaly  # pylint: disable=g-import-not-at-top
+  from fedgan_jax.evaluation import anomaly  # pylint: disable=g-import-not-at-top
   images = np.zeros((2, 8, 8, 1), np.float32)
   reconstructions = images.copy()
   reconstructions[0, 3, 4, 0] = 2.0   # One pixel off by 2: squared residual 4 there.
@@ -83,7 +83,7 @@ def test_local_anomaly_score_is_a_percentile_of_the_blurred_residual():
 
 
 def test_signed_anomaly_score_cancels_residuals_that_flip_sign():
-  from fedgan_jax.evaluators import anomaly  # pylint: disable=g-import-not-at-top
+  from fedgan_jax.evaluation import anomaly  # pylint: disable=g-import-not-at-top
   images = np.zeros((2, 8, 8, 1), np.float32)
   rows, columns = np.indices((8, 8))
   reconstructions = np.stack([np.ones((8, 8)),                       # A residual of one sign.
@@ -114,7 +114,7 @@ def test_signed_anomaly_score_cancels_residuals_that_flip_sign():
 
 def test_unknown_anomaly_score_is_rejected():
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from fedgan_jax.evaluators import anomaly  # pylint: disable=g-import-not-at-top
+  from fedgan_jax.evaluation import anomaly  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match='anomaly.score'):
     anomaly.score_config(ml_collections.ConfigDict(dict(score='maximum')))
 

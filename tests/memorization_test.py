@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from fedgan_jax.evaluators import memorization
+from fedgan_jax.evaluation import memorization
 
 
 def test_memorization_counts_copies_of_training_films():

@@ -33,10 +33,11 @@ TIMEOUT_S = 600
 # under test do not depend on K, nor on the networks' width (conftest.TINY_MODEL).
 # SGD clients: Adam's first step from a fresh state is ~lr * sign(g), which turns the rounding
 # differences of another all-reduce order into lr-sized ones wherever a gradient is near zero.
-OVERRIDES = ('--config.fl.num_rounds=2', '--config.fl.strategy=vmap', '--config.fl.local_steps=1',
+OVERRIDES = ('--config.fl.num_rounds=2', '--config.runtime.strategy=vmap', '--config.fl.local_steps=1',
              '--config.checkpoint.every_rounds=1', '--config.fl.client_optimizer.name=sgd',
              '--config.fl.client_optimizer.d_learning_rate=0.01',
-             '--config.fl.client_optimizer.g_learning_rate=0.01', *tiny_model_flags())
+             '--config.fl.client_optimizer.g_learning_rate=0.01',
+             "--config.fl.client_optimizer.kwargs={'momentum': 0.9}", *tiny_model_flags())
 
 
 def _free_port() -> int:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedgan_jax.data import conditions as conditions_lib
-from fedgan_jax.evaluators import personalized
+from fedgan_jax.evaluation import personalized
 
 
 def _schema():

@@ -1,12 +1,14 @@
 """Tests for the procedural chest-radiograph phantoms and their config."""
 
+import dataclasses
+
 import ml_collections
 import numpy as np
 import pytest
 
 from configs.data import phantom as phantom_config
 from fedgan_jax.data import phantom
-from fedgan_jax.evaluators import attributes
+from fedgan_jax.evaluation import attributes
 
 
 def _records(num, **fixed):
@@ -22,7 +24,8 @@ def _records(num, **fixed):
 def _noiseless(hospital=None):
   """A hospital style (the first configured one by default) without detector noise."""
   hospital = hospital or phantom_config.get_data_config().hospitals[0]
-  return dict(hospital.to_dict() if hasattr(hospital, 'to_dict') else hospital, noise_std=0.0)
+  style = dataclasses.asdict(hospital) if dataclasses.is_dataclass(hospital) else dict(hospital)
+  return dict(style, noise_std=0.0)
 
 
 @pytest.fixture(scope='module')
@@ -263,7 +266,7 @@ def test_condition_prior_draws_each_hospitals_configured_population(small_federa
     # Exactly the configured share of patients with findings (sample_records rounds it).
     assert values[:, findings].any(axis=1).mean() == pytest.approx(config.abnormal_fraction)
     ap_share = values[:, view][:, 1].mean()  # One-hot (PA, AP).
-    expected = hospital.get('ap_fraction', config.demographics.ap_fraction)
+    expected = hospital.ap_fraction
     assert ap_share == pytest.approx(expected, abs=0.08)
   # None draws the whole population; the same generator state gives the same draw.
   np.testing.assert_array_equal(prior(np.random.default_rng(5), 16),

@@ -16,7 +16,7 @@ import pytest
 
 from configs import phantom_dp
 from fedgan_jax import checkpointing
-from fedgan_jax import evaluation
+from fedgan_jax.evaluation import driver as evaluation
 from fedgan_jax import train
 from fedgan_jax.data import registry
 from fedgan_jax.federated import algorithm
@@ -24,7 +24,7 @@ from fedgan_jax.federated import client as client_lib
 from fedgan_jax.federated import rngs
 from fedgan_jax.federated import sampling
 from fedgan_jax.federated import task as task_lib
-from fedgan_jax.privacy import audit as audit_lib
+from fedgan_jax.privacy import membership as audit_lib
 from fedgan_jax.privacy import client_dp
 from fedgan_jax.privacy import dp_sgd
 from fedgan_jax.privacy import engine
@@ -33,7 +33,7 @@ from fedgan_jax.privacy import engine
 @pytest.fixture(scope='module')
 def dp_config():
   config = phantom_dp.get_config('runlocal')
-  config.fl.strategy = 'sequential'
+  config.runtime.strategy = 'sequential'
   config.train.sample_every_rounds = 1000  # No sample grids: not what is tested here.
   # Fewer layers than runlocal: compiling the per-example step is most of these tests' time.
   config.model.generator.update(encoder_channels=(8,), decoder_channels=(4,), embedding_dim=8,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedgan_jax.evaluators import sample_quality
+from fedgan_jax.evaluation import sample_quality
 
 # 1-D sets whose k = 1 radii are all 1 (neighbours one apart).
 REAL_LINE = np.array([[0.0], [1.0], [2.0], [3.0]])

@@ -56,25 +56,3 @@ def shrink_for_runlocal(config: ml_collections.ConfigDict) -> None:
                    embedding_dim=32, z_dim=16)
   discriminator.channels = quarter(discriminator.channels)
 
-
-def parse_options(arg: str | None, config_file: str,
-                  flags: tuple[str, ...]) -> tuple[set[str], int | None]:
-  """'runlocal,size=128' -> ({'runlocal'}, 128); the size is None when not given.
-
-  Raises:
-    ValueError: naming the config file, for an unknown option or an image size without shapes.
-  """
-  options = set((arg or '').split(',')) - {''}
-  sizes = {o for o in options if o.startswith('size=')}
-  unknown = options - sizes - set(flags)
-  if unknown or len(sizes) > 1:
-    raise ValueError(f'{config_file}: unknown option(s) {sorted(unknown or sizes)}; use any of '
-                     f'{list(flags)} and at most one size=N with N in {sorted(SHAPES)}, e.g. '
-                     f'--config={config_file}:{flags[0]},size=64.')
-  size = None
-  for option in sizes:
-    text = option.removeprefix('size=')
-    if not text.isdigit() or int(text) not in SHAPES:
-      raise ValueError(f'{config_file}: size={text} is not one of {sorted(SHAPES)}.')
-    size = int(text)
-  return options - sizes, size

@@ -5,6 +5,11 @@ distribution (measured once from real ChestX-ray14 metadata, see below), how the
 clinical record depends on findings, the hospitals' patient mix and scanner style,
 and the split sizes. Geometry and effect sizes of the drawing are fields of
 `fedgan_jax.data.phantom.Anatomy`; `config.anatomy` overrides any of them by name.
+The demographics (`DEMOGRAPHICS`) and each hospital (`_hospital`) are typed presets
+(`phantom.Demographics`, `phantom.Site`): one config leaf each, since they describe the
+simulated world rather than the experiment, with every number still written here and any
+one overridable by name, e.g. `--config.data.demographics.smoker_probability=0.3` or
+`--config.data.test_hospital.noise_std=0.02`.
 
 Used by an experiment config as
   config.data = phantom.get_data_config(runlocal)
@@ -13,6 +18,8 @@ and built with `fedgan_jax.data.phantom.build_federation(config.data, config.con
 """
 
 import ml_collections
+
+from fedgan_jax.data import phantom as phantom_lib
 
 # Demographics measured ONCE by hand from /work/shared/data/cxr14/Data_Entry_2017_rows1-40000.csv
 # (ChestX-ray14 metadata, rows 1-40000, counted per image, 40,000 images): `Patient Age`
@@ -27,71 +34,72 @@ CXR14_MALE_FRACTION = 21777 / 40000
 CXR14_AP_FRACTION = 15911 / 40000
 
 
-def _demographics() -> ml_collections.ConfigDict:
-  """How patient records are drawn (shared by all hospitals unless a hospital overrides)."""
-  d = ml_collections.ConfigDict()
-  d.age_bin_edges = CXR14_AGE_BIN_EDGES
-  d.age_bin_counts = CXR14_AGE_BIN_COUNTS
-  d.age_max_valid = 120.0  # Ages above are entry errors in the source metadata.
-  d.male_fraction = CXR14_MALE_FRACTION
-  d.ap_fraction = CXR14_AP_FRACTION
-  # History: P(smoker); COPD and cardiac devices follow logistic models in age decades past 50.
-  d.smoker_probability = 0.22
-  d.copd_logit_intercept = -2.6
-  d.copd_logit_per_decade = 0.35
-  d.copd_logit_smoker = 1.6
-  d.device_logit_intercept = -3.4
-  d.device_logit_per_decade = 0.55
-  d.history_reference_age = 50.0
-  # BMI (kg/m^2): normal around a mean that drifts with age, clipped to a plausible range.
-  d.bmi_mean = 27.0
-  d.bmi_std = 5.0
-  d.bmi_per_decade = 0.4
-  d.bmi_min = 15.0
-  d.bmi_max = 50.0
-  # CRP (mg/L): log-normal around a median that depends on the findings; sometimes not measured.
-  d.crp_median_normal = 3.0
-  d.crp_median_pneumonia = 70.0
-  d.crp_median_other_finding = 10.0
-  d.crp_log_sigma = 0.7
-  d.crp_max = 300.0
-  d.crp_missing_probability = 0.25
-  # Severity score: baseline + per-finding increments (order of `findings`) + age + noise, >= 0.
-  d.severity_baseline = 1.0
-  d.severity_per_finding = (3.0, 0.8, 2.0, 1.5)
-  d.severity_per_decade = 0.15
-  d.severity_noise_std = 0.6
-  # Diuretics: logistic in effusion, cardiomegaly and age decades past 50.
-  d.diuretic_logit_intercept = -3.0
-  d.diuretic_logit_effusion = 2.2
-  d.diuretic_logit_cardiomegaly = 2.4
-  d.diuretic_logit_per_decade = 0.3
-  # Findings of abnormal patients: the primary finding is drawn with these weights (order of
-  # `findings`), each other finding co-occurs with this probability.
-  d.finding_weights = (0.4, 0.2, 0.2, 0.2)
-  d.finding_cooccurrence_probability = 0.1
-  return d
+# World presets: how the phantom population is drawn (`fedgan_jax.data.phantom.Demographics`).
+# Not experiment knobs: `data.demographics` holds one preset as a single typed leaf, built
+# fresh by `demographics(name)`; `--config.data.demographics.<field>=...` overrides one number.
+DEMOGRAPHICS = {
+    'cxr14_2017': dict(
+        age_bin_edges=CXR14_AGE_BIN_EDGES,
+        age_bin_counts=CXR14_AGE_BIN_COUNTS,
+        age_max_valid=120.0,  # Ages above are entry errors in the source metadata.
+        male_fraction=CXR14_MALE_FRACTION,
+        ap_fraction=CXR14_AP_FRACTION,
+        # History: P(smoker); COPD and cardiac devices follow logistic models in age decades
+        # past 50.
+        smoker_probability=0.22,
+        copd_logit_intercept=-2.6,
+        copd_logit_per_decade=0.35,
+        copd_logit_smoker=1.6,
+        device_logit_intercept=-3.4,
+        device_logit_per_decade=0.55,
+        history_reference_age=50.0,
+        # BMI (kg/m^2): normal around a mean that drifts with age, clipped to a plausible range.
+        bmi_mean=27.0,
+        bmi_std=5.0,
+        bmi_per_decade=0.4,
+        bmi_min=15.0,
+        bmi_max=50.0,
+        # CRP (mg/L): log-normal around a median that depends on the findings; sometimes not
+        # measured.
+        crp_median_normal=3.0,
+        crp_median_pneumonia=70.0,
+        crp_median_other_finding=10.0,
+        crp_log_sigma=0.7,
+        crp_max=300.0,
+        crp_missing_probability=0.25,
+        # Severity score: baseline + per-finding increments (order of `findings`) + age + noise,
+        # >= 0.
+        severity_baseline=1.0,
+        severity_per_finding=(3.0, 0.8, 2.0, 1.5),
+        severity_per_decade=0.15,
+        severity_noise_std=0.6,
+        # Diuretics: logistic in effusion, cardiomegaly and age decades past 50.
+        diuretic_logit_intercept=-3.0,
+        diuretic_logit_effusion=2.2,
+        diuretic_logit_cardiomegaly=2.4,
+        diuretic_logit_per_decade=0.3,
+        # Findings of abnormal patients: the primary finding is drawn with these weights (order
+        # of `findings`), each other finding co-occurs with this probability.
+        finding_weights=(0.4, 0.2, 0.2, 0.2),
+        finding_cooccurrence_probability=0.1),
+}
+
+
+def demographics(name: str = 'cxr14_2017') -> phantom_lib.Demographics:
+  """A fresh copy of preset `name` (shared by all hospitals unless a hospital overrides)."""
+  if name not in DEMOGRAPHICS:
+    raise ValueError(f'configs/data/phantom.py: no demographics preset {name!r}; choose one of '
+                     f'{sorted(DEMOGRAPHICS)}.')
+  return phantom_lib.Demographics(**DEMOGRAPHICS[name])
 
 
 def _hospital(name, examples, age_bin_weights, window_low, window_high, gamma, noise_std,
-              blur_sigma, ap_fraction=CXR14_AP_FRACTION) -> ml_collections.ConfigDict:
-  """One site: its patient mix and its scanner's look.
-
-  Args:
-    name: site name in logs.
-    examples: images (= patients) at this site.
-    age_bin_weights: multipliers of the national age histogram, one per 10-year bin.
-    window_low: attenuation shown as black.
-    window_high: attenuation shown as white.
-    gamma: display gamma applied after windowing (> 1 darkens mid-tones).
-    noise_std: std of additive detector noise in [0, 1] display units.
-    blur_sigma: Gaussian blur std as a fraction of the image width (0 = sharp).
-    ap_fraction: share of AP (bedside) films; ICUs take more.
-  """
-  return ml_collections.ConfigDict(dict(
+              blur_sigma, ap_fraction=CXR14_AP_FRACTION) -> phantom_lib.Site:
+  """One site: its patient mix and its scanner's look (fields: `phantom_lib.Site`)."""
+  return phantom_lib.Site(
       name=name, examples=examples, age_bin_weights=tuple(age_bin_weights),
       window_low=window_low, window_high=window_high, gamma=gamma, noise_std=noise_std,
-      blur_sigma=blur_sigma, ap_fraction=ap_fraction))
+      blur_sigma=blur_sigma, ap_fraction=ap_fraction)
 
 
 def get_data_config(runlocal: bool = False) -> ml_collections.ConfigDict:
@@ -113,7 +121,7 @@ def get_data_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   # Patient ids of hospital i start at (i + 1) * stride (the test split at 0), so never collide.
   config.patient_id_stride = 1_000_000
   config.render_chunk_pixels = 2**18  # Pixels rendered per vectorized step: bounds memory.
-  config.demographics = _demographics()
+  config.demographics = demographics('cxr14_2017')
   flat = (1,) * 10
   config.hospitals = [
       _hospital('general', 1200, flat, window_low=0.0, window_high=1.0, gamma=1.0,

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from fedgan_jax import losses
 from fedgan_jax.baselines import fedavg
 from fedgan_jax.data import dataset as dataset_lib
-from fedgan_jax.evaluators import anomaly as anomaly_lib
+from fedgan_jax.evaluation import anomaly as anomaly_lib
 
 
 def _reconstruction_loss(model, pool, params, batch):

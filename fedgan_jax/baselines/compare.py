@@ -18,15 +18,15 @@ import time
 import jax
 import numpy as np
 
-from fedgan_jax import eval_report
-from fedgan_jax import evaluation
+from fedgan_jax.evaluation import report as eval_report
+from fedgan_jax.evaluation import driver as evaluation
 from fedgan_jax import metrics_log
 from fedgan_jax import train
 from fedgan_jax.baselines import autoencoder as autoencoder_baseline
 from fedgan_jax.baselines import classifier as classifier_baseline
 from fedgan_jax.baselines import local_gan
 from fedgan_jax.data import registry
-from fedgan_jax.evaluators import context as context_lib
+from fedgan_jax.evaluation import context as context_lib
 from fedgan_jax.federated import task as task_lib
 from fedgan_jax.privacy import engine as privacy_engine
 

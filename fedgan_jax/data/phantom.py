@@ -17,8 +17,6 @@ Everything is vectorized numpy over chunks of images; randomness comes only from
 the `np.random.Generator`s passed in, so a seed fixes the federation.
 """
 
-from __future__ import annotations
-
 import dataclasses
 from typing import Any, Mapping
 
@@ -36,6 +34,77 @@ RECORD_KEYS = ('age', 'sex', 'view', 'history', 'bmi', 'crp', 'severity_score', 
                'findings')
 _CATEGORIES = {'sex': SEX, 'view': VIEW, 'history': HISTORY, 'diuretic': ('diuretic',),
                'findings': FINDINGS}
+
+
+@dataclasses.dataclass
+class Demographics:
+  """How patient records are drawn (`sample_records`): `data_config.demographics`.
+
+  A world preset, not an experiment knob: its numbers live in `configs/data/phantom.py`
+  (measured once from ChestX-ray14 metadata, or set by hand), which builds it; one field is
+  overridden from the command line by name, e.g. `--config.data.demographics.bmi_mean=30`.
+  Logistic models are in age decades past `history_reference_age`; per-finding tuples follow
+  `FINDINGS`.
+  """
+  age_bin_edges: tuple
+  age_bin_counts: tuple
+  age_max_valid: float          # Ages above are entry errors in the source metadata.
+  male_fraction: float
+  ap_fraction: float
+  smoker_probability: float
+  copd_logit_intercept: float
+  copd_logit_per_decade: float
+  copd_logit_smoker: float
+  device_logit_intercept: float
+  device_logit_per_decade: float
+  history_reference_age: float
+  bmi_mean: float
+  bmi_std: float
+  bmi_per_decade: float
+  bmi_min: float
+  bmi_max: float
+  crp_median_normal: float
+  crp_median_pneumonia: float
+  crp_median_other_finding: float
+  crp_log_sigma: float
+  crp_max: float
+  crp_missing_probability: float
+  severity_baseline: float
+  severity_per_finding: tuple
+  severity_per_decade: float
+  severity_noise_std: float
+  diuretic_logit_intercept: float
+  diuretic_logit_effusion: float
+  diuretic_logit_cardiomegaly: float
+  diuretic_logit_per_decade: float
+  finding_weights: tuple
+  finding_cooccurrence_probability: float
+
+
+@dataclasses.dataclass
+class Site:
+  """One hospital's patient mix and scanner look: an entry of `data_config.hospitals`.
+
+  Attributes:
+    name: site name in logs.
+    examples: images (= patients) at this site.
+    age_bin_weights: multipliers of the population's age histogram, one per age bin.
+    window_low: attenuation shown as black.
+    window_high: attenuation shown as white.
+    gamma: display gamma applied after windowing (> 1 darkens mid-tones).
+    noise_std: std of additive detector noise in [0, 1] display units.
+    blur_sigma: Gaussian blur std as a fraction of the image width (0 = sharp).
+    ap_fraction: share of AP (bedside) films; ICUs take more.
+  """
+  name: str
+  examples: int
+  age_bin_weights: tuple
+  window_low: float
+  window_high: float
+  gamma: float
+  noise_std: float
+  blur_sigma: float
+  ap_fraction: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +186,7 @@ def sample_records(num: int, rng: np.random.Generator, demographics, hospital,
   Args:
     num: number of patients (one image each).
     rng: the only source of randomness.
-    demographics: `data_config.demographics`.
+    demographics: `data_config.demographics` (a `Demographics`).
     hospital: one entry of `data_config.hospitals` (`age_bin_weights`, optional `ap_fraction`,
       `male_fraction`, `patient_id_offset`).
     abnormal_fraction: share of patients with at least one finding (exact, rounded).
@@ -474,6 +543,8 @@ class NormalProfiles(ConditionPrior):
 
 
 def _as_dict(tree) -> dict:
+  if dataclasses.is_dataclass(tree):
+    return dataclasses.asdict(tree)
   return tree.to_dict() if hasattr(tree, 'to_dict') else dict(tree)
 
 
@@ -523,8 +594,8 @@ def build_federation(data_config, conditions_config, seed: int) -> dataset_lib.F
                        f'[1, patient_id_stride={stride}], got {site["examples"]}.')
     hospitals.append(site)
   size, demographics = int(data_config.image_size), data_config.demographics
-  render_options = dict(anatomy=_as_dict(data_config.get('anatomy') or {}),
-                        chunk_pixels=int(data_config.get('render_chunk_pixels', 2**18)))
+  render_options = dict(anatomy=_as_dict(data_config.anatomy),
+                        chunk_pixels=int(data_config.render_chunk_pixels))
   parts = []
   for i, site in enumerate(hospitals):
     records = sample_records(int(site['examples']), np.random.default_rng([seed, 0, i]),

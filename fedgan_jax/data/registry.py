@@ -26,7 +26,7 @@ def load_federation(config) -> dataset_lib.FederatedDataset:
     raise ValueError(f'data.name: {name!r} is not one of {sorted(SOURCES)}.')
   module = importlib.import_module(SOURCES[name])
   federation = module.build_federation(config.data, config.conditions, config.seed)
-  if config.fl.get('centralized', False):
+  if config.fl.centralized:
     federation = dataset_lib.FederatedDataset(
         schema=federation.schema, clients=[federation.pooled()], test=federation.test,
         normal_profiles=federation.normal_profiles,

@@ -104,9 +104,9 @@ class Hospital(flwr.client.NumPyClient):
                        '--config.fl.fake_conditions=batch.')
     self._template = jax.eval_shape(lambda: client_lib.init_params(
         task, jax.random.key(0, impl='rbg'), tuple(data.images.shape[1:]), schema.model_dim))
-    self._train = LocalTrainer(task, config.fl.fuse_local_steps,
+    self._train = LocalTrainer(task, config.runtime.fuse_local_steps,
                                cpu_backend.client_compiler_options(
-                                   config.fl.client_ynn_fusions))
+                                   config.runtime.ynn_fusions))
 
   def get_properties(self, config):
     digest = security.properties_digest(config['nonce'], self._site, self._client_id)

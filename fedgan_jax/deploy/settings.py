@@ -64,7 +64,7 @@ def site_names(config) -> tuple[str, ...]:
       raise ValueError('config.deploy.sites is empty and config.data has no `hospitals` list: '
                        'list the participating sites, e.g. --config.deploy.sites="(\'a\',\'b\')".')
     count = config.data.get('num_hospitals', len(hospitals))
-    sites = tuple(h['name'] for h in hospitals[:count])
+    sites = tuple(h.name for h in hospitals[:count])
   if len(set(sites)) != len(sites):
     raise ValueError(f'config.deploy.sites: duplicate site names in {sites}.')
   return sites

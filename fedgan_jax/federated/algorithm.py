@@ -12,12 +12,12 @@ with `w_i` the client's example count (0 for padding clients) and
 which other clients take part or on how the round is executed. The aggregator is FedAvg's
 example-weighted mean unless the caller passes another (client-level DP-FedAvg:
 `privacy.engine.PrivacyPlan.aggregator`); strategies differ only in how clients run, never
-in how their deltas are combined (`fl.strategy`):
+in how their deltas are combined (`runtime.strategy`):
 
   * `vmap`: one jitted function; clients are vmapped and the client axis is sharded
     over all local devices (`jax.sharding`), params replicated. Fast on GPU/TPU.
   * `sequential`: a Python loop calling a jitted per-client local update (all K local
-    steps in one program unless `fl.fuse_local_steps=False`) and a jitted accumulation.
+    steps in one program unless `runtime.fuse_local_steps=False`) and a jitted accumulation.
     On XLA's CPU backend this beats `vmap`, because vmapped per-client weights turn
     convolutions into slow grouped convolutions.
   * `threads`: `sequential` with up to `client_threads` clients in flight at once, each
@@ -138,7 +138,7 @@ def check_client_message(message, params, client_axis: bool = False) -> None:
 
 def resolve_strategy(strategy: str, platform: str | None = None) -> str:
   if strategy not in STRATEGIES:
-    raise ValueError(f'fl.strategy: {strategy!r} is not one of {STRATEGIES}.')
+    raise ValueError(f'runtime.strategy: {strategy!r} is not one of {STRATEGIES}.')
   if strategy != 'auto':
     return strategy
   platform = platform or jax.default_backend()
@@ -146,9 +146,9 @@ def resolve_strategy(strategy: str, platform: str | None = None) -> str:
 
 
 def resolve_client_threads(client_threads: int) -> int:
-  """`fl.client_threads`: 0 means one thread per CPU core this process may use."""
+  """`runtime.client_threads`: 0 means one thread per CPU core this process may use."""
   if client_threads < 0:
-    raise ValueError(f'fl.client_threads must be >= 0 (0 = one per CPU core), got '
+    raise ValueError(f'runtime.client_threads must be >= 0 (0 = one per CPU core), got '
                      f'{client_threads}.')
   return client_threads or len(os.sched_getaffinity(0))
 

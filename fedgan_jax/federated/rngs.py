@@ -16,8 +16,8 @@ JAX keys (device randomness):
 NumPy streams (host randomness, `np.random.default_rng([seed, ..., stream])`): which clients
 take part (`CLIENT_SAMPLING_STREAM`), which examples each local step sees (`BATCH_STREAM`), the
 public-prior conditions G's images are drawn for (`PRIOR_STREAM`), all in `sampling.py`; the
-examples the membership audit holds out of training (`HOLDOUT_STREAM`, `privacy/audit.py`).
-Evaluation draws its profiles and noise from its own seeds (`evaluation.py`), after training.
+examples the membership audit holds out of training (`HOLDOUT_STREAM`, `privacy/membership.py`).
+Evaluation draws its profiles and noise from its own seeds (`evaluation/driver.py`), after training.
 """
 
 from __future__ import annotations

@@ -88,12 +88,12 @@ def build(config, task: client_lib.GanTask, image_shape, condition_dim: int,
 
 def round_fn(config, task, server: Server, strategy: str | None = None, mesh=None,
              ynn_fusions: bool | None = None) -> Callable:
-  """`algorithm.make_round_fn` with the config's execution knobs (`fl.strategy`,
-  `fl.client_threads`, `fl.fuse_local_steps`, `fl.client_ynn_fusions`); `strategy` and
+  """`algorithm.make_round_fn` with the config's execution knobs (`runtime.strategy`,
+  `runtime.client_threads`, `runtime.fuse_local_steps`, `runtime.ynn_fusions`); `strategy` and
   `ynn_fusions` override the config's."""
-  fl = config.fl
-  ynn_fusions = fl.client_ynn_fusions if ynn_fusions is None else ynn_fusions
+  runtime = config.runtime
+  ynn_fusions = runtime.ynn_fusions if ynn_fusions is None else ynn_fusions
   return algorithm.make_round_fn(
-      task, server.server_optimizer, fl.strategy if strategy is None else strategy, mesh,
-      server.aggregator, fl.client_threads, fl.fuse_local_steps,
+      task, server.server_optimizer, runtime.strategy if strategy is None else strategy, mesh,
+      server.aggregator, runtime.client_threads, runtime.fuse_local_steps,
       cpu_backend.client_compiler_options(ynn_fusions))

@@ -23,7 +23,7 @@ def build_generator(model_config, image_shape) -> generator_lib.Generator:
       image_size=image_shape[0], seed_size=g.seed_size, encoder_channels=tuple(g.encoder_channels),
       decoder_channels=tuple(g.decoder_channels), embedding_dim=g.embedding_dim,
       channels=image_shape[-1], output_shuffle=g.output_shuffle,
-      output_blur=g.output_blur, smooth_upsampling=g.get('smooth_upsampling', 'none'))
+      output_blur=g.output_blur, smooth_upsampling=g.smooth_upsampling)
 
 
 def build_discriminator(model_config, schema: conditions_lib.ConditionSchema):
@@ -34,24 +34,16 @@ def build_discriminator(model_config, schema: conditions_lib.ConditionSchema):
 
 
 def build_augment(augment_config):
-  """`augment(images, rng)` from `config.augment`, or None when disabled."""
-  if augment_config is None or not augment_config.get('enabled', False):
+  """`augment(images, rng)` from `data.augment`, or None when absent (phantom) or disabled."""
+  if augment_config is None or not augment_config.enabled:
     return None
   from fedgan_jax.data import augment as augment_lib  # pylint: disable=g-import-not-at-top
   return lambda images, rng: augment_lib.augment(images, rng, augment_config)
 
 
-def augment_config(config):
-  """`config.augment` when enabled, else the data section's (real-data configs keep it there)."""
-  top_level = config.get('augment')
-  if top_level is not None and top_level.get('enabled', False):
-    return top_level
-  return config.data.get('augment', top_level)
-
-
 def cond_complement_binary(config, schema: conditions_lib.ConditionSchema) -> bool:
   """`loss.cond_complement_binary`, refusing a schema whose L_cond would be identically 0."""
-  complement = bool(config.loss.get('cond_complement_binary', False))
+  complement = bool(config.loss.cond_complement_binary)
   continuous = np.asarray(schema.continuous_columns(), bool)
   if not complement and continuous.size == 1 and not continuous[0] and config.loss.cond_weight:
     raise ValueError('loss.cond_complement_binary: the condition is one 0/1 attribute, for which '
@@ -77,7 +69,7 @@ FAKE_CONDITIONS = ('batch', 'public_prior')
 
 def public_fake_conditions(config) -> bool:
   """Whether `config.fl.fake_conditions` asks for G's images on public-prior conditions."""
-  kind = config.fl.get('fake_conditions', 'batch')
+  kind = config.fl.fake_conditions
   if kind not in FAKE_CONDITIONS:
     raise ValueError(f'fl.fake_conditions must be one of {FAKE_CONDITIONS}, got {kind!r}.')
   return kind == 'public_prior'
@@ -132,7 +124,7 @@ def build_task(config, schema: conditions_lib.ConditionSchema, image_shape,
       cond_complement_binary=cond_complement_binary(config, schema),
       d_optimizer=d_optimizer,
       g_optimizer=g_optimizer,
-      augment=build_augment(augment_config(config)),
+      augment=build_augment(config.data.get('augment')),  # Real-data sources have one.
       discriminator_gradient=discriminator_gradient,
       sample_noise_scale=sample_noise_scale(config),
       public_fake_conditions=public_fake_conditions(config),

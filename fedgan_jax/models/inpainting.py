@@ -79,7 +79,7 @@ class MemoryInpainter(nn.Module):
       raise ValueError("anomaly.architecture='inpaint' has no conditional form.")
     b, h, w, c = images.shape
     if h % self.patch or w % self.patch:
-      raise ValueError(f'anomaly.inpaint_patch={self.patch} must divide the detector input '
+      raise ValueError(f'anomaly.variant.inpaint_patch={self.patch} must divide the detector input '
                        f'({h}x{w}).')
     patches = to_patches(images, self.patch)
     positions = self.param('positions', nn.initializers.normal(0.02),

@@ -84,10 +84,10 @@ def check_config(config, mode: str) -> None:
                        'dp.adaptive_clip.count_noise_multiplier: the clipped count is released '
                        'too and must be noised.')
   if dp.get('clip_fake_term', False) and not (
-      mode == 'example' and config.fl.get('fake_conditions', 'batch') == 'public_prior'):
+      mode == 'example' and config.fl.fake_conditions == 'public_prior'):
     raise ValueError('config.dp.clip_fake_term clips the fake term of DP-SGD\'s split D '
                      'gradient: it needs dp.mode="example" and fl.fake_conditions="public_prior" '
-                     f'(got {mode!r} and {config.fl.get("fake_conditions", "batch")!r}).')
+                     f'(got {mode!r} and {config.fl.fake_conditions!r}).')
   microbatch = dp.get('microbatch_size')
   if microbatch is not None and not (int(microbatch) == microbatch and microbatch >= 1):
     raise ValueError(f'config.dp.microbatch_size must be a positive integer or None, got '
@@ -103,7 +103,7 @@ def protected_unit(config, mode: str) -> str | None:
   if mode == 'client':
     return 'one hospital\'s whole data (client-level)'
   if mode == 'example':
-    if config.fl.get('fake_conditions', 'batch') == 'public_prior':
+    if config.fl.fake_conditions == 'public_prior':
       return 'one training record: its image and its condition vector (example-level)'
     return ('one training image (example-level); the condition vectors G trains on are not '
             'covered (fl.fake_conditions="batch")')

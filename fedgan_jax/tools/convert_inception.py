@@ -26,7 +26,7 @@ from absl import flags
 from flax import traverse_util
 
 from fedgan_jax import flags_common
-from fedgan_jax.evaluators import inception
+from fedgan_jax.evaluation import inception
 
 _TORCH_SUFFIX_TO_FLAX = {
     'conv.weight': ('params', 'conv/kernel'),

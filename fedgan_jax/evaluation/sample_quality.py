@@ -15,11 +15,26 @@ counts; some reference code uses `<`, which differs only on exact ties. Distance
 in chunks of `chunk_size` rows, so memory stays O(chunk_size * N).
 """
 
-from __future__ import annotations
-
+import dataclasses
 from typing import Iterator
 
 import numpy as np
+
+
+@dataclasses.dataclass
+class Settings:
+  """`eval.sample_quality`: the KID / k-NN protocol (numbers: configs/eval_common.py).
+
+  Attributes:
+    kid_subsets: random subsets KID averages over.
+    kid_subset_size: images per subset, at most (smaller sets use all their images).
+    nearest_neighbours: k of precision/recall and density/coverage.
+    inception_batch_size: images per Inception-v3 forward pass (FID with Inception weights).
+  """
+  kid_subsets: int
+  kid_subset_size: int
+  nearest_neighbours: int
+  inception_batch_size: int
 
 
 def _feature_pair(features_real: np.ndarray,

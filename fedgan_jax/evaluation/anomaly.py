@@ -17,12 +17,12 @@ and real-trained detectors alike; BENCHMARKS.md). `'ssim'` maps one minus the lo
 SSIM (Gaussian window of `score_blur_sigma` pixels), which weighs lost texture and
 contrast, not only intensity.
 
-Variants (issue 21, benchmarks/detector_variants.md): `anomaly.features='discriminator'`
+Variants (issue 21, benchmarks/detector_variants.md): `anomaly.variant.features='discriminator'`
 reconstructs the federated D's feature maps instead of pixels
-(`evaluators/discriminator_view.py`); `anomaly.architecture='inpaint'` in-paints patches
+(`evaluation/discriminator_view.py`); `anomaly.architecture='inpaint'` in-paints patches
 from a memory of normal patterns (`models/inpainting.py`, SQUID-style), and
 `anomaly.score='judge'` scores a reconstruction by D's logit on it; ensembles are
-`evaluators/detectors.py`.
+`evaluation/detectors.py`.
 
 The threshold is the configured percentile of reconstruction errors on the
 synthetic training set itself (no real image is used to set it); sensitivity and
@@ -43,7 +43,7 @@ import optax
 from sklearn import metrics as sk_metrics
 
 from fedgan_jax import losses
-from fedgan_jax.evaluators import discriminator_view
+from fedgan_jax.evaluation import discriminator_view
 from fedgan_jax.models import autoencoder as autoencoder_lib
 from fedgan_jax.models import inpainting
 
@@ -58,7 +58,7 @@ class ScoreConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DiscriminatorFeatures:
-  """`anomaly.features='discriminator'`: D's block `block`, normalized by the training set's."""
+  """`anomaly.variant.features='discriminator'`: D's block `block`, normalized by the training set's."""
   view: discriminator_view.DiscriminatorView
   block: int
   normalization: discriminator_view.FeatureNormalization
@@ -163,7 +163,7 @@ def detector_input(images, pool: int):
   Opacities are broad: the block average keeps them and drops the fine texture a GAN
   renders least faithfully (and real films differ in most from one scanner to the next).
   """
-  if pool == 0:  # Already the detector's features (`anomaly.features`).
+  if pool == 0:  # Already the detector's features (`anomaly.variant.features`).
     return jnp.asarray(images, jnp.float32)
   images = jnp.asarray(images).astype(jnp.float32) / 127.5 - 1.0
   if pool == 1:
@@ -176,8 +176,9 @@ def build_autoencoder(anomaly_config, conditional: bool = False):
   """`anomaly.architecture`: 'dense' (fast on CPU, the default), 'conv' or 'inpaint'."""
   if anomaly_config.architecture == 'inpaint':
     return inpainting.MemoryInpainter(
-        patch=anomaly_config.inpaint_patch, embedding_dim=anomaly_config.inpaint_embedding_dim,
-        memory_slots=anomaly_config.memory_slots, hidden=anomaly_config.hidden[0],
+        patch=anomaly_config.variant.inpaint_patch,
+        embedding_dim=anomaly_config.variant.inpaint_embedding_dim,
+        memory_slots=anomaly_config.variant.memory_slots, hidden=anomaly_config.hidden[0],
         conditional=conditional)
   if anomaly_config.architecture == 'dense':
     return autoencoder_lib.DenseAutoencoder(hidden=tuple(anomaly_config.hidden),
@@ -209,25 +210,25 @@ def train_autoencoder(images: np.ndarray, anomaly_config, seed: int,
                       ) -> Detector:
   """Fits the AE on uint8 images `(N, H, W, 1)` (and their conditions if personalized).
 
-  `discriminator` (the federated D) is needed by `anomaly.features='discriminator'` and
+  `discriminator` (the federated D) is needed by `anomaly.variant.features='discriminator'` and
   `anomaly.score='judge'`.
   """
   if len(images) == 0:
     raise ValueError('anomaly: no images to train the autoencoder on.')
   score = score_config(anomaly_config)
-  features_kind = anomaly_config.get('features', 'pixels')
+  features_kind = anomaly_config.variant.features
   if features_kind not in FEATURES:
-    raise ValueError(f'anomaly.features: {features_kind!r} is not one of {FEATURES}.')
+    raise ValueError(f'anomaly.variant.features: {features_kind!r} is not one of {FEATURES}.')
   needs_d = features_kind == 'discriminator' or score.kind == 'judge'
   if needs_d and discriminator is None:
-    raise ValueError(f'anomaly.features={features_kind!r} / anomaly.score={score.kind!r} need '
+    raise ValueError(f'anomaly.variant.features={features_kind!r} / anomaly.score={score.kind!r} need '
                      "the federated D's params, which this caller did not pass.")
   if score.kind == 'judge' and features_kind != 'pixels':
-    raise ValueError("anomaly.score='judge' judges a film: it needs anomaly.features='pixels'.")
+    raise ValueError("anomaly.score='judge' judges a film: it needs anomaly.variant.features='pixels'.")
   model = build_autoencoder(anomaly_config, conditional=conditions is not None)
   features = None
   if features_kind == 'discriminator':
-    block = int(anomaly_config.discriminator_block)
+    block = int(anomaly_config.variant.discriminator_block)
     raw = discriminator_view.feature_maps(discriminator, images, block)
     normalization = discriminator_view.FeatureNormalization.fit(raw)
     features = DiscriminatorFeatures(discriminator, block, normalization)

@@ -7,7 +7,7 @@ and writes `workdir/eval/results.{json,md}`, `roc.png` and sample grids. It neve
 into `workdir/checkpoints`.
 
 Evaluators are functions `fn(context) -> dict` registered by name in `EVALUATORS`; what
-several of them need is computed once per run by `evaluators/context.EvalContext`.
+several of them need is computed once per run by `evaluation/context.EvalContext`.
 """
 
 from __future__ import annotations
@@ -23,20 +23,20 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from fedgan_jax import checkpointing
-from fedgan_jax import eval_report
+from fedgan_jax.evaluation import report as eval_report
 from fedgan_jax import plots
 from fedgan_jax import synthesis
 from fedgan_jax.data import dataset as dataset_lib
 from fedgan_jax.data import registry
-from fedgan_jax.evaluators import anomaly as anomaly_lib
-from fedgan_jax.evaluators import detectors
-from fedgan_jax.evaluators import fid
-from fedgan_jax.evaluators import inception
-from fedgan_jax.evaluators import memorization as memorization_lib
-from fedgan_jax.evaluators import personalized as personalized_lib
-from fedgan_jax.evaluators import sample_quality
+from fedgan_jax.evaluation import anomaly as anomaly_lib
+from fedgan_jax.evaluation import detectors
+from fedgan_jax.evaluation import fid
+from fedgan_jax.evaluation import inception
+from fedgan_jax.evaluation import memorization as memorization_lib
+from fedgan_jax.evaluation import personalized as personalized_lib
+from fedgan_jax.evaluation import sample_quality
 from fedgan_jax.federated import client as client_lib
-from fedgan_jax.evaluators import context as context_lib
+from fedgan_jax.evaluation import context as context_lib
 from fedgan_jax.federated import task as task_lib
 
 
@@ -49,11 +49,12 @@ def inception_fid(context: context_lib.EvalContext) -> dict:
                        '12-05-6726825d.pth --output=PATH` and pass '
                        '--config.eval.inception_weights=PATH.'}
   apply_fn, variables = inception.load_inception(eval_config.inception_weights)
-  batch_size = eval_config.inception_batch_size
+  protocol = eval_config.sample_quality
+  batch_size = protocol.inception_batch_size
   real = fid.inception_features(apply_fn, variables, context.reference().images, batch_size)
   fake = fid.inception_features(apply_fn, variables, context.generated_reference(), batch_size)
-  subset = min(eval_config.kid_subset_size, len(real), len(fake))
-  kid_mean, kid_std = sample_quality.kid(real, fake, eval_config.kid_subsets, subset, context.seed)
+  subset = min(protocol.kid_subset_size, len(real), len(fake))
+  kid_mean, kid_std = sample_quality.kid(real, fake, protocol.kid_subsets, subset, context.seed)
   return {'fid': fid.fid_from_features(real, fake), 'kid_mean': kid_mean, 'kid_std': kid_std,
           'kid_subset_size': subset, 'real_images': len(real), 'generated_images': len(fake)}
 
@@ -64,9 +65,10 @@ def domain_quality(context: context_lib.EvalContext) -> dict:
   encoder = context.domain_encoder()
   real = context.domain_features_of('reference', context.reference().images)
   fake = context.domain_features_of('generated_reference', context.generated_reference())
-  subset = min(eval_config.kid_subset_size, len(real), len(fake))
-  kid_mean, kid_std = sample_quality.kid(real, fake, eval_config.kid_subsets, subset, context.seed)
-  k = eval_config.nearest_neighbours
+  protocol = eval_config.sample_quality
+  subset = min(protocol.kid_subset_size, len(real), len(fake))
+  kid_mean, kid_std = sample_quality.kid(real, fake, protocol.kid_subsets, subset, context.seed)
+  k = protocol.nearest_neighbours
   precision, recall = sample_quality.precision_recall(real, fake, k)
   density, coverage = sample_quality.density_coverage(real, fake, k)
   report = {'fid': fid.fid_from_features(real, fake), 'kid_mean': kid_mean, 'kid_std': kid_std,
@@ -171,9 +173,10 @@ def personalized(context: context_lib.EvalContext) -> dict:
     raise ValueError(f'eval.personalized.methods: unknown {sorted(unknown)}; expected some of '
                      f'{personalized_lib.METHODS}.')
   schema, test = context.federation.schema, context.federation.test
+  label_features = (context.eval_config.findings_feature,)
   synthetic, synthetic_conditions = context.synthetic_normals()
   test_conditions = personalized_lib.with_normal_labels(
-      test.conditions, schema, synthetic_conditions, settings.label_features)
+      test.conditions, schema, synthetic_conditions, label_features)
   baseline = context.unconditioned_detection()
   percentile = context.config.anomaly.threshold_percentile
   report = {'unconditioned': anomaly_lib.detection_report(
@@ -187,7 +190,7 @@ def personalized(context: context_lib.EvalContext) -> dict:
           context.seed)
     elif method == 'profile_calibrated':
       columns = personalized_lib.profile_columns(schema, settings.calibration_groups,
-                                                 settings.label_features)
+                                                 label_features)
       if not len(columns):
         report[method] = {'skipped': f'the schema has no feature in eval.personalized.'
                                      f'calibration_groups {list(settings.calibration_groups)} '
@@ -207,9 +210,9 @@ def personalized(context: context_lib.EvalContext) -> dict:
                                                     synthetic_scores, test_scores), **extra)
     report[method]['auc_minus_unconditioned'] = (report[method]['auc']
                                                  - report['unconditioned']['auc'])
-  report['label_features'] = list(settings.label_features)
+  report['label_features'] = list(label_features)
   report['record_only_auc'] = personalized_lib.record_only_auc(
-      test.conditions, schema, test.abnormal, settings.label_features)
+      test.conditions, schema, test.abnormal, label_features)
   return report
 
 

@@ -16,7 +16,7 @@ from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import client as client_lib
 from fedgan_jax.federated import sampling
 from fedgan_jax.federated import task as task_lib
-from fedgan_jax.privacy import audit
+from fedgan_jax.privacy import membership as audit
 from fedgan_jax.privacy import engine
 
 

@@ -1,21 +1,23 @@
 """The detector `config.anomaly` describes: one autoencoder, or a small ensemble of them.
 
-An ensemble (`anomaly.ensemble_members`, `anomaly.ensemble_seeds`) trains each member
+The variant knobs (what the AE reads, the in-painter's shape, the ensemble) are one typed
+preset, `anomaly.variant` (`Variant`; numbers in configs/common.py), whose fields are still
+overridden by name, e.g. `--config.anomaly.variant.ensemble_seeds=3`.
+
+An ensemble (`anomaly.variant.ensemble_members`, `.ensemble_seeds`) trains each member
 variant with `ensemble_seeds` seeds on the same images and averages their normalized
 scores. Scores of different variants live on different scales (1 - SSIM, squared feature
 error, D's logit), so each member's scores are first mapped through a monotone transform
 fitted on that member's scores of the scored split's images, their labels unseen
-(`anomaly.ensemble_normalization`): 'rank' (the fraction of those scores below, ties
+(`anomaly.variant.ensemble_normalization`): 'rank' (the fraction of those scores below, ties
 half) or 'zscore'. Not on the training images' scores: at `sampling.noise_scale=0`
 every synthetic normal is the same film and their scores have no spread. A member is a
-string of `anomaly` fields to override, e.g. `'features=discriminator,score=mse'`; ''
-is the `anomaly` section itself.
+string of `anomaly` (or `anomaly.variant`) fields to override, e.g.
+`'features=discriminator,score=mse'`; '' is the `anomaly` section itself.
 
 Every caller (F-AD, the ceiling and the site-alone baselines) builds its detector here,
 so all of them are the same variant.
 """
-
-from __future__ import annotations
 
 import dataclasses
 from typing import Callable, Sequence
@@ -23,8 +25,8 @@ from typing import Callable, Sequence
 import ml_collections
 import numpy as np
 
-from fedgan_jax.evaluators import anomaly as anomaly_lib
-from fedgan_jax.evaluators import discriminator_view
+from fedgan_jax.evaluation import anomaly as anomaly_lib
+from fedgan_jax.evaluation import discriminator_view
 
 NORMALIZATIONS = ('rank', 'zscore')
 
@@ -48,16 +50,74 @@ def zscore_normalize(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
 _NORMALIZERS = {'rank': rank_normalize, 'zscore': zscore_normalize}
 
 
+# No postponed annotations in this module: ml_collections' flag parser reads these types.
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """`anomaly.variant`: which detector variant (issue 21; benchmarks/detector_variants.md).
+
+  Attributes:
+    features: what the AE reconstructs: 'pixels' (block averages, `anomaly.input_size`) or
+      'discriminator': the federated D's residual block `discriminator_block` (0-based).
+    discriminator_block: see `features`.
+    inpaint_patch, inpaint_embedding_dim, memory_slots: `anomaly.architecture='inpaint'`
+      (SQUID-style, models/inpainting.py): patch side in the AE's input, embedding width,
+      memory rows; its decoder's width is `anomaly.hidden[0]`.
+    ensemble_members: member variants, each 'field=value,...' overrides of `anomaly` (or of
+      this preset); () = the section alone.
+    ensemble_seeds: seeds each member is trained with (1 and one member: no ensemble).
+    ensemble_normalization: 'rank' or 'zscore' (module docstring).
+  """
+  features: str
+  discriminator_block: int
+  inpaint_patch: int
+  inpaint_embedding_dim: int
+  memory_slots: int
+  ensemble_members: tuple
+  ensemble_seeds: int
+  ensemble_normalization: str
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatingPoint:
+  """`eval.operating_point`: where a hospital would use F-AD (numbers: configs/eval_common.py).
+
+  Attributes:
+    site_percentile: each hospital thresholds at this percentile of the detector's scores on
+      its own real normal training films (they never leave it; the weights never see them).
+    specificity: the sensitivity at this specificity is read off the ROC.
+  """
+  site_percentile: float
+  specificity: float
+
+
+def with_overrides(anomaly_config, **fields) -> ml_collections.ConfigDict:
+  """A copy of `anomaly_config` with `fields` set, in the section or in its `variant`."""
+  config = ml_collections.ConfigDict(anomaly_config.to_dict())
+  variant_fields = {f.name for f in dataclasses.fields(Variant)}
+  for field, value in fields.items():
+    if field in variant_fields:
+      config.variant = dataclasses.replace(config.variant, **{field: value})
+    elif field in config and field != 'variant':
+      config[field] = value
+    else:
+      raise ValueError(f'anomaly: no field {field!r}; fields: '
+                       f'{sorted(set(config.keys()) - {"variant"} | variant_fields)}.')
+  return config
+
+
 def member_config(anomaly_config, overrides: str) -> ml_collections.ConfigDict:
   """`anomaly_config` with `'field=value,...'` applied (values typed as the field's)."""
-  config = ml_collections.ConfigDict(anomaly_config.to_dict())
+  fields = {}
+  variant = anomaly_config.variant
   for item in filter(None, (part.strip() for part in overrides.split(','))):
     field, sep, value = item.partition('=')
-    if not sep or field not in config or isinstance(config[field], (tuple, list, dict)):
-      raise ValueError(f'anomaly.ensemble_members: {item!r} must be field=value for a scalar '
-                       f'anomaly field; fields: {sorted(config.keys())}.')
-    config[field] = type(config[field])(value)
-  return config
+    current = (getattr(variant, field) if hasattr(variant, field) and field != 'variant'
+               else anomaly_config.get(field) if field != 'variant' else None)
+    if not sep or current is None or isinstance(current, (tuple, list, dict)):
+      raise ValueError(f'anomaly.variant.ensemble_members: {item!r} must be field=value for a '
+                       f'scalar field of anomaly or anomaly.variant.')
+    fields[field] = type(current)(value)
+  return with_overrides(anomaly_config, **fields)
 
 
 @dataclasses.dataclass
@@ -79,8 +139,8 @@ def combine(member_scores: Sequence[np.ndarray], references: Sequence[np.ndarray
 
 
 def is_ensemble(anomaly_config) -> bool:
-  return (len(anomaly_config.get('ensemble_members', ())) > 1
-          or int(anomaly_config.get('ensemble_seeds', 1)) > 1)
+  variant = anomaly_config.variant
+  return len(variant.ensemble_members) > 1 or int(variant.ensemble_seeds) > 1
 
 
 def train_detector(images: np.ndarray, anomaly_config, seed: int, reference: np.ndarray,
@@ -95,17 +155,18 @@ def train_detector(images: np.ndarray, anomaly_config, seed: int, reference: np.
   if not is_ensemble(anomaly_config):
     return anomaly_lib.train_autoencoder(images, anomaly_config, seed,
                                          discriminator=discriminator)
-  kind = anomaly_config.ensemble_normalization
+  variant = anomaly_config.variant
+  kind = variant.ensemble_normalization
   if kind not in NORMALIZATIONS:
-    raise ValueError(f'anomaly.ensemble_normalization: {kind!r} is not one of '
+    raise ValueError(f'anomaly.variant.ensemble_normalization: {kind!r} is not one of '
                      f'{NORMALIZATIONS}.')
   members = []
-  for overrides in anomaly_config.ensemble_members or ('',):
+  for overrides in variant.ensemble_members or ('',):
     config = member_config(anomaly_config, overrides)
     # Member k of a variant is seeded seed + k: member 0 is the single detector itself.
     members += [anomaly_lib.train_autoencoder(images, config, seed + k,
                                               discriminator=discriminator)
-                for k in range(int(anomaly_config.ensemble_seeds))]
+                for k in range(int(variant.ensemble_seeds))]
   return Ensemble(members, [anomaly_lib.anomaly_scores(m, reference) for m in members],
                   _NORMALIZERS[kind])
 

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from fedgan_jax.evaluators import personalized as personalized_lib
+from fedgan_jax.evaluation import personalized as personalized_lib
 
 DOMAIN_NOTE = ('Domain features: penultimate layer of a small CNN trained on the real training '
                'images to predict their attributes and findings. FID in this space is NOT '

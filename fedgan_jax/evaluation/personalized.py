@@ -22,14 +22,13 @@ the unconditioned F-AD autoencoder:
     extrapolates arbitrarily to the values only sick patients have.
 
 A test patient's condition vector holds the label itself (the findings); those features
-(`label_features`) are replaced by their value in normal profiles before any detector
+(`label_features`: `eval.findings_feature`) are replaced by their value in normal profiles before any detector
 sees them, i.e. each detector asks "how far is this image from THIS patient's normal?".
 Thresholds are the configured percentile of the score on synthetic normal images, as for
 the unconditioned detector; no real image sets them.
 """
 
-from __future__ import annotations
-
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -37,9 +36,28 @@ from sklearn import metrics as sk_metrics
 
 from fedgan_jax import synthesis
 from fedgan_jax.data import conditions as conditions_lib
-from fedgan_jax.evaluators import anomaly as anomaly_lib
+from fedgan_jax.evaluation import anomaly as anomaly_lib
 
 METHODS = ('conditional_ae', 'generator_distance', 'profile_calibrated')
+
+
+@dataclasses.dataclass
+class Settings:
+  """`eval.personalized` (numbers: configs/eval_common.py); a field is overridden by name.
+
+  Attributes:
+    methods: which of `METHODS` to run.
+    expected_normal_samples: z draws averaged into G's expected normal image.
+    threshold_samples: synthetic normals whose distance to G's expected normal sets the
+      `generator_distance` threshold (each costs `expected_normal_samples` generations).
+    calibration_groups: schema groups `profile_calibrated` regresses the normal score on.
+    calibration_ridge: that regression's ridge penalty.
+  """
+  methods: tuple
+  expected_normal_samples: int
+  threshold_samples: int
+  calibration_groups: tuple
+  calibration_ridge: float
 METHOD_LABELS = {'conditional_ae': 'personalized: conditional AE (PD/CD)',
                  'generator_distance': 'personalized: distance to G(c) normal',
                  'profile_calibrated': 'personalized: AE score calibrated to the PD profile'}

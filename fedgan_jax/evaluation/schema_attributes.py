@@ -27,7 +27,7 @@ from sklearn import metrics as sk_metrics
 
 from fedgan_jax import losses
 from fedgan_jax.data import conditions as conditions_lib
-from fedgan_jax.evaluators import attributes as attributes_lib
+from fedgan_jax.evaluation import attributes as attributes_lib
 
 
 def _records(schema: conditions_lib.ConditionSchema, conditions: np.ndarray) -> dict:

@@ -10,11 +10,9 @@ see poorly at 64x64.
 Numbers in this space are NOT comparable to ImageNet-Inception FID, nor across
 datasets, seeds or encoder configs: the encoder is part of the metric. Compare methods
 only when they were scored by the same encoder (same data, seed and
-`eval.domain_features`), as `evaluation.evaluate_checkpoint` and
+`eval.domain_features`), as `driver.evaluate_checkpoint` and
 `benchmarks/compare_baselines.py` do.
 """
-
-from __future__ import annotations
 
 import dataclasses
 import functools
@@ -29,6 +27,29 @@ import optax
 from fedgan_jax import losses
 from fedgan_jax.data import conditions as conditions_lib
 from fedgan_jax.models import generator as generator_lib
+
+
+@dataclasses.dataclass
+class EncoderSettings:
+  """`eval.domain_features`: the encoder's network and training (numbers: configs/eval_common.py).
+
+  Part of the metric's definition, not an experiment knob, so one typed config leaf; a field
+  is still overridden by name, e.g. `--config.eval.domain_features.steps=800`.
+
+  Attributes:
+    channels: widths of the strided convolutions.
+    feature_dim: width of the feature layer (the FID space).
+    input_unshuffle: space-to-depth factor applied to the image first.
+    steps, batch_size, learning_rate: Adam training on the real training images.
+    feature_batch_size: images per forward pass when extracting features.
+  """
+  channels: tuple
+  feature_dim: int
+  input_unshuffle: int
+  steps: int
+  batch_size: int
+  learning_rate: float
+  feature_batch_size: int
 
 
 class DomainEncoder(nn.Module):
@@ -128,8 +149,7 @@ def train_domain_encoder(images_uint8: np.ndarray, conditions: np.ndarray,
     images_uint8: `(N, H, W, 1)` real training images (all hospitals pooled).
     conditions: `(N, model_dim)` their condition vectors `[values * mask, mask]`.
     continuous_columns: bool `(value_dim,)`, from `schema.continuous_columns()`.
-    domain_config: `eval.domain_features` (channels, feature_dim, input_unshuffle, steps,
-      batch_size, learning_rate).
+    domain_config: `eval.domain_features` (an `EncoderSettings`).
     seed: fixes the initialization and the batch order.
   """
   if len(images_uint8) != len(conditions):

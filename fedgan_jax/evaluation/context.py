@@ -18,12 +18,12 @@ import numpy as np
 
 from fedgan_jax import synthesis
 from fedgan_jax.data import dataset as dataset_lib
-from fedgan_jax.evaluators import anomaly as anomaly_lib
-from fedgan_jax.evaluators import detectors
-from fedgan_jax.evaluators import discriminator_view
-from fedgan_jax.evaluators import domain_features
-from fedgan_jax.evaluators import personalized as personalized_lib
-from fedgan_jax.evaluators import schema_attributes
+from fedgan_jax.evaluation import anomaly as anomaly_lib
+from fedgan_jax.evaluation import detectors
+from fedgan_jax.evaluation import discriminator_view
+from fedgan_jax.evaluation import domain_features
+from fedgan_jax.evaluation import personalized as personalized_lib
+from fedgan_jax.evaluation import schema_attributes
 from fedgan_jax.federated import client as client_lib
 
 REFERENCES = ('test', 'train')
@@ -80,7 +80,7 @@ class EvalContext:
   def _shared(self, name: str, build: Callable[[], Any]) -> Any:
     key = json.dumps({'data': self.config.data.to_dict(), 'seed': self.seed,
                       'conditions': list(self.config.conditions),
-                      'domain_features': self.eval_config.domain_features.to_dict(),
+                      'domain_features': dataclasses.asdict(self.eval_config.domain_features),
                       'conditioning': self.eval_config.conditioning.to_dict()},
                      sort_keys=True, default=str)
     return self.shared.get(name, key, build)
@@ -148,7 +148,7 @@ class EvalContext:
         np.asarray(self.synthetic_normals()[1], np.float32).mean(axis=0)))
 
   def train_detector(self, images: np.ndarray):
-    """The configured detector (`evaluators/detectors.py`) trained on uint8 `images`."""
+    """The configured detector (`evaluation/detectors.py`) trained on uint8 `images`."""
     return detectors.train_detector(images, self.config.anomaly, self.seed,
                                     reference=self.federation.test.images,
                                     discriminator=self.discriminator())
