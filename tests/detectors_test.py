@@ -159,3 +159,34 @@ def test_discriminator_features_need_d(runlocal_config):
   config = detectors.with_overrides(runlocal_config.anomaly, features='discriminator')
   with pytest.raises(ValueError, match="federated D"):
     anomaly.train_autoencoder(images, config, 0)
+
+
+def test_normal_filter_keeps_the_drawn_normals_d_reads_as_least_abnormal(context):
+  config = copy.deepcopy(context.config)
+  config.anomaly = detectors.with_overrides(config.anomaly, normal_filter_keep=0.25)
+  filtered = context_lib.EvalContext(
+      config=config, federation=context.federation, task=context.task,
+      g_params=context.g_params, d_params=context.d_params, out_dir=context.out_dir,
+      shared=context_lib.SharedModels())
+  images, conditions = filtered.synthetic_normals()
+  assert len(images) == len(conditions) == 32
+  # The 128 drawn: the same draw as an unfiltered context asking for 128.
+  config_all = copy.deepcopy(context.config)
+  config_all.anomaly.num_synthetic = 128
+  everything = context_lib.EvalContext(
+      config=config_all, federation=context.federation, task=context.task,
+      g_params=context.g_params, d_params=context.d_params, out_dir=context.out_dir,
+      shared=context_lib.SharedModels())
+  all_images, all_conditions = everything.synthetic_normals()
+  findings = context.federation.schema.slice('findings')
+  probability = discriminator_view.finding_probability(
+      context.task.discriminator, context.d_params, all_images, all_conditions, findings)
+  kept = np.sort(np.argsort(probability, kind='stable')[:32])
+  np.testing.assert_array_equal(images, all_images[kept])
+  assert probability[kept].max() <= np.delete(probability, kept).min()
+  without_d = context_lib.EvalContext(
+      config=config, federation=context.federation, task=context.task,
+      g_params=context.g_params, d_params=None, out_dir=context.out_dir,
+      shared=context_lib.SharedModels())
+  with pytest.raises(ValueError, match='normal_filter_keep'):
+    without_d.synthetic_normals()

@@ -111,9 +111,28 @@ class EvalContext:
                          'synthesize normal patients from; the anomaly and personalized '
                          'evaluators need them (remove them from eval.evaluators).')
       rng = np.random.default_rng([self.seed, 99])
-      conditions = self.federation.normal_profiles(rng, anomaly_config.num_synthetic)
+      count = anomaly_config.num_synthetic
+      keep = float(anomaly_config.variant.normal_filter_keep)
+      if not 0 < keep <= 1:
+        raise ValueError(f'anomaly.variant.normal_filter_keep must be in (0, 1], got {keep}.')
+      drawn = int(np.ceil(count / keep))
+      conditions = self.federation.normal_profiles(rng, drawn)
       images = synthesis.synthesize(self.task, self.g_params, conditions, self.seed + 1,
                                     self.eval_config.generate_batch_size)
+      if drawn > count:
+        # G's "normal" films at noise scale > 0 often carry what its pneumonia films carry; the
+        # federated D's attribute head, trained on the hospitals' labelled films, keeps the
+        # `count` it reads as least likely to show a finding. The detector still trains on
+        # synthetic images only.
+        if self.d_params is None:
+          raise ValueError('anomaly.variant.normal_filter_keep < 1 reads the federated D, '
+                           'whose params this caller did not pass.')
+        findings = self.federation.schema.slice(self.eval_config.findings_feature)
+        probability = discriminator_view.finding_probability(
+            self.task.discriminator, self.d_params, images, conditions, findings,
+            self.eval_config.generate_batch_size)
+        chosen = np.sort(np.argsort(probability, kind='stable')[:count])
+        images, conditions = images[chosen], conditions[chosen]
       return images, conditions
     return self._cached('synthetic_normals', build)
 

@@ -66,6 +66,9 @@ class Variant:
       this preset); () = the section alone.
     ensemble_seeds: seeds each member is trained with (1 and one member: no ensemble).
     ensemble_normalization: 'rank' or 'zscore' (module docstring).
+    normal_filter_keep: the fraction of drawn synthetic normals F-AD keeps (1 = all): G
+      draws `anomaly.num_synthetic / normal_filter_keep` and the federated D's attribute
+      head keeps those it reads as least likely to show a finding (`EvalContext`).
   """
   features: str
   discriminator_block: int
@@ -75,6 +78,7 @@ class Variant:
   ensemble_members: tuple
   ensemble_seeds: int
   ensemble_normalization: str
+  normal_filter_keep: float
 
 
 @dataclasses.dataclass(frozen=True)

@@ -83,6 +83,36 @@ class FeatureNormalization:
     return ((features - self.mean) / self.scale).astype(np.float32)
 
 
+@functools.partial(jax.jit, static_argnums=(0,))
+def _attribute_outputs(module, params, images, conditions):
+  images = images.astype(jnp.float32) / 127.5 - 1.0
+  return module.apply({'params': params}, images, conditions)['attributes']
+
+
+def finding_probability(module: discriminator_lib.Discriminator, params, images: np.ndarray,
+                        conditions: np.ndarray, columns: slice,
+                        batch_size: int = 256) -> np.ndarray:
+  """`(N,)`: the largest probability D's attribute head gives any finding in `columns`.
+
+  The head was trained on the hospitals' labelled real films, so this is the federation's
+  own reading of "does this film show a finding". Batches are padded to a multiple of D's
+  minibatch-std group with edge copies.
+  """
+  group = module.minibatch_std_group or 1
+  batch_size = max(group, batch_size - batch_size % group)
+  out = []
+  for start in range(0, len(images), batch_size):
+    x = np.asarray(images[start:start + batch_size])
+    c = np.asarray(conditions[start:start + batch_size], np.float32)
+    n = len(x)
+    pad = (-n) % group
+    if pad:
+      x, c = (np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for a in (x, c))
+    raw = np.asarray(_attribute_outputs(module, params, x, c))[:n, columns]
+    out.append((1.0 / (1.0 + np.exp(-raw))).max(axis=1))
+  return np.concatenate(out)
+
+
 def judge_logits(view_params, module: discriminator_lib.Discriminator, condition,
                  images: jnp.ndarray) -> jnp.ndarray:
   """D's logit for float images in [-1, 1] `(B, H, W, C)` under `condition` (traceable).
