@@ -51,7 +51,8 @@ _NORMALIZERS = {'rank': rank_normalize, 'zscore': zscore_normalize}
 
 
 # No postponed annotations in this module: ml_collections' flag parser reads these types.
-@dataclasses.dataclass(frozen=True)
+# Not frozen: ml_collections' flag parser sets a preset's fields in place.
+@dataclasses.dataclass
 class Variant:
   """`anomaly.variant`: which detector variant (issue 21; benchmarks/detector_variants.md).
 
@@ -81,7 +82,7 @@ class Variant:
   normal_filter_keep: float
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class OperatingPoint:
   """`eval.operating_point`: where a hospital would use F-AD (numbers: configs/eval_common.py).
 
