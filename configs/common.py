@@ -39,7 +39,10 @@ def get_common_config() -> ml_collections.ConfigDict:
   config.fl.clients_per_round = 0   # 0 = every client, every round.
   config.fl.local_steps = 2         # D+G steps per client per round.
   config.fl.batch_size = 16
-  # 'vmap' | 'sequential' | 'threads' | 'auto' (fastest per backend: threads on CPU, else vmap).
+  # 'vmap' | 'sequential' | 'threads' | 'auto': the fastest of a few candidate executions (and
+  # the client_threads, fuse_local_steps and client_ynn_fusions they set), measured on this
+  # machine on the first run and cached (config.runtime.autotune_*; federated/autotune.py).
+  # An explicit strategy runs as configured, with the three knobs below.
   config.fl.strategy = 'auto'
   config.fl.client_threads = 0      # clients in flight under 'threads'; 0 = one per CPU core.
   # 'sequential'/'threads': a client's local steps as one compiled program (~10% faster on CPU;
@@ -68,6 +71,20 @@ def get_common_config() -> ml_collections.ConfigDict:
       b1=0.9, b2=0.999, eps=1e-8, alpha=1.0, beta=1.0))
 
   config.augment = ml_collections.ConfigDict(dict(enabled=False))
+
+  # How the programs run: speed and memory, never the science (beyond float rounding).
+  config.runtime = ml_collections.ConfigDict(dict(
+      # fl.strategy='auto': each candidate runs one untimed round (compilation), then this many
+      # timed ones (the median counts), on the first round's inputs; training is unchanged.
+      autotune_rounds=2,
+      # Candidates not started by then are skipped (compiles dominate: ~10-30 s each on 2 cores).
+      autotune_budget_s=60.0,
+      # Runs of fewer rounds take the backend's default unmeasured (threads on CPU, else vmap):
+      # the measurement would cost more than it could save.
+      autotune_min_rounds=50,
+      # The decision file; '' = fedgan_autotune.json inside the XLA compilation cache directory
+      # (--compilation_cache), none (measure every run) when that cache is off.
+      autotune_cache=''))
 
   # How a trained G is sampled: F-AD's synthetic normals, conditioning fidelity, the eval
   # binary and sample grids all draw z with this standard deviation (training: always 1).

@@ -100,6 +100,9 @@ DOMAINS: tuple[tuple[str, Domain], ...] = (
     ('fl.batch_size', _count(1)),
     ('fl.client_threads', _count()),        # 0 = one per core.
     ('fl.generator_ema', _DECAY),           # 0 = off; 1 would never move.
+    ('runtime.autotune_rounds', _count(1)),
+    ('runtime.autotune_budget_s', _POSITIVE),
+    ('runtime.autotune_min_rounds', _count()),
     ('fl.*_optimizer.*learning_rate', _POSITIVE),
     ('fl.*_optimizer.momentum', _DECAY),
     ('fl.*_optimizer.b1', _DECAY),
