@@ -82,9 +82,15 @@ def get_common_config() -> ml_collections.ConfigDict:
       # Runs of fewer rounds take the backend's default unmeasured (threads on CPU, else vmap):
       # the measurement would cost more than it could save.
       autotune_min_rounds=50,
+      # Candidates time rounds of the first round's first this-many clients (0 = all): the
+      # ranking is per client's work, and a 32-client round costs 4x an 8-client one.
+      autotune_clients=8,
       # The decision file; '' = fedgan_autotune.json inside the XLA compilation cache directory
       # (--compilation_cache), none (measure every run) when that cache is off.
-      autotune_cache=''))
+      autotune_cache='',
+      # What G and D compute in: 'float32' or 'bfloat16' (mixed precision for accelerators:
+      # params, optimizer state and losses stay float32; benchmarks/round.md).
+      precision='float32'))
 
   # How a trained G is sampled: F-AD's synthetic normals, conditioning fidelity, the eval
   # binary and sample grids all draw z with this standard deviation (training: always 1).

@@ -103,6 +103,7 @@ DOMAINS: tuple[tuple[str, Domain], ...] = (
     ('runtime.autotune_rounds', _count(1)),
     ('runtime.autotune_budget_s', _POSITIVE),
     ('runtime.autotune_min_rounds', _count()),
+    ('runtime.autotune_clients', _count()),      # 0 = all of the round's.
     ('fl.*_optimizer.*learning_rate', _POSITIVE),
     ('fl.*_optimizer.momentum', _DECAY),
     ('fl.*_optimizer.b1', _DECAY),

@@ -126,8 +126,8 @@ def test_execution_names_round_trip():
 
 def test_candidates_per_backend():
   names = lambda *args, **kwargs: [c.name for c in autotune.candidates(*args, **kwargs)]
-  assert names('cpu', 4) == ['threads', 'threads+ynn', 'threads+unfused', 'sequential']
-  assert names('cpu', 4, ynn_available=False) == ['threads', 'threads+unfused', 'sequential']
+  assert names('cpu', 4) == ['threads', 'sequential', 'threads+ynn', 'threads+unfused']
+  assert names('cpu', 4, ynn_available=False) == ['threads', 'sequential', 'threads+unfused']
   assert names('cpu', 1) == ['sequential', 'sequential+ynn', 'sequential+unfused']
   assert names('gpu', 32) == ['vmap', 'sequential']
   assert names('cpu', 4, process_count=2) == ['vmap']

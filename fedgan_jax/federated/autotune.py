@@ -73,18 +73,21 @@ def candidates(platform: str, participants: int, process_count: int = 1,
 
   CPU: the threaded and sequential client loops, with and without YNNPACK fusions and fused
   local steps; `vmap` is left out (vmapped per-client weights become grouped convolutions,
-  ~3x slower on XLA CPU, BENCHMARKS.md, and its compile is the longest). GPU/TPU: `vmap` and
-  the sequential loop. Several processes: `vmap` only (the round is sharded over all hosts).
+  ~3x slower on XLA CPU, BENCHMARKS.md, and its compile is the longest). The sequential loop
+  comes second because it runs the threaded loop's compiled programs (no compile of its
+  own), so a budget spent on compiles still compares two. GPU/TPU: `vmap` and the
+  sequential loop. Several processes: `vmap` only (the round is sharded over all hosts).
   """
   if process_count > 1:
     return [Execution('vmap')]
   if platform != 'cpu':
     return [Execution('vmap'), Execution('sequential')]
   loop = 'threads' if participants > 1 else 'sequential'
-  options = [Execution(loop, client_threads), Execution(loop, client_threads, ynn_fusions=True),
-             Execution(loop, client_threads, fuse_local_steps=False)]
+  options = [Execution(loop, client_threads)]
   if loop == 'threads':
     options.append(Execution('sequential'))
+  options += [Execution(loop, client_threads, ynn_fusions=True),
+              Execution(loop, client_threads, fuse_local_steps=False)]
   return [e for e in options if ynn_available or not e.ynn_fusions]
 
 

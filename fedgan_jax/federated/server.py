@@ -67,13 +67,15 @@ class RuntimeOptions:
 
   Attributes:
     execution: the configured execution; its strategy is 'auto' when it is to be chosen.
-    autotune_rounds, autotune_budget_s, autotune_min_rounds: `config.runtime`'s.
+    autotune_rounds, autotune_budget_s, autotune_min_rounds, autotune_clients:
+      `config.runtime`'s.
     autotune_cache: the decision file (None: measure every run).
   """
   execution: autotune.Execution
   autotune_rounds: int
   autotune_budget_s: float
   autotune_min_rounds: int
+  autotune_clients: int
   autotune_cache: str | None
 
 
@@ -116,6 +118,7 @@ def runtime_options(config) -> RuntimeOptions:
       autotune_rounds=int(runtime.autotune_rounds),
       autotune_budget_s=float(runtime.autotune_budget_s),
       autotune_min_rounds=int(runtime.autotune_min_rounds),
+      autotune_clients=int(runtime.autotune_clients),
       autotune_cache=runtime.autotune_cache or xla_cache.decisions_path())
 
 
@@ -160,8 +163,9 @@ def choose_execution(config, task, server: Server, round_inputs, round_rng,
 
   Args:
     round_inputs: `(batches, weights, client_ids)` of the first round to run, padded to a
-      multiple of the device count; the candidates time rounds on them from `server.state`
-      (the results are dropped, so training is unchanged).
+      multiple of the device count; the candidates time rounds on (the first
+      `runtime.autotune_clients` of) them from `server.state` (the results are dropped, so
+      training is unchanged).
     rounds_to_run: the rounds this process will run; fewer than
       `runtime.autotune_min_rounds` take the backend's default unmeasured (measuring would
       cost more than it could save).
@@ -182,6 +186,12 @@ def choose_execution(config, task, server: Server, round_inputs, round_rng,
       cpu_backend.client_compiler_options(False) is not None, configured.client_threads)
   facts = dict(autotune.platform_facts(), candidates=[c.name for c in candidates],
                **program_facts(config, server.state.params, round_inputs))
+  if options.autotune_clients:
+    # A round of a few clients ranks the candidates as a full one does (each client's work
+    # is the same program) at a fraction of the cost; whole multiples of the device count.
+    devices = jax.device_count()
+    keep = -(-min(options.autotune_clients, len(round_inputs[1])) // devices) * devices
+    round_inputs = jax.tree.map(lambda x: x[:keep], round_inputs)
   built = {}
   runs = {c.name: functools.partial(_run_candidate, task, server, c, round_inputs, round_rng,
                                     built) for c in candidates}
