@@ -28,7 +28,7 @@ import numpy as np
 
 from benchmarks import round_candidates
 from configs import phantom as phantom_config
-from fedgan_jax.data import phantom
+from fedgan_jax.data import registry
 from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import autotune
 from fedgan_jax.federated import rngs
@@ -102,11 +102,12 @@ def benchmark_config(num_clients: int, examples_per_client: int | tuple[int, ...
 
 
 class Setup:
-  """The federation, task and server (`federated.server`) of a benchmark."""
+  """The federation, task and server (`federated.server`) of a benchmark's config (phantom's
+  `benchmark_config`, or any experiment config: its data is loaded as training loads it)."""
 
   def __init__(self, config):
     self.config = config
-    self.federation = phantom.build_federation(config.data, config.conditions, config.seed)
+    self.federation = registry.load_federation(config)
     self.task = task_lib.build_task(config, self.federation.schema, self.federation.image_shape)
     self.server = server_lib.build(config, self.task, self.federation.image_shape,
                                    self.federation.schema.model_dim)
@@ -120,8 +121,12 @@ class Setup:
   def round_inputs(self, round_index: int, clients_per_round: int, pad_to_multiple: int = 1):
     """`(batches, weights, client_ids)` of one round, as the training loop builds them."""
     clients = self.federation.clients
-    ids = sampling.sample_clients(self.config.seed, round_index, len(clients),
-                                  clients_per_round)
+    if clients_per_round > len(clients):
+      # More slots than hospitals (a real config has a few): each slot is a hospital in turn.
+      ids = np.arange(clients_per_round) % len(clients)
+    else:
+      ids = sampling.sample_clients(self.config.seed, round_index, len(clients),
+                                    clients_per_round)
     return sampling.round_inputs(clients, ids, self.config.seed, round_index,
                                  self.fl.local_steps, self.fl.batch_size, pad_to_multiple)
 
@@ -230,10 +235,10 @@ def max_abs_difference(tree_a, tree_b) -> float:
   return float(max(leaves))
 
 
-def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
-  """This machine's f32 matmul FLOP/s: the best of `repeats` timed `size`-square products."""
-  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+def matmul_peak_flops(size: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:
+  """This machine's `dtype` matmul FLOP/s: the best of `repeats` timed `size`-square products."""
+  a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+  b = jax.random.normal(jax.random.key(1), (size, size), dtype)
   dot = jax.jit(jnp.dot)
   block(dot(a, b))
   best = np.inf
