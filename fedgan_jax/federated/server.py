@@ -11,6 +11,10 @@ optimizer, keep the same moving average of G and resume from a workdir the same 
     state, metrics = round_fn(server.state, batches, weights, ids, rngs.round_key(seed, r))
     state = server.update_ema(state)
 
+`choose_execution` is where the config's execution knobs are read: the configured strategy,
+or under `fl.strategy='auto'` the fastest candidate measured on this machine (`autotune`),
+whose already-compiled round function it hands back.
+
 The aggregator comes from outside (`PrivacyPlan.aggregator()`: FedAvg, or client-level
 DP-FedAvg), so this package stays free of the privacy one.
 """
