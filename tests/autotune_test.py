@@ -99,6 +99,16 @@ def test_a_corrupt_cache_file_is_ignored_with_a_warning(tmp_path, content, caplo
   assert json.loads(path.read_text())['decisions']['key']['choice'] == 'a'  # Rewritten.
 
 
+def test_a_decision_cut_short_by_the_budget_is_not_cached(tmp_path):
+  path = str(tmp_path / 'decisions.json')
+  clock = FakeClock()
+  decision = autotune.decide('key', fake_runs(clock, {'a': 2.0, 'b': 1.0}), path, rounds=2,
+                             budget_s=5.0, clock=clock)
+  assert (decision.choice, decision.unmeasured) == ('a', ('b',))
+  assert 'measures again' in decision.describe()
+  assert not (tmp_path / 'decisions.json').exists()
+
+
 def test_no_cache_path_measures_every_time():
   clock = FakeClock()
   for _ in range(2):
@@ -166,10 +176,21 @@ def test_choose_execution_measures_once_then_reuses(runlocal_config, runlocal_fe
       config, runlocal_task, server, inputs, rngs.round_key(config.seed, 0), rounds)
   short = choose(1)  # Fewer rounds than autotune_min_rounds: the backend default.
   assert short.execution.strategy == 'threads' and 'not measured' in short.note
+  # The tiny budget lets only the first candidate run; its round function is handed over,
+  # and the partial decision is not cached.
   first = choose(10)
-  # The tiny budget lets only the first candidate run; its round function is handed over.
   assert first.execution.name == 'threads' and first.round_fn is not None
-  assert 'measured in' in first.note
+  assert 'measured in' in first.note and 'measures again' in first.note
+  assert not (tmp_path / 'decisions.json').exists()
+  # A complete decision of the same key (as a run with the budget to time them all stores)
+  # is reused: nothing is built or run.
+  key = autotune.cache_key(dict(
+      autotune.platform_facts(),
+      candidates=[c.name for c in autotune.candidates('cpu', len(clients))],
+      **server_lib.program_facts(config, server.state.params, inputs)))
+  autotune.store_decision(config.runtime.autotune_cache, key, {
+      'choice': 'sequential', 'round_s': {'sequential': 1.0, 'threads': 2.0},
+      'measured_at': 'then'})
   second = choose(10)
-  assert second.execution == first.execution and second.round_fn is None
-  assert 'cached decision' in second.note
+  assert second.execution.name == 'sequential' and second.round_fn is None
+  assert 'cached decision of then' in second.note

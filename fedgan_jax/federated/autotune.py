@@ -187,12 +187,14 @@ class Decision:
     cost_s: seconds `decide` took in this process (0-ish on a cache hit).
     cached: whether it came from the cache file.
     measured_at: when the times were measured (UTC, ISO 8601).
+    unmeasured: candidates the budget left out (then the decision is not cached).
   """
   choice: str
   round_s: dict[str, float]
   cost_s: float
   cached: bool
   measured_at: str
+  unmeasured: tuple[str, ...] = ()
 
   def describe(self) -> str:
     """One line: the choice, every candidate's time, and where the decision came from."""
@@ -200,13 +202,19 @@ class Decision:
                       sorted(self.round_s.items(), key=lambda item: item[1]))
     source = (f'cached decision of {self.measured_at}' if self.cached else
               f'measured in {self.cost_s:.0f} s')
-    return f'{self.choice} (auto, {source}; round time {times})'
+    partial = (f'; not timed within the budget: {", ".join(self.unmeasured)}, so the next run '
+               'measures again' if self.unmeasured else '')
+    return f'{self.choice} (auto, {source}; round time {times}{partial})'
 
 
 def decide(key: str, runs: Mapping[str, Callable[[int], Any]], cache_path: str | None,
            rounds: int, budget_s: float = math.inf, facts: Mapping[str, Any] | None = None,
            clock: Callable[[], float] = time.perf_counter) -> Decision:
-  """The cached decision for `key` among `runs`, else one measured now (and cached).
+  """The cached decision for `key` among `runs`, else one measured now.
+
+  A decision is cached only when every candidate was timed. One cut short by `budget_s`
+  (compiles are most of it) is used for this run and measured again by the next, which
+  finds the candidates already compiled in the persistent XLA cache and so gets further.
 
   Args:
     key: `cache_key` of what decides the choice.
@@ -226,8 +234,8 @@ def decide(key: str, runs: Mapping[str, Callable[[int], Any]], cache_path: str |
   choice = fastest(timings)
   measured_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
   decision = Decision(choice, {n: t.round_s for n, t in timings.items()}, clock() - started,
-                      False, measured_at)
-  if cache_path:
+                      False, measured_at, tuple(n for n in runs if n not in timings))
+  if cache_path and not decision.unmeasured:
     store_decision(cache_path, key, {
         'choice': choice, 'round_s': decision.round_s, 'measured_at': measured_at,
         'first_round_s': {n: t.first_s for n, t in timings.items()},
