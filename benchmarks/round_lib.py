@@ -148,10 +148,10 @@ def make_round(setup: Setup, strategy: str, clients_per_round: int | None = None
     config.fl.strategy = 'auto'
     config.runtime.autotune_min_rounds = 0
     started = time.perf_counter()
+    slots = clients_per_round or len(setup.federation.clients)
     chosen = server_lib.choose_execution(
         config, setup.task, setup.server,
-        setup.round_inputs(0, clients_per_round or len(setup.federation.clients),
-                           jax.device_count()), setup.rng(0), 1)
+        lambda: (setup.round_inputs(0, slots, jax.device_count()), setup.rng(0)), 1)
     decision = {'choice': chosen.execution.name, 'note': chosen.note,
                 'decision_s': round(time.perf_counter() - started, 3)}
     mesh = algorithm.client_mesh() if chosen.execution.strategy == 'vmap' else None

@@ -139,14 +139,15 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
     log.truncate_after(start_round)
 
   clients = federation.clients
-  # The first round's inputs, padded for any strategy: 'auto' times candidates on them.
-  first_inputs = sampling.round_inputs(
-      clients, sampling.sample_clients(config.seed, start_round, len(clients),
-                                       fl.clients_per_round),
-      config.seed, start_round, fl.local_steps, fl.batch_size, jax.device_count(),
-      condition_prior)
-  chosen = server_lib.choose_execution(config, task, server, first_inputs,
-                                       rngs.round_key(config.seed, start_round),
+
+  def first_round():
+    """The first round's inputs, padded for any strategy ('auto' times candidates on them)."""
+    ids = sampling.sample_clients(config.seed, start_round, len(clients), fl.clients_per_round)
+    return (sampling.round_inputs(clients, ids, config.seed, start_round, fl.local_steps,
+                                  fl.batch_size, jax.device_count(), condition_prior),
+            rngs.round_key(config.seed, start_round))
+
+  chosen = server_lib.choose_execution(config, task, server, first_round,
                                        fl.num_rounds - start_round)
   strategy = chosen.execution.strategy
   if jax.process_count() > 1 and strategy != 'vmap':

@@ -152,7 +152,7 @@ def test_choose_execution_respects_a_forced_choice(runlocal_config):
   config = runlocal_config.copy_and_resolve_references()
   config.fl.strategy = 'sequential'
   config.fl.client_ynn_fusions = True
-  chosen = server_lib.choose_execution(config, None, None, None, None, rounds_to_run=10 ** 6)
+  chosen = server_lib.choose_execution(config, None, None, None, rounds_to_run=10 ** 6)
   assert chosen.execution == autotune.Execution('sequential', 0, True, True)
   assert chosen.round_fn is None and 'fl.strategy' in chosen.note
 
@@ -173,7 +173,7 @@ def test_choose_execution_measures_once_then_reuses(runlocal_config, runlocal_fe
   inputs = sampling.round_inputs(clients, list(range(len(clients))), config.seed, 0,
                                  config.fl.local_steps, config.fl.batch_size)
   choose = lambda rounds: server_lib.choose_execution(
-      config, runlocal_task, server, inputs, rngs.round_key(config.seed, 0), rounds)
+      config, runlocal_task, server, lambda: (inputs, rngs.round_key(config.seed, 0)), rounds)
   short = choose(1)  # Fewer rounds than autotune_min_rounds: the backend default.
   assert short.execution.strategy == 'threads' and 'not measured' in short.note
   # The tiny budget lets only the first candidate run; its round function is handed over,

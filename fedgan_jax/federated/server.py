@@ -6,7 +6,7 @@ server here, so they draw the same initial params (`rngs.init_key`), build the s
 optimizer, keep the same moving average of G and resume from a workdir the same way:
 
     server = server_lib.build(config, task, image_shape, condition_dim, aggregator, workdir)
-    chosen = server_lib.choose_execution(config, task, server, first_inputs, round_key, rounds)
+    chosen = server_lib.choose_execution(config, task, server, first_round, rounds)
     round_fn = chosen.round_fn or server_lib.round_fn(task, server, chosen.execution, mesh)
     state, metrics = round_fn(server.state, batches, weights, ids, rngs.round_key(seed, r))
     state = server.update_ema(state)
@@ -160,16 +160,16 @@ class ChosenExecution:
   round_fn: Callable | None = None
 
 
-def choose_execution(config, task, server: Server, round_inputs, round_rng,
+def choose_execution(config, task, server: Server, first_round: Callable[[], tuple],
                      rounds_to_run: int) -> ChosenExecution:
   """The run's execution: the configured one, or under `fl.strategy='auto'` the fastest
   candidate measured on this machine for this program (`autotune`; cached across runs).
 
   Args:
-    round_inputs: `(batches, weights, client_ids)` of the first round to run, padded to a
-      multiple of the device count; the candidates time rounds on (the first
-      `runtime.autotune_clients` of) them from `server.state` (the results are dropped, so
-      training is unchanged).
+    first_round: `() -> ((batches, weights, client_ids), round_rng)` of the first round to
+      run, padded to a multiple of the device count, called only when measuring; the
+      candidates time rounds on (the first `runtime.autotune_clients` clients of) them from
+      `server.state` (the results are dropped, so training is unchanged).
     rounds_to_run: the rounds this process will run; fewer than
       `runtime.autotune_min_rounds` take the backend's default unmeasured (measuring would
       cost more than it could save).
@@ -184,6 +184,7 @@ def choose_execution(config, task, server: Server, round_inputs, round_rng,
   if rounds_to_run < options.autotune_min_rounds:
     return ChosenExecution(default, f'{default.name} (auto: backend default; {rounds_to_run} '
                            f'rounds < runtime.autotune_min_rounds, not measured)')
+  round_inputs, round_rng = first_round()
   participants = int(np.count_nonzero(np.asarray(round_inputs[1])))
   candidates = autotune.candidates(
       jax.default_backend(), participants, jax.process_count(),
