@@ -83,7 +83,8 @@ def get_common_config() -> ml_collections.ConfigDict:
       # the measurement would cost more than it could save.
       autotune_min_rounds=50,
       # Candidates time rounds of the first round's first this-many clients (0 = all): the
-      # ranking is per client's work, and a 32-client round costs 4x an 8-client one.
+      # ranking is per client's work, and a 32-client round costs 4x an 8-client one. (vmap's
+      # program depends on the client count: a chosen vmap compiles again for the full round.)
       autotune_clients=8,
       # The decision file; '' = fedgan_autotune.json inside the XLA compilation cache directory
       # (--compilation_cache), none (measure every run) when that cache is off.
