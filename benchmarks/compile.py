@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from benchmarks import round_lib
 from fedgan_jax.federated import aggregation
 from fedgan_jax.federated import algorithm
+from fedgan_jax.federated import autotune
 from fedgan_jax.federated import client as client_lib
 from fedgan_jax.federated import execution
 
@@ -82,7 +83,7 @@ def vmap_round_compile(setup: round_lib.Setup, clients: int) -> dict:
   """`lower` and `compile` of the engine's one-program vmap round, timed apart."""
   round_fn = algorithm.make_round_fn(setup.task, setup.server_optimizer, 'vmap')
   batches, weights, ids = setup.round_inputs(0, clients)
-  state = round_lib.place_state('vmap', setup.state)
+  state = round_lib.place_state(autotune.Execution('vmap'), setup.state)
   started = time.perf_counter()
   lowered = round_fn.lower(state, batches, weights, ids, setup.rng(0))
   lower_s = time.perf_counter() - started

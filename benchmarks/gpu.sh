@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# Round strategies, 3 -> 1,000-client scaling, compile/efficiency and the PyTorch peer on
-# whatever accelerator jax sees, in <= 8 min.
+# Round strategies, 3 -> 1,000-client scaling, compile/efficiency, the PyTorch peer and the
+# 128 px ZhangLab round in float32 and bfloat16 on whatever accelerator jax sees, in <= 13 min.
 #
 #   bash benchmarks/gpu.sh [OUTPUT_DIR]          # JSON into OUTPUT_DIR, else $OUT, else /tmp
 #   GPU_BENCH_SIZE=tiny bash benchmarks/gpu.sh    # seconds-long smoke run (works on a CPU)
+#   ZHANGLAB_ROOT=/data/zhanglab bash benchmarks/gpu.sh   # where chest_xray/train is
+#                                                 # (default ../shared/data/zhanglab)
 #
 # Writes round.json (benchmarks/round.py: the naive loop vs the engine's vmap
 # and sequential rounds and a chunked-vmap candidate, 32 clients first, then the phantom
 # default of 4), scaling.json (benchmarks/scaling.py: 32 per round from populations of 32
 # and 1,000), compile.json (benchmarks/compile.py: cold compile of the vmap round, XLA's
 # FLOP count, the f32 matmul peak and the round's fraction of it) and, where torch sees a
-# GPU, torch_round.json (benchmarks/torch_round.py --device=cuda). Each step has its own
-# time limit, so one slow step cannot eat the others' time; a step that fails or times out
-# leaves a note in status.txt (its rows so far stay in log.txt) and the script goes on.
-# status.txt also holds the versions and the device; at most 6 files are written.
+# GPU, torch_round.json (benchmarks/torch_round.py --device=cuda), and real128_float32.json /
+# real128_bfloat16.json (benchmarks/config_round.py on configs/zhanglab.py:size=128, 32 client
+# slots, naive loop vs vmap: images/s, round time, compile time, peak device memory, the vmap
+# round's fraction of the device's measured matmul peak in that dtype; skipped when
+# ZHANGLAB_ROOT has no chest_xray/train). Each step has its own time limit, so one slow step
+# cannot eat the others' time; a step that fails or times out leaves a note in status.txt
+# (its rows so far stay in log.txt) and the script goes on.
+# status.txt also holds the versions and the device; at most 8 files are written.
 #
 # Needs jax, flax, optax, numpy, scipy, ml_collections and dp_accounting. Wheels in .whl/
 # beside the repo root are installed first, offline, into a private folder that takes
@@ -63,7 +69,9 @@ if [ "$SIZE" = tiny ]; then
   COMPILE_ARGS=(--clients=2 --compile_clients=2 --strategies=vmap --config_arg=runlocal
                 --examples_per_client=8 --matmul_size=256)
   TORCH_ARGS=(--clients=2 --rounds=1)
-  ROUND_LIMIT=400; SCALING_LIMIT=300; COMPILE_LIMIT=300; TORCH_LIMIT=120
+  REAL_VARIANT=runlocal
+  REAL_ARGS=(--clients=2 --rounds=1 --strategies=naive,vmap --matmul_size=256)
+  ROUND_LIMIT=400; SCALING_LIMIT=300; COMPILE_LIMIT=300; TORCH_LIMIT=120; REAL_LIMIT=400
 else
   ROUND_ARGS=(--clients=32,4 --rounds=5 --examples_per_client=32
               --strategies=naive,vmap,sequential,vmap_chunk8)
@@ -71,7 +79,9 @@ else
                 --examples_per_client=16 --strategy=vmap)
   COMPILE_ARGS=(--clients=32 --compile_clients=4 --strategies=vmap --matmul_size=8192)
   TORCH_ARGS=(--clients=32,4 --rounds=5)
-  ROUND_LIMIT=240; SCALING_LIMIT=80; COMPILE_LIMIT=120; TORCH_LIMIT=40
+  REAL_VARIANT=size=128
+  REAL_ARGS=(--clients=32 --rounds=3 --strategies=naive,vmap --matmul_size=8192)
+  ROUND_LIMIT=240; SCALING_LIMIT=80; COMPILE_LIMIT=120; TORCH_LIMIT=40; REAL_LIMIT=150
 fi
 
 run_step() {  # name, limit in seconds, command...
@@ -99,5 +109,16 @@ if "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/
     "${TORCH_ARGS[@]}" "${ROUND_JSON[@]}" --json="$OUTPUT_DIR/torch_round.json"
 else
   echo "torch_round: skipped (torch sees no GPU)" | tee -a "$STATUS"
+fi
+ZHANGLAB_ROOT="${ZHANGLAB_ROOT:-../shared/data/zhanglab}"
+if [ -d "$ZHANGLAB_ROOT/chest_xray/train" ]; then
+  for PRECISION in float32 bfloat16; do  # One process each: peak memory is per process.
+    run_step "real128_$PRECISION" "$REAL_LIMIT" env JAX_COMPILATION_CACHE_DIR="$CACHE_DIR" \
+      "$PYTHON" -m benchmarks.config_round --config="configs/zhanglab.py:$REAL_VARIANT" \
+      --config.data.root="$ZHANGLAB_ROOT" --config.runtime.precision="$PRECISION" \
+      "${REAL_ARGS[@]}" --json="$OUTPUT_DIR/real128_$PRECISION.json"
+  done
+else
+  echo "real128: skipped (no $ZHANGLAB_ROOT/chest_xray/train; set ZHANGLAB_ROOT)" | tee -a "$STATUS"
 fi
 ls -l "$OUTPUT_DIR"

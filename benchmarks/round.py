@@ -6,7 +6,9 @@ For each client count, builds that many small phantom hospitals (configs/phantom
 batch size and local steps; every client takes part), runs `warmup` untimed rounds and
 reports the median of `rounds` timed ones per strategy (interleaved, so changes in load hit
 all alike): `naive` (a Python loop of jitted `execution.local_update`, see
-round_candidates.NaiveRound), the engine's `vmap`, `sequential` and `threads`, and any candidate of
+round_candidates.NaiveRound), the engine's executions (`vmap`, `sequential`, `threads`, with
+`+ynn` / `+unfused`: `autotune.Execution` names), `auto` (the engine's measured choice; its
+row adds `choice` and `decision_s`, the cost of choosing), and any candidate of
 benchmarks/round_candidates.py. All strategies start from the same state
 and see the same inputs, so their final params must agree (`max_abs_diff_vs_naive`).
 
@@ -15,6 +17,7 @@ JSON: `{"results": [{"strategy", "clients", "round_s", "speedup_vs_naive", ...}]
 machine are pessimistic).
 """
 
+import dataclasses
 import json
 
 from absl import app
@@ -33,10 +36,13 @@ _CONFIG_ARG = flags.DEFINE_string('config_arg', '', "configs/phantom.py variant,
 _LOCAL_STEPS = flags.DEFINE_integer('local_steps', 0, 'Overrides fl.local_steps when > 0.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 0, 'Overrides fl.batch_size when > 0.')
 _JSON = flags.DEFINE_string('json', '', 'Where to write the results (empty: stdout only).')
+_AUTOTUNE_CACHE = flags.DEFINE_string(
+    'autotune_cache', '', "runtime.autotune.cache for the 'auto' strategy (empty: measure "
+    'every run, as the benchmark enables no XLA compilation cache).')
 
 
 def run(client_counts, strategies, rounds, warmup, examples_per_client, config_arg='',
-        local_steps=0, batch_size=0):
+        local_steps=0, batch_size=0, autotune_cache=''):
   """Times each strategy at each client count; returns the JSON-ready dict."""
   load_before = round_lib.load_average()
   results = []
@@ -46,6 +52,7 @@ def run(client_counts, strategies, rounds, warmup, examples_per_client, config_a
       config.fl.local_steps = local_steps
     if batch_size:
       config.fl.batch_size = batch_size
+    config.runtime.autotune = dataclasses.replace(config.runtime.autotune, cache=autotune_cache)
     setup = round_lib.Setup(config)
     timed = round_lib.time_strategies(strategies, setup, clients, rounds, warmup)
     states = {strategy: state for strategy, (_, state) in timed.items()}
@@ -75,7 +82,7 @@ def main(argv):
   del argv
   report = run([int(c) for c in _CLIENTS.value], _STRATEGIES.value, _ROUNDS.value,
                _WARMUP.value, _EXAMPLES.value, _CONFIG_ARG.value, _LOCAL_STEPS.value,
-               _BATCH_SIZE.value)
+               _BATCH_SIZE.value, _AUTOTUNE_CACHE.value)
   round_lib.print_report(report, _JSON.value)
 
 

@@ -12,26 +12,26 @@ Python loop that calls one jitted local update per client, then FedAvg and the s
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
 import pathlib
 import platform
 import resource
-import statistics
 import sys
 import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 
 from benchmarks import round_candidates
 from configs import phantom as phantom_config
-from fedgan_jax.data import phantom
+from fedgan_jax.data import registry
 from fedgan_jax.federated import algorithm
+from fedgan_jax.federated import autotune
 from fedgan_jax.federated import rngs
 from fedgan_jax.federated import sampling
 from fedgan_jax.federated import server as server_lib
@@ -103,11 +103,12 @@ def benchmark_config(num_clients: int, examples_per_client: int | tuple[int, ...
 
 
 class Setup:
-  """The federation, task and server (`federated.server`) of a benchmark."""
+  """The federation, task and server (`federated.server`) of a benchmark's config (phantom's
+  `benchmark_config`, or any experiment config: its data is loaded as training loads it)."""
 
   def __init__(self, config):
     self.config = config
-    self.federation = phantom.build_federation(config.data, config.conditions, config.seed)
+    self.federation = registry.load_federation(config)
     self.task = task_lib.build_task(config, self.federation.schema, self.federation.image_shape)
     self.server = server_lib.build(config, self.task, self.federation.image_shape,
                                    self.federation.schema.model_dim)
@@ -121,8 +122,12 @@ class Setup:
   def round_inputs(self, round_index: int, clients_per_round: int, pad_to_multiple: int = 1):
     """`(batches, weights, client_ids)` of one round, as the training loop builds them."""
     clients = self.federation.clients
-    ids = sampling.sample_clients(self.config.seed, round_index, len(clients),
-                                  clients_per_round)
+    if clients_per_round > len(clients):
+      # More slots than hospitals (a real config has a few): each slot is a hospital in turn.
+      ids = np.arange(clients_per_round) % len(clients)
+    else:
+      ids = sampling.sample_clients(self.config.seed, round_index, len(clients),
+                                    clients_per_round)
     return sampling.round_inputs(clients, ids, self.config.seed, round_index,
                                  self.fl.local_steps, self.fl.batch_size, pad_to_multiple)
 
@@ -130,27 +135,48 @@ class Setup:
     return rngs.round_key(self.config.seed, round_index)
 
 
-def make_round(setup: Setup, strategy: str) -> Callable:
-  """A round function by name: an engine strategy (+'+ynn'), or a candidate ('naive', ...)."""
-  engine, _, suffix = strategy.partition('+')
-  if engine in algorithm.STRATEGIES and suffix in ('', 'ynn'):
-    # The engine's round as train.py builds it from the config; '<strategy>+ynn' keeps
-    # jaxlib's YNNPACK fusions in the client-update programs (`runtime.ynn_fusions=True`).
-    return server_lib.round_fn(setup.config, setup.task, setup.server, engine,
-                               ynn_fusions=True if suffix == 'ynn' else None)
-  return round_candidates.make(strategy, setup.task, setup.server_optimizer)
+def make_round(setup: Setup, strategy: str, clients_per_round: int | None = None):
+  """`(round_fn, execution or None, decision)` for a strategy name.
+
+  Names: an engine execution as train.py builds it (`autotune.Execution` names: 'threads',
+  'threads+ynn', 'sequential+unfused', 'vmap', ...; the config's other knobs), 'auto' (the
+  engine's measured choice among them for `clients_per_round` clients, whose
+  `decision` = `{'choice', 'note', 'decision_s'}`), or a round_candidates name ('naive', ...).
+  """
+  engine = strategy.partition('+')[0]
+  if engine == 'auto':
+    config = setup.config.copy_and_resolve_references()
+    config.runtime.strategy = 'auto'
+    config.runtime.autotune = dataclasses.replace(config.runtime.autotune, min_rounds=0)
+    started = time.perf_counter()
+    slots = clients_per_round or len(setup.federation.clients)
+    chosen = server_lib.choose_execution(
+        config, setup.task, setup.server,
+        lambda: (setup.round_inputs(0, slots, jax.device_count()), setup.rng(0)), 1)
+    decision = {'choice': chosen.execution.name, 'note': chosen.note,
+                'decision_s': round(time.perf_counter() - started, 3)}
+    mesh = algorithm.client_mesh() if chosen.execution.strategy == 'vmap' else None
+    round_fn = chosen.round_fn or server_lib.round_fn(setup.task, setup.server,
+                                                      chosen.execution, mesh)
+    return round_fn, chosen.execution, decision
+  if engine in algorithm.STRATEGIES:
+    execution = autotune.Execution.from_name(strategy, setup.runtime.client_threads)
+    if execution.strategy == 'auto':
+      raise ValueError(f'{strategy!r}: auto takes no suffix.')
+    mesh = algorithm.client_mesh() if execution.strategy == 'vmap' else None
+    return server_lib.round_fn(setup.task, setup.server, execution, mesh), execution, None
+  return round_candidates.make(strategy, setup.task, setup.server_optimizer), None, None
 
 
-def place_state(strategy: str, state):
+def place_state(execution, state):
   """Gives the vmap round's state its mesh sharding up front, as train.py does.
 
   The vmap round returns a mesh-replicated state; an unsharded first state would make the
-  second round compile again.
+  second round compile again. `execution`: `make_round`'s (None for candidates).
   """
-  strategy = strategy.partition('+')[0]
-  if strategy not in algorithm.STRATEGIES or algorithm.resolve_strategy(strategy) != 'vmap':
+  if execution is None or execution.strategy != 'vmap':
     return state
-  return jax.device_put(state, NamedSharding(algorithm.client_mesh(), PartitionSpec()))
+  return server_lib.place_on_mesh(algorithm.client_mesh(), state)
 
 
 def block(tree):
@@ -158,47 +184,43 @@ def block(tree):
 
 
 class TimedRound:
-  """One strategy's round function, state and per-round wall times over shared inputs."""
+  """One strategy's round function, state and the last round's metrics."""
 
-  def __init__(self, strategy: str, setup: Setup):
+  def __init__(self, strategy: str, setup: Setup, clients_per_round: int | None = None):
     self.strategy = strategy
     self._setup = setup
-    self._round_fn = make_round(setup, strategy)
-    self.state = place_state(strategy, setup.state)
+    self._round_fn, execution, self.decision = make_round(setup, strategy, clients_per_round)
+    self.state = place_state(execution, setup.state)
     self.metrics = None
-    self.times: list[float] = []
 
-  def run(self, round_index: int, inputs) -> float:
-    started = time.perf_counter()
+  def run(self, round_index: int, inputs) -> None:
     self.state, self.metrics = block(self._round_fn(self.state, *inputs,
                                                     self._setup.rng(round_index)))
-    return time.perf_counter() - started
 
-  def summary(self, warmup_s: float) -> dict[str, Any]:
-    return {'round_s': statistics.median(self.times),
-            'round_times_s': [round(t, 4) for t in self.times],
-            'first_round_s': round(warmup_s, 3),
-            'metrics': {k: float(v) for k, v in jax.device_get(self.metrics).items()}}
+  def summary(self, timing: autotune.Timing) -> dict[str, Any]:
+    summary = {'round_s': timing.round_s,
+               'round_times_s': [round(t, 4) for t in timing.times_s],
+               'first_round_s': round(timing.first_s, 3),
+               'metrics': {k: float(v) for k, v in jax.device_get(self.metrics).items()}}
+    return dict(summary, **self.decision) if self.decision else summary
 
 
 def time_strategies(strategies, setup: Setup, clients_per_round: int, rounds: int,
                     warmup: int = 1) -> dict[str, tuple[dict[str, Any], Any]]:
   """Median wall time of `rounds` rounds after `warmup` untimed ones (compilation), per strategy.
 
-  Timed rounds are interleaved (round r of every strategy, then round r + 1), so a change in
-  the machine's load hits all strategies alike. Inputs are sampled before the clock starts
-  (as in train.py, which times `round_fn` alone); host-to-device transfer of the batches is
-  part of the round. Returns `{strategy: (summary, final state)}`.
+  Timed rounds are interleaved (`autotune.measure`: round r of every strategy, then round
+  r + 1), so a change in the machine's load hits all strategies alike. Inputs are sampled
+  before the clock starts (as in train.py, which times `round_fn` alone); host-to-device
+  transfer of the batches is part of the round. 'auto' is measured as the round it chose;
+  its decision's cost is its summary's `decision_s`. Returns `{strategy: (summary, final
+  state)}`.
   """
   inputs = [setup.round_inputs(r, clients_per_round) for r in range(warmup + rounds)]
-  timed, warmup_s = [], {}
-  for strategy in strategies:
-    timed.append(TimedRound(strategy, setup))
-    warmup_s[strategy] = sum(timed[-1].run(r, inputs[r]) for r in range(warmup))
-  for r in range(warmup, warmup + rounds):
-    for t in timed:
-      t.times.append(t.run(r, inputs[r]))
-  return {t.strategy: (t.summary(warmup_s[t.strategy]), t.state) for t in timed}
+  timed = {s: TimedRound(s, setup, clients_per_round) for s in strategies}
+  timings = autotune.measure({s: (lambda r, t=t: t.run(r, inputs[r])) for s, t in timed.items()},
+                             rounds, warmup)
+  return {s: (t.summary(timings[s]), t.state) for s, t in timed.items()}
 
 
 def time_rounds(strategy: str, setup: Setup, clients_per_round: int, rounds: int,
@@ -214,10 +236,10 @@ def max_abs_difference(tree_a, tree_b) -> float:
   return float(max(leaves))
 
 
-def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
-  """This machine's f32 matmul FLOP/s: the best of `repeats` timed `size`-square products."""
-  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+def matmul_peak_flops(size: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:
+  """This machine's `dtype` matmul FLOP/s: the best of `repeats` timed `size`-square products."""
+  a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+  b = jax.random.normal(jax.random.key(1), (size, size), dtype)
   dot = jax.jit(jnp.dot)
   block(dot(a, b))
   best = np.inf

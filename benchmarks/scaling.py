@@ -74,9 +74,9 @@ def run_point(population: int, clients_per_round: int) -> dict:
   data_bytes = sum(c.images.nbytes + c.conditions.nbytes for c in setup.federation.clients)
   rss_after_data = _status_bytes('VmRSS')
   participants = min(clients_per_round, population)
-  round_fn = round_lib.make_round(setup, _STRATEGY.value)
+  round_fn, execution, _ = round_lib.make_round(setup, _STRATEGY.value, participants)
   inputs = [setup.round_inputs(r, participants) for r in range(_WARMUP.value + _ROUNDS.value)]
-  state = round_lib.place_state(_STRATEGY.value, setup.state)
+  state = round_lib.place_state(execution, setup.state)
   for r in range(_WARMUP.value):
     state, _ = round_lib.block(round_fn(state, *inputs[r], setup.rng(r)))
   rss_before_rounds = _status_bytes('VmRSS')

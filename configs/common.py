@@ -10,6 +10,7 @@ from ml_collections import config_dict
 
 from configs import eval_common
 from fedgan_jax.evaluation import detectors
+from fedgan_jax.federated import autotune
 from configs import variant
 from configs.data import model_sizes
 
@@ -67,16 +68,30 @@ def get_common_config() -> ml_collections.ConfigDict:
 
   # How the round executes: never changes the math, only its speed (and float rounding).
   config.runtime = ml_collections.ConfigDict()
-  # 'vmap' | 'sequential' | 'threads' | 'auto' (fastest per backend: threads on CPU, else vmap).
+  # 'vmap' | 'sequential' | 'threads' | 'auto': the fastest of a few candidate executions (and
+  # the client_threads, fuse_local_steps and ynn_fusions they set), measured on this machine on
+  # the first run and cached (runtime.autotune; federated/autotune.py). An explicit strategy
+  # runs as configured, with the three knobs below.
   config.runtime.strategy = 'auto'
   config.runtime.client_threads = 0      # clients in flight under 'threads'; 0 = one per CPU core.
   # 'sequential'/'threads': a client's local steps as one compiled program (~10% faster on CPU;
   # compile time grows with local_steps). False: one program per step, compiled once for any K.
   config.runtime.fuse_local_steps = True
   # XLA CPU only: False compiles the client-update programs (and only those) without jaxlib's
-  # YNNPACK convolution fusions; XLA's own convolutions run those small batches faster
-  # (BENCHMARKS.md, issue 3). True keeps jaxlib's default. No effect on GPU/TPU.
+  # YNNPACK convolution fusions; XLA's own convolutions run those small batches faster on some
+  # CPUs (BENCHMARKS.md, issue 3). True keeps jaxlib's default. No effect on GPU/TPU.
   config.runtime.ynn_fusions = False
+  # How 'auto' measures (a typed preset; fields in federated/autotune.py): each candidate runs
+  # one untimed round (compilation), then `rounds` timed ones (the median counts) on the first
+  # round's first `clients` clients (0 = all); candidates not started within `budget_s` are
+  # skipped; runs of fewer than `min_rounds` rounds take the backend's default unmeasured;
+  # decisions go to `cache` ('' = fedgan_autotune.json inside the XLA compilation cache
+  # directory; none when that cache is off).
+  config.runtime.autotune = autotune.Settings(rounds=2, budget_s=60.0, min_rounds=50, clients=8,
+                                              cache='')
+  # What G and D compute in: 'float32' or 'bfloat16' (mixed precision for accelerators: params,
+  # optimizer state and losses stay float32; benchmarks/round.md).
+  config.runtime.precision = 'float32'
 
   # How a trained G is sampled: F-AD's synthetic normals, conditioning fidelity, the eval
   # binary and sample grids all draw z with this standard deviation (training: always 1).

@@ -25,6 +25,7 @@ from fedgan_jax.evaluation import detectors
 from fedgan_jax.evaluation import domain_features
 from fedgan_jax.evaluation import personalized
 from fedgan_jax.evaluation import sample_quality
+from fedgan_jax.evaluation import schema_attributes
 
 EVALUATORS = ('inception_fid', 'domain_quality', 'conditioning', 'memorization', 'anomaly',
               'personalized')
@@ -60,9 +61,7 @@ def get_eval_config(runlocal: bool = False) -> ml_collections.ConfigDict:
 
   # Conditioning fidelity: the attribute model fitted on real training images reads back every
   # schema feature (or those listed) from images generated for the reference conditions.
-  config.conditioning = ml_collections.ConfigDict(dict(
-      features=(),                    # () = every feature of the schema.
-      min_class_examples=5))          # A binary column needs this many of each class to be fit.
+  config.conditioning = schema_attributes.Conditioning(features=(), min_class_examples=5)
 
   # Memorization: synthetic normals nearer to a training film than this percentile of real
   # held-out normals' nearest-training distances are counted (the target is none).

@@ -138,7 +138,18 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
   if is_chief():
     log.truncate_after(start_round)
 
-  strategy = algorithm.resolve_strategy(config.runtime.strategy)
+  clients = federation.clients
+
+  def first_round():
+    """The first round's inputs, padded for any strategy ('auto' times candidates on them)."""
+    ids = sampling.sample_clients(config.seed, start_round, len(clients), fl.clients_per_round)
+    return (sampling.round_inputs(clients, ids, config.seed, start_round, fl.local_steps,
+                                  fl.batch_size, jax.device_count(), condition_prior),
+            rngs.round_key(config.seed, start_round))
+
+  chosen = server_lib.choose_execution(config, task, server, first_round,
+                                       fl.num_rounds - start_round)
+  strategy = chosen.execution.strategy
   if jax.process_count() > 1 and strategy != 'vmap':
     raise ValueError(f'runtime.strategy={config.runtime.strategy!r} resolves to {strategy!r}, but '
                      'a multi-host run needs runtime.strategy=vmap (one round sharded over all '
@@ -153,12 +164,12 @@ def train_gan(config, workdir: str, federation: dataset_lib.FederatedDataset,
       state = global_arrays(jax.device_get(state), replicated)
     else:
       state = jax.device_put(state, replicated)
-  round_fn = server_lib.round_fn(config, task, server, strategy, mesh)
+  round_fn = chosen.round_fn or server_lib.round_fn(task, server, chosen.execution, mesh)
   pad = mesh.size if mesh is not None else 1
-  clients = federation.clients
-  logging.info('Training %d rounds (from %d) over %d clients, %s per round, strategy %s on %s; '
+  logging.info('Training %d rounds (from %d) over %d clients, %s per round, execution %s on %s; '
                'G %s, D %s parameters; checkpoint every %d rounds; metrics to %s.',
-               fl.num_rounds, start_round, len(clients), fl.clients_per_round or 'all', strategy,
+               fl.num_rounds, start_round, len(clients), fl.clients_per_round or 'all',
+               chosen.note,
                jax.default_backend(), *(f'{metrics_log.parameter_count(state.params[k]):,}'
                                         for k in ('generator', 'discriminator')),
                config.checkpoint.every_rounds,

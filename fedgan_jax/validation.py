@@ -100,6 +100,10 @@ DOMAINS: tuple[tuple[str, Domain], ...] = (
     ('fl.batch_size', _count(1)),
     ('runtime.client_threads', _count()),        # 0 = one per core.
     ('fl.generator_ema', _DECAY),           # 0 = off; 1 would never move.
+    ('runtime.autotune.rounds', _count(1)),
+    ('runtime.autotune.budget_s', _POSITIVE),
+    ('runtime.autotune.min_rounds', _count()),
+    ('runtime.autotune.clients', _count()),      # 0 = all of the round's.
     ('fl.*_optimizer.*learning_rate', _POSITIVE),
     ('fl.*_optimizer.kwargs.momentum', _DECAY),
     ('fl.*_optimizer.kwargs.b1', _DECAY),
@@ -165,7 +169,7 @@ DOMAINS: tuple[tuple[str, Domain], ...] = (
     ('data.*age_max_valid', _POSITIVE),
     ('data.decode_workers', _count()),
     ('data.decode_chunk_size', _count(1)),
-    ('data.patient_id_stride', _count(1)),
+    ('data.demographics.patient_id_stride', _count(1)),
     ('data.render_chunk_pixels', _count(1)),
     ('data.test_examples', _count(1)),
     ('data.split.test_fraction', _OPEN_UNIT),

@@ -49,7 +49,8 @@ def test_config_and_variant_builds_and_validates(name, arg):
   validation.validate_config(config)
   optimizers.build_client_optimizers(config.fl.client_optimizer)
   optimizers.build_server_optimizer(config.fl.server_optimizer)
-  assert set(config.runtime) == {'strategy', 'client_threads', 'fuse_local_steps', 'ynn_fusions'}
+  assert set(config.runtime) == {'strategy', 'client_threads', 'fuse_local_steps', 'ynn_fusions',
+                                 'autotune', 'precision'}
 
 
 def test_phantom_default_has_at_most_100_leaf_fields():

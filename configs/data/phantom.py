@@ -42,6 +42,7 @@ DEMOGRAPHICS = {
         age_bin_edges=CXR14_AGE_BIN_EDGES,
         age_bin_counts=CXR14_AGE_BIN_COUNTS,
         age_max_valid=120.0,  # Ages above are entry errors in the source metadata.
+        patient_id_stride=1_000_000,
         male_fraction=CXR14_MALE_FRACTION,
         ap_fraction=CXR14_AP_FRACTION,
         # History: P(smoker); COPD and cardiac devices follow logistic models in age decades
@@ -119,7 +120,6 @@ def get_data_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   # their sizes; 'neutral': all from `test_hospital`.
   config.test_style = 'mixed'
   # Patient ids of hospital i start at (i + 1) * stride (the test split at 0), so never collide.
-  config.patient_id_stride = 1_000_000
   config.render_chunk_pixels = 2**18  # Pixels rendered per vectorized step: bounds memory.
   config.demographics = demographics('cxr14_2017')
   flat = (1,) * 10

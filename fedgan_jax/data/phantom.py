@@ -49,6 +49,7 @@ class Demographics:
   age_bin_edges: tuple
   age_bin_counts: tuple
   age_max_valid: float          # Ages above are entry errors in the source metadata.
+  patient_id_stride: int        # Hospital k's patients are k * stride + 1, 2, ...
   male_fraction: float
   ap_fraction: float
   smoker_probability: float
@@ -583,7 +584,7 @@ def build_federation(data_config, conditions_config, seed: int) -> dataset_lib.F
   if num_hospitals < 1 or not styles:
     raise ValueError(f'data_config.num_hospitals must be >= 1 with data_config.hospitals listing '
                      f'at least one style; got {num_hospitals} and {len(styles)} styles.')
-  stride = int(data_config.patient_id_stride)
+  stride = int(data_config.demographics.patient_id_stride)
   hospitals = []
   for i in range(num_hospitals):
     site = dict(styles[i % len(styles)], patient_id_offset=(i + 1) * stride)
@@ -591,7 +592,7 @@ def build_federation(data_config, conditions_config, seed: int) -> dataset_lib.F
       site['name'] = f'{site["name"]}_{i // len(styles)}'
     if not 0 < int(site['examples']) <= stride:
       raise ValueError(f'data_config.hospitals[{i % len(styles)}].examples must be in '
-                       f'[1, patient_id_stride={stride}], got {site["examples"]}.')
+                       f'[1, demographics.patient_id_stride={stride}], got {site["examples"]}.')
     hospitals.append(site)
   size, demographics = int(data_config.image_size), data_config.demographics
   render_options = dict(anatomy=_as_dict(data_config.anatomy),
@@ -621,8 +622,8 @@ def build_federation(data_config, conditions_config, seed: int) -> dataset_lib.F
 def _test_split(data_config, hospitals, seed, render_options):
   """Test patients (ids from 0) from their own seed stream, in the configured style."""
   num = int(data_config.test_examples)
-  if not 0 < num <= int(data_config.patient_id_stride):
-    raise ValueError(f'data_config.test_examples must be in [1, patient_id_stride], got {num}.')
+  if not 0 < num <= int(data_config.demographics.patient_id_stride):
+    raise ValueError(f'data_config.test_examples must be in [1, demographics.patient_id_stride], got {num}.')
   rng = np.random.default_rng([seed, 2])
   if data_config.test_style == 'neutral':
     styles, counts = [_as_dict(data_config.test_hospital)], [num]

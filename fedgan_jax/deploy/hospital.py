@@ -45,6 +45,7 @@ from fedgan_jax.deploy import settings
 from fedgan_jax.federated import client as client_lib
 from fedgan_jax.federated import execution
 from fedgan_jax.federated import sampling
+from fedgan_jax.federated import server as server_lib
 from fedgan_jax.federated import task as task_lib
 from fedgan_jax.privacy import engine as privacy_engine
 
@@ -104,9 +105,9 @@ class Hospital(flwr.client.NumPyClient):
                        '--config.fl.fake_conditions=batch.')
     self._template = jax.eval_shape(lambda: client_lib.init_params(
         task, jax.random.key(0, impl='rbg'), tuple(data.images.shape[1:]), schema.model_dim))
-    self._train = LocalTrainer(task, config.runtime.fuse_local_steps,
-                               cpu_backend.client_compiler_options(
-                                   config.runtime.ynn_fusions))
+    knobs = server_lib.runtime_options(config).execution
+    self._train = LocalTrainer(task, knobs.fuse_local_steps,
+                               cpu_backend.client_compiler_options(knobs.ynn_fusions))
 
   def get_properties(self, config):
     digest = security.properties_digest(config['nonce'], self._site, self._client_id)

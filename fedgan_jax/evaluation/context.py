@@ -81,7 +81,7 @@ class EvalContext:
     key = json.dumps({'data': self.config.data.to_dict(), 'seed': self.seed,
                       'conditions': list(self.config.conditions),
                       'domain_features': dataclasses.asdict(self.eval_config.domain_features),
-                      'conditioning': self.eval_config.conditioning.to_dict()},
+                      'conditioning': dataclasses.asdict(self.eval_config.conditioning)},
                      sort_keys=True, default=str)
     return self.shared.get(name, key, build)
 

@@ -17,8 +17,6 @@ A column whose training labels are too one-sided to fit (fewer than `min_class_e
 of a class) is not read; `not_fitted` says why, and it is masked out of the cosine.
 """
 
-from __future__ import annotations
-
 import dataclasses
 from typing import Sequence
 
@@ -39,6 +37,19 @@ def _records(schema: conditions_lib.ConditionSchema, conditions: np.ndarray) -> 
 
 def _column(name: str, index: int) -> str:
   return f'{name}[{index}]'
+
+
+# No postponed annotations in this module: ml_collections' flag parser reads these types.
+@dataclasses.dataclass
+class Conditioning:
+  """`eval.conditioning`: what the conditioning-fidelity reader reads (configs/eval_common.py).
+
+  Attributes:
+    features: schema features read back from generated images; () = every one.
+    min_class_examples: a binary column needs this many of each class to be fit.
+  """
+  features: tuple
+  min_class_examples: int
 
 
 @dataclasses.dataclass

@@ -26,7 +26,9 @@ in how their deltas are combined (`runtime.strategy`):
     barely one core busy, so concurrent clients fill the others (~1.5x over the naive
     per-client loop on 2 idle cores, BENCHMARKS.md).
 
-`auto` picks `threads` on CPU and `vmap` elsewhere (BENCHMARKS.md has the numbers).
+`auto` is measured: the run times a few candidate executions on its first round and keeps
+the fastest (`server.choose_execution`, `autotune`); `resolve_strategy('auto')` is the
+backend's default when nothing is measured (`threads` on CPU, `vmap` elsewhere).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ package never reads `config.dp` nor imports the privacy one.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from fedgan_jax import losses
@@ -17,20 +18,35 @@ from fedgan_jax.models import discriminator as discriminator_lib
 from fedgan_jax.models import generator as generator_lib
 
 
-def build_generator(model_config, image_shape) -> generator_lib.Generator:
+PRECISIONS = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(config):
+  """`runtime.precision`'s dtype: what G and D compute in (params and optimizer state stay
+  float32, and the losses are float32 either way)."""
+  precision = config.runtime.precision
+  if precision not in PRECISIONS:
+    raise ValueError(f'runtime.precision must be one of {sorted(PRECISIONS)}, got '
+                     f'{precision!r}.')
+  return PRECISIONS[precision]
+
+
+def build_generator(model_config, image_shape, dtype=jnp.float32) -> generator_lib.Generator:
   g = model_config.generator
   return generator_lib.Generator(
       image_size=image_shape[0], seed_size=g.seed_size, encoder_channels=tuple(g.encoder_channels),
       decoder_channels=tuple(g.decoder_channels), embedding_dim=g.embedding_dim,
       channels=image_shape[-1], output_shuffle=g.output_shuffle,
-      output_blur=g.output_blur, smooth_upsampling=g.smooth_upsampling)
+      output_blur=g.output_blur, smooth_upsampling=g.smooth_upsampling,
+      dtype=dtype)
 
 
-def build_discriminator(model_config, schema: conditions_lib.ConditionSchema):
+def build_discriminator(model_config, schema: conditions_lib.ConditionSchema,
+                        dtype=jnp.float32):
   d = model_config.discriminator
   return discriminator_lib.Discriminator(channels=tuple(d.channels), value_dim=schema.value_dim,
                                          input_unshuffle=d.input_unshuffle,
-                                         minibatch_std_group=d.minibatch_std_group)
+                                         minibatch_std_group=d.minibatch_std_group, dtype=dtype)
 
 
 def build_augment(augment_config):
@@ -114,8 +130,8 @@ def build_task(config, schema: conditions_lib.ConditionSchema, image_shape,
     raise ValueError(f'loss.gan: {config.loss.gan!r} is not one of {losses.GAN_LOSSES}.')
   d_optimizer, g_optimizer = optimizers.build_client_optimizers(config.fl.client_optimizer)
   return client_lib.GanTask(
-      generator=build_generator(config.model, image_shape),
-      discriminator=build_discriminator(config.model, schema),
+      generator=build_generator(config.model, image_shape, compute_dtype(config)),
+      discriminator=build_discriminator(config.model, schema, compute_dtype(config)),
       z_dim=config.model.generator.z_dim,
       continuous_columns=np.asarray(schema.continuous_columns()),
       gan_loss=config.loss.gan,

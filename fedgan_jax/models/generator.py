@@ -19,7 +19,7 @@ a 16x16 64->32 one at ~30).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -80,10 +80,12 @@ def norm_groups(channels: int, max_groups: int = 8) -> int:
 class FiLM(nn.Module):
   """Feature-wise affine modulation from an embedding: `x * (1 + scale) + shift`."""
   features: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, embedding):
-    params = nn.Dense(2 * self.features, kernel_init=nn.initializers.zeros)(embedding)
+    params = nn.Dense(2 * self.features, kernel_init=nn.initializers.zeros,
+                      dtype=self.dtype)(embedding)
     scale, shift = jnp.split(params[:, None, None, :], 2, axis=-1)
     return x * (1.0 + scale) + shift
 
@@ -92,21 +94,23 @@ class ConditionalResBlock(nn.Module):
   """Pre-activation residual block: (norm -> FiLM -> act -> conv) x 2 plus a 1x1 shortcut."""
   features: int
   groups: int = 8
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, embedding):
     def norm_film_act(h):
       h = nn.GroupNorm(num_groups=norm_groups(h.shape[-1], self.groups), use_scale=False,
-                       use_bias=False)(h)
-      h = FiLM(h.shape[-1])(h, embedding)
+                       use_bias=False, dtype=self.dtype)(h)
+      h = FiLM(h.shape[-1], self.dtype)(h, embedding)
       return nn.leaky_relu(h, 0.2)
 
-    h = nn.Conv(self.features, (3, 3))(norm_film_act(x))
-    h = nn.Conv(self.features, (3, 3))(norm_film_act(h))
+    h = nn.Conv(self.features, (3, 3), dtype=self.dtype)(norm_film_act(x))
+    h = nn.Conv(self.features, (3, 3), dtype=self.dtype)(norm_film_act(h))
     # A 1x1 projection as Dense, not Conv: XLA's SPMD partitioner computes wrong kernel
     # gradients for vmapped 1x1 convolutions when the client axis is sharded (seen with
     # jax 0.10.2 on CPU), and the two are the same function.
-    shortcut = x if x.shape[-1] == self.features else nn.Dense(self.features)(x)
+    shortcut = (x if x.shape[-1] == self.features else
+                nn.Dense(self.features, dtype=self.dtype)(x))
     return shortcut + h
 
 
@@ -129,6 +133,8 @@ class Generator(nn.Module):
       (the [1, 3, 3, 1]-like low-pass of StyleGAN's upsampling), so block edges of a coarse
       grid do not reach the image as texture: 'none', 'all', 'coarse' (all but the last)
       or 'last'.
+    dtype: what the layers compute in (`runtime.precision`); params stay float32 and the
+      image comes back float32.
   """
   image_size: int = 64
   seed_size: int = 16
@@ -139,6 +145,7 @@ class Generator(nn.Module):
   output_shuffle: int = 2
   output_blur: bool = True
   smooth_upsampling: str = 'none'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, condition, z):
@@ -152,17 +159,18 @@ class Generator(nn.Module):
       raise ValueError(f'model.generator: seed_size {self.seed_size} cannot be halved '
                        f'{len(self.encoder_channels) - 1} times by the encoder.')
     embedding = jnp.concatenate([condition, z], axis=-1)
-    embedding = nn.leaky_relu(nn.Dense(self.embedding_dim)(embedding), 0.2)
-    embedding = nn.leaky_relu(nn.Dense(self.embedding_dim)(embedding), 0.2)
+    dense = lambda features: nn.Dense(features, dtype=self.dtype)
+    embedding = nn.leaky_relu(dense(self.embedding_dim)(embedding), 0.2)
+    embedding = nn.leaky_relu(dense(self.embedding_dim)(embedding), 0.2)
 
-    h = nn.Dense(self.seed_size * self.seed_size * self.encoder_channels[0])(embedding)
+    h = dense(self.seed_size * self.seed_size * self.encoder_channels[0])(embedding)
     h = h.reshape(-1, self.seed_size, self.seed_size, self.encoder_channels[0])
 
     skips = []
     for i, features in enumerate(self.encoder_channels):
       if i:
         h = downsample_average(h)
-      h = ConditionalResBlock(features)(h, embedding)
+      h = ConditionalResBlock(features, dtype=self.dtype)(h, embedding)
       skips.append(h)
     skips.pop()  # The bottleneck output is `h` itself.
     stages = len(self.encoder_channels) - 1 + len(self.decoder_channels)
@@ -180,15 +188,15 @@ class Generator(nn.Module):
     for features in reversed(self.encoder_channels[:-1]):
       h = upsample(h)
       h = jnp.concatenate([h, skips.pop()], axis=-1)
-      h = ConditionalResBlock(features)(h, embedding)
+      h = ConditionalResBlock(features, dtype=self.dtype)(h, embedding)
     for features in self.decoder_channels:
       h = upsample(h)
-      h = ConditionalResBlock(features)(h, embedding)
+      h = ConditionalResBlock(features, dtype=self.dtype)(h, embedding)
 
-    h = nn.GroupNorm(num_groups=norm_groups(h.shape[-1]))(h)
+    h = nn.GroupNorm(num_groups=norm_groups(h.shape[-1]), dtype=self.dtype)(h)
     h = nn.leaky_relu(h, 0.2)
-    h = nn.Conv(self.channels * self.output_shuffle ** 2, (3, 3))(h)
+    h = nn.Conv(self.channels * self.output_shuffle ** 2, (3, 3), dtype=self.dtype)(h)
     h = depth_to_space(h, self.output_shuffle)
     if self.output_blur and self.output_shuffle > 1:
       h = blur(h)
-    return jnp.tanh(h)
+    return jnp.tanh(h.astype(jnp.float32))
