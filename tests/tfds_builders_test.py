@@ -25,6 +25,8 @@ def test_cxr14_tfds_gives_the_plain_loaders_images_and_records(tmp_path):
   config = cxr14_config.get_data_config(runlocal=True)
   config.update({'root': str(fixture.root), 'image_size': 16, 'decode_workers': 1,
                  'max_images': 0, 'drop_overlapping_patients': False})
+  # The TFDS splits are the release's: no validation carve-out, the official test list scored.
+  config.split.update(validation_fraction=0.0, score='test')
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')
     federation = cxr14.build_federation(config, cxr14_config.get_conditions(), 0)
