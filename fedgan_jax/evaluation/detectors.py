@@ -95,29 +95,38 @@ class OperatingPoint:
   specificity: float
 
 
+_VARIANT_FIELDS = tuple(f.name for f in dataclasses.fields(Variant))
+
+
+def _has_field(anomaly_config, field: str) -> bool:
+  return field in _VARIANT_FIELDS or (field != 'variant' and field in anomaly_config)
+
+
+def _field(anomaly_config, field: str):
+  return (getattr(anomaly_config.variant, field) if field in _VARIANT_FIELDS
+          else anomaly_config[field])
+
+
 def with_overrides(anomaly_config, **fields) -> ml_collections.ConfigDict:
   """A copy of `anomaly_config` with `fields` set, in the section or in its `variant`."""
   config = ml_collections.ConfigDict(anomaly_config.to_dict())
-  variant_fields = {f.name for f in dataclasses.fields(Variant)}
   for field, value in fields.items():
-    if field in variant_fields:
-      config.variant = dataclasses.replace(config.variant, **{field: value})
-    elif field in config and field != 'variant':
-      config[field] = value
-    else:
+    if not _has_field(config, field):
       raise ValueError(f'anomaly: no field {field!r}; fields: '
-                       f'{sorted(set(config.keys()) - {"variant"} | variant_fields)}.')
+                       f'{sorted(set(config.keys()) - {"variant"} | set(_VARIANT_FIELDS))}.')
+    if field in _VARIANT_FIELDS:
+      config.variant = dataclasses.replace(config.variant, **{field: value})
+    else:
+      config[field] = value
   return config
 
 
 def member_config(anomaly_config, overrides: str) -> ml_collections.ConfigDict:
   """`anomaly_config` with `'field=value,...'` applied (values typed as the field's)."""
   fields = {}
-  variant = anomaly_config.variant
   for item in filter(None, (part.strip() for part in overrides.split(','))):
     field, sep, value = item.partition('=')
-    current = (getattr(variant, field) if hasattr(variant, field) and field != 'variant'
-               else anomaly_config.get(field) if field != 'variant' else None)
+    current = _field(anomaly_config, field) if _has_field(anomaly_config, field) else None
     if not sep or current is None or isinstance(current, (tuple, list, dict)):
       raise ValueError(f'anomaly.variant.ensemble_members: {item!r} must be field=value for a '
                        f'scalar field of anomaly or anomaly.variant.')

@@ -83,10 +83,28 @@ class FeatureNormalization:
     return ((features - self.mean) / self.scale).astype(np.float32)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _attribute_outputs(module, params, images, conditions):
+def apply_padded(module: discriminator_lib.Discriminator, params, images: jnp.ndarray,
+                 conditions: jnp.ndarray) -> dict:
+  """D's outputs for float images in [-1, 1] `(B, H, W, C)` and conditions `(B, C)` (traceable).
+
+  The batch is padded to a multiple of D's minibatch-std group (edge copies) so any batch
+  size works; a film's outputs still depend on its group, as they did in training.
+  """
+  group = module.minibatch_std_group
+  n = images.shape[0]
+  pad = (-n) % group if group else 0
+  if pad:
+    images, conditions = (jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
+                          for a in (images, conditions))
+  outputs = module.apply({'params': params}, images, conditions)
+  return {name: value[:n] for name, value in outputs.items()}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _finding_probability(module, params, images, conditions, columns):
   images = images.astype(jnp.float32) / 127.5 - 1.0
-  return module.apply({'params': params}, images, conditions)['attributes']
+  attributes = apply_padded(module, params, images, conditions)['attributes']
+  return jnp.max(jax.nn.sigmoid(attributes[:, columns[0]:columns[1]]), axis=1)
 
 
 def finding_probability(module: discriminator_lib.Discriminator, params, images: np.ndarray,
@@ -95,35 +113,18 @@ def finding_probability(module: discriminator_lib.Discriminator, params, images:
   """`(N,)`: the largest probability D's attribute head gives any finding in `columns`.
 
   The head was trained on the hospitals' labelled real films, so this is the federation's
-  own reading of "does this film show a finding". Batches are padded to a multiple of D's
-  minibatch-std group with edge copies.
+  own reading of "does this film show a finding".
   """
-  group = module.minibatch_std_group or 1
-  batch_size = max(group, batch_size - batch_size % group)
-  out = []
-  for start in range(0, len(images), batch_size):
-    x = np.asarray(images[start:start + batch_size])
-    c = np.asarray(conditions[start:start + batch_size], np.float32)
-    n = len(x)
-    pad = (-n) % group
-    if pad:
-      x, c = (np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for a in (x, c))
-    raw = np.asarray(_attribute_outputs(module, params, x, c))[:n, columns]
-    out.append((1.0 / (1.0 + np.exp(-raw))).max(axis=1))
-  return np.concatenate(out)
+  bounds = (columns.start, columns.stop)
+  return np.concatenate([
+      np.asarray(_finding_probability(module, params, np.asarray(images[i:i + batch_size]),
+                                      np.asarray(conditions[i:i + batch_size], np.float32),
+                                      bounds))
+      for i in range(0, len(images), batch_size)])
 
 
 def judge_logits(view_params, module: discriminator_lib.Discriminator, condition,
                  images: jnp.ndarray) -> jnp.ndarray:
-  """D's logit for float images in [-1, 1] `(B, H, W, C)` under `condition` (traceable).
-
-  The batch is padded to a multiple of D's minibatch-std group (edge copies) so any
-  batch size works; a film's logit still depends on its group, as it did in training.
-  """
-  group = module.minibatch_std_group
-  n = images.shape[0]
-  pad = (-n) % group if group else 0
-  if pad:
-    images = jnp.concatenate([images, jnp.repeat(images[-1:], pad, axis=0)])
+  """D's logit for float images in [-1, 1] `(B, H, W, C)` under `condition` (traceable)."""
   conditions = jnp.broadcast_to(condition, (images.shape[0], condition.shape[-1]))
-  return module.apply({'params': view_params}, images, conditions)['logit'][:n]
+  return apply_padded(module, view_params, images, conditions)['logit']
