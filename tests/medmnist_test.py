@@ -96,3 +96,11 @@ def test_test_split_cannot_also_train(tmp_path):
   data_fixtures.make_medmnist_npz(tmp_path / 'p.npz')
   with pytest.raises(ValueError, match='data.test_split'):
     _build(tmp_path / 'p.npz', train_splits=('train', 'test'))
+
+
+@pytest.mark.parametrize('split', ['test', 'val'])
+def test_the_scored_split_is_named_for_the_reports(tmp_path, split):
+  data_fixtures.make_medmnist_npz(tmp_path / 'p.npz')
+  federation = _build(tmp_path / 'p.npz', test_split=split)
+  assert federation.info['scored_split'] == split
+  assert len(federation.test.images) == {'test': 8, 'val': 6}[split]

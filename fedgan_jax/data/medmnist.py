@@ -93,7 +93,8 @@ def build_federation(data_config, conditions_config: Sequence[Mapping[str, Any]]
 
   pool_records, pool_images, _ = records_of(tuple(data_config.train_splits))
   test_records, test_images, _ = records_of((data_config.test_split,))
-  info = {'source': 'medmnist', 'task': task}
+  # Named in every report's anomaly table, so a val-split run never reads as a test result.
+  info = {'source': 'medmnist', 'task': task, 'scored_split': data_config.test_split}
   if clinical.enabled(clinical_config):
     if clinical_config.key not in CLINICAL_KEYS:
       raise ValueError(f'data.clinical.key: {clinical_config.key!r} is not one of '
