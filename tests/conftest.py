@@ -3,6 +3,8 @@
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -64,6 +66,36 @@ def with_tiny_model(config):
   for network, fields in TINY_MODEL.items():
     config.model[network].update(fields)
   return config
+
+
+def main_command(workdir, cache_dir, *overrides, config='configs/phantom.py:runlocal'):
+  """`python -m fedgan_jax.main` on the runlocal config with `TINY_MODEL`'s networks."""
+  return [sys.executable, '-m', 'fedgan_jax.main', f'--config={config}', f'--workdir={workdir}',
+          f'--compilation_cache={cache_dir}', *tiny_model_flags(), *overrides]
+
+
+def run_main(workdir, cache_dir, *overrides, check=True):
+  return subprocess.run(main_command(workdir, cache_dir, *overrides), cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=900, check=check,
+                        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+
+
+# The shared run's length: checkpoints at rounds 4, 8 and 12.
+MAIN_RUN_OVERRIDES = ('--config.fl.num_rounds=12', '--config.checkpoint.every_rounds=4')
+
+
+@pytest.fixture(scope='session')
+def main_run(tmp_path_factory, compilation_cache_dir):
+  """`(workdir, console)` of one 12-round run of the main binary at the default verbosity.
+
+  The suite's one full training run through the real entry point: the pipeline and console
+  tests read it, the resume test restarts its config, and the eval binary's tests evaluate a
+  copy of it (so the binary is checked against the numbers `main` wrote). Read-only: copy it
+  before anything may write into it.
+  """
+  workdir = tmp_path_factory.mktemp('main_run')
+  result = run_main(workdir, compilation_cache_dir, *MAIN_RUN_OVERRIDES)
+  return workdir, result.stdout + result.stderr
 
 
 @pytest.fixture(scope='session')

@@ -38,6 +38,10 @@ OVERRIDES = ('--config.fl.num_rounds=2', '--config.runtime.strategy=vmap', '--co
              '--config.fl.client_optimizer.d_learning_rate=0.01',
              '--config.fl.client_optimizer.g_learning_rate=0.01',
              "--config.fl.client_optimizer.kwargs={'momentum': 0.9}", *tiny_model_flags())
+# Process 0 of the 2-process run evaluates G as gathered from global arrays (one evaluator
+# shows it; all of them run in train_test); the 1-process reference only trains.
+TWO_PROCESS_EVALUATORS = "--config.eval.evaluators=('anomaly',)"
+REFERENCE_EVALUATORS = '--config.eval.evaluators=()'
 
 
 def _free_port() -> int:
@@ -68,11 +72,11 @@ def runs(tmp_path_factory, compilation_cache_dir):
   root = tmp_path_factory.mktemp('multihost')
   coordinator = f'127.0.0.1:{_free_port()}'
   jobs = {'one': _start_main(root / 'one', root / 'one.log', compilation_cache_dir,
-                             NUM_PROCESSES * DEVICES_PER_PROCESS)}
+                             NUM_PROCESSES * DEVICES_PER_PROCESS, REFERENCE_EVALUATORS)}
   for process_id in range(NUM_PROCESSES):
     jobs[f'main{process_id}'] = _start_main(
         root / 'two', root / f'main{process_id}.log', compilation_cache_dir, DEVICES_PER_PROCESS,
-        '--jax_distributed',
+        '--jax_distributed', TWO_PROCESS_EVALUATORS,
         JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES=str(NUM_PROCESSES),
         JAX_PROCESS_ID=str(process_id))
   started = time.monotonic()

@@ -94,7 +94,10 @@ def _run_main(config: str, workdir: pathlib.Path, cache_dir: str, *overrides: st
              # it (60 s -> 42 s for PneumoniaMNIST); the image-size geometry (seed size, decoder)
              # stays the config's own, and what is checked is the data path and the outputs.
              '--config.fl.local_steps=1', '--config.model.generator.encoder_channels=(16,)',
-             '--config.model.discriminator.channels=(8,)', *overrides]
+             '--config.model.discriminator.channels=(8,)',
+             # The evaluators that read the data source (its test split, its labels and
+             # records); the others are data-blind and run end to end in train_test/eval_test.
+             "--config.eval.evaluators=('conditioning', 'memorization', 'anomaly')", *overrides]
   xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
   process = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
                            env=dict(os.environ, XLA_FLAGS=xla_flags.strip()))

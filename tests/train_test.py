@@ -18,21 +18,14 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import MAIN_RUN_OVERRIDES
 from conftest import REPO_ROOT
-from conftest import tiny_model_flags
+from conftest import main_command
+from conftest import run_main
 from conftest import with_tiny_model
 
-
-def main_command(workdir, cache_dir, *overrides):
-  return [sys.executable, '-m', 'fedgan_jax.main', '--config=configs/phantom.py:runlocal',
-          f'--workdir={workdir}', f'--compilation_cache={cache_dir}', *tiny_model_flags(),
-          *overrides]
-
-
-def run_main(workdir, cache_dir, *overrides, check=True):
-  return subprocess.run(main_command(workdir, cache_dir, *overrides), cwd=REPO_ROOT,
-                        capture_output=True, text=True, timeout=900, check=check,
-                        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+# The shared run's config (conftest.main_run), training only: a resume is checked on params.
+RESUME_OVERRIDES = (*MAIN_RUN_OVERRIDES, '--config.eval.evaluators=()')
 
 
 def final_params(workdir, runlocal_federation):
@@ -52,20 +45,9 @@ def final_params(workdir, runlocal_federation):
   return step, np.concatenate([np.ravel(x) for x in jax.tree.leaves((params, ema))])
 
 
-RESUME_OVERRIDES = ('--config.fl.num_rounds=12', '--config.checkpoint.every_rounds=4')
-
-
 @pytest.fixture(scope='module')
-def uninterrupted_run(tmp_path_factory, compilation_cache_dir):
-  """`(workdir, console)` of a 12-round run at the default verbosity."""
-  workdir = tmp_path_factory.mktemp('uninterrupted')
-  result = run_main(workdir, compilation_cache_dir, *RESUME_OVERRIDES)
-  return workdir, result.stdout + result.stderr
-
-
-@pytest.fixture(scope='module')
-def uninterrupted(uninterrupted_run):
-  return uninterrupted_run[0]
+def uninterrupted(main_run):
+  return main_run[0]
 
 
 def test_pipeline_writes_every_output(uninterrupted):
@@ -88,8 +70,8 @@ def test_pipeline_writes_every_output(uninterrupted):
   assert len(clients) == 3 and all(c['examples'] > 0 for c in clients)
 
 
-def test_console_reads_as_setup_progress_and_results(uninterrupted_run):
-  _, console = uninterrupted_run
+def test_console_reads_as_setup_progress_and_results(main_run):
+  _, console = main_run
   lines = console.splitlines()
   # Setup, one progress line per round (runlocal logs every round), the evaluators, the table.
   assert len(lines) <= 60, console
@@ -118,6 +100,9 @@ def test_sigkill_and_restart_ends_with_the_same_params(uninterrupted, tmp_path,
   assert not (tmp_path / 'results.json').exists()
 
   run_main(tmp_path, compilation_cache_dir, *RESUME_OVERRIDES)
+  # Only the params are compared: the resumed run skips the evaluation (and says so).
+  assert json.loads((tmp_path / 'results.json').read_text())['evaluators'] == []
+  assert not (tmp_path / 'eval').exists()
   step_a, resumed = final_params(tmp_path, runlocal_federation)
   step_b, reference = final_params(uninterrupted, runlocal_federation)
   assert step_a == step_b == 12
