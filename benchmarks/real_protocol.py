@@ -12,6 +12,8 @@ AUC (the detector trained on synthetic normals only), its ceiling (the same dete
 the pooled real normal training films), each hospital alone (on its own real normals),
 the utility ratio AUC(synthetic) / AUC(ceiling), sensitivity at the configured
 specificity, and sensitivity/specificity at the hospitals' own calibrated thresholds.
+`--select_checkpoint` evaluates, per seed, the saved round whose F-AD scores the validation
+split best (`python -m fedgan_jax.eval --select_on_validation`) instead of the last one.
 Arguments after `--` go to every run.
 """
 
@@ -31,28 +33,43 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'One subfolder per seed goes her
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (config.seed) to run.')
 _REEVALUATE = flags.DEFINE_bool('reevaluate', False, 'Evaluate finished seeds\' checkpoints again '
                                 'with the current config (G is not retrained).')
+_SELECT = flags.DEFINE_bool(
+    'select_checkpoint', False, 'Evaluate each seed at the saved round chosen on the '
+    'validation split (fedgan_jax/evaluation/selection.py).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def run_seed(seed: int, workdir: str, extra: list[str]) -> dict:
   """Trains and evaluates seed `seed` unless done; with --reevaluate, evaluates its checkpoint
   again with the config as it is now (the detector or evaluators changed, G did not)."""
-  command = None
+  commands = []
   if not os.path.exists(os.path.join(workdir, 'results.json')):
-    command = 'fedgan_jax.main'
-  elif _REEVALUATE.value:
-    command = 'fedgan_jax.eval'
-  if command:
+    commands.append(['fedgan_jax.main'])
+  if _SELECT.value:
+    # main evaluates its last round; the chosen one is evaluated after it, once.
+    if commands or _REEVALUATE.value or not _was_selected(workdir):
+      commands.append(['fedgan_jax.eval', '--select_on_validation'])
+  elif _REEVALUATE.value and not commands:
+    commands.append(['fedgan_jax.eval'])
+  for command in commands:
     started = time.time()
-    subprocess.run([sys.executable, '-m', command, f'--config={_CONFIG.value}',
+    subprocess.run([sys.executable, '-m', *command, f'--config={_CONFIG.value}',
                     f'--workdir={workdir}', f'--config.seed={seed}', *extra], check=True)
-    print(f'seed {seed}: {command} {time.time() - started:.0f} s', flush=True)
+    print(f'seed {seed}: {" ".join(command)} {time.time() - started:.0f} s', flush=True)
   # eval/ holds the latest evaluation of the checkpoint (main's own, or the eval binary's).
   with open(os.path.join(workdir, 'eval', 'results.json')) as f:
     results = json.load(f)
   with open(os.path.join(workdir, 'results.json')) as f:
     results['wall_time_s'] = json.load(f).get('wall_time_s')
   return results
+
+
+def _was_selected(workdir: str) -> bool:
+  path = os.path.join(workdir, 'eval', 'results.json')
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return 'checkpoint_selection' in json.load(f)
 
 
 def main(argv):

@@ -388,6 +388,16 @@ def restore_params(workdir: str, config, template_params, step: int | None = Non
   raise FileNotFoundError(f'no usable checkpoint in {directory}: ' + '; '.join(problems))
 
 
+def saved_steps(workdir: str) -> list[int]:
+  """The rounds saved under `workdir/checkpoints`, oldest first (none read back yet)."""
+  directory = checkpoint_directory(workdir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'no checkpoints under {directory}; train first with '
+                            f'`python -m fedgan_jax.main --workdir={workdir} ...`.')
+  with ocp.CheckpointManager(directory) as checkpoint_manager:
+    return sorted(int(step) for step in checkpoint_manager.all_steps())
+
+
 def newest_usable_step(workdir: str, config) -> int:
   """The newest step whose meta and params read back and pass the parameter check.
 

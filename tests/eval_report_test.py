@@ -4,7 +4,7 @@ from fedgan_jax.evaluation import report as eval_report
 
 
 def _results(auc, ceiling):
-  return {'scored_split': 'validation', 'wall_time_s': 100.0, 'anomaly': {
+  return {'scored_split': 'validation', 'wall_time_s': 100.0, 'step': 300, 'anomaly': {
       'auc': auc, 'ceiling': {'auc': ceiling}, 'utility_ratio': auc / ceiling,
       'site_alone': {'mean_auc': 0.7},
       'sensitivity_at_specificity': {'specificity': 0.9, 'sensitivity': 0.5},
@@ -30,5 +30,14 @@ def test_protocol_markdown_has_a_row_per_seed_and_the_mean():
           for seed, auc in ((0, 0.7), (1, 0.8), (2, 0.9))}
   text = eval_report.protocol_markdown('configs/zhanglab.py', ['--config.x=1'], rows)
   assert 'configs/zhanglab.py' in text and '--config.x=1' in text
-  assert '| mean ± std (3 seeds) | 0.800 ± 0.100 | 0.900 ± 0.000 |' in text
+  assert '| mean ± std (3 seeds) |  | 0.800 ± 0.100 | 0.900 ± 0.000 |' in text
+  assert '| 0 | 300 | 0.700 |' in text
   assert text.count('\n| ') == 5  # The header, 3 seeds and the mean (the rule starts '|-').
+
+
+def test_protocol_markdown_names_a_round_chosen_on_validation():
+  results = dict(_results(0.8, 0.9), step=200,
+                 checkpoint_selection={'on': 'validation', 'selected_step': 200})
+  rows = {0: eval_report.protocol_row(results)}
+  assert '| 0 | 200 (chosen on validation) | 0.800 |' in eval_report.protocol_markdown(
+      'configs/pneumoniamnist.py', [], rows)

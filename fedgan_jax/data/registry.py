@@ -2,7 +2,8 @@
 
 Each data source module exposes `build_federation(data_config, conditions_config,
 seed) -> FederatedDataset`; they are imported lazily so that, e.g., a phantom run
-never imports the PNG decoding stack.
+never imports the PNG decoding stack. `validation_config(config)` is the same experiment
+scoring its validation split (for choosing a checkpoint or setting), hospitals unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +18,30 @@ SOURCES = {
     'medmnist': 'fedgan_jax.data.medmnist',
     'zhanglab': 'fedgan_jax.data.zhanglab',
 }
+
+
+def validation_config(config):
+  """A copy of `config` whose federation scores the data source's validation split.
+
+  The hospitals' data is the same as under `config` (the validation patients never reach a
+  hospital in either), so a choice made on it holds for the run that scores the test split.
+  """
+  config = config.copy_and_resolve_references()
+  data = config.data
+  if data.name in ('zhanglab', 'cxr14'):
+    if not data.split.validation_fraction:
+      raise ValueError(f'data.split.validation_fraction is 0: this {data.name} config carves no '
+                       'validation split to choose on; set it > 0 (and retrain).')
+    data.split.score = 'validation'
+  elif data.name == 'medmnist':
+    if 'val' in data.train_splits:
+      raise ValueError("data.train_splits includes 'val': MedMNIST's validation split trains "
+                       'the hospitals here, so nothing is left to choose on.')
+    data.test_split = 'val'  # The released validation split.
+  else:
+    raise ValueError(f'data.name={data.name!r} has no validation split to choose on (the '
+                     'phantom draws its test split only); pick the step with --step.')
+  return config
 
 
 def load_federation(config) -> dataset_lib.FederatedDataset:

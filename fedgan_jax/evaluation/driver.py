@@ -271,7 +271,8 @@ def check_eval_config(config) -> None:
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None,
                         shared: context_lib.SharedModels | None = None,
-                        federation: dataset_lib.FederatedDataset | None = None) -> dict:
+                        federation: dataset_lib.FederatedDataset | None = None,
+                        out_dir: str | None = None, selection: dict | None = None) -> dict:
   """Restores a checkpoint's params, runs `config.eval.evaluators`, writes `workdir/eval/`.
 
   Args:
@@ -282,6 +283,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None,
     shared: models fitted on the real data, to reuse across methods (see
       `context_lib.SharedModels`).
     federation: `registry.load_federation(config)` when the caller already built it.
+    out_dir: where results and figures go (default `workdir/eval`).
+    selection: how `step` was chosen (`selection.best_step_on_validation`), reported.
 
   Returns:
     The content of `results.json`.
@@ -304,13 +307,15 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None,
   if g_params is None:
     g_params = params['generator']
   return evaluate_generator(config, workdir, step, meta, federation, task, g_params, shared,
-                            started, d_params=params['discriminator'])
+                            started, d_params=params['discriminator'], out_dir=out_dir,
+                            selection=selection)
 
 
 def evaluate_generator(config, workdir: str, step: int, meta: dict,
                        federation: dataset_lib.FederatedDataset, task: client_lib.GanTask,
                        g_params, shared: context_lib.SharedModels | None = None,
-                       started: float | None = None, d_params=None) -> dict:
+                       started: float | None = None, d_params=None,
+                       out_dir: str | None = None, selection: dict | None = None) -> dict:
   """Runs `config.eval.evaluators` on G's sampling params and writes `workdir/eval/`.
 
   The main job calls this with the state it just checkpointed (a restore would be a
@@ -322,9 +327,11 @@ def evaluate_generator(config, workdir: str, step: int, meta: dict,
     started: `time.perf_counter()` when the caller started (for the timing report).
     d_params: the federated D's params, for detectors that read D (`anomaly.features`,
       `anomaly.score='judge'`).
+    out_dir: where results and figures go (default `workdir/eval`).
+    selection: how `step` was chosen, reported in results.json/results.md.
   """
   started = time.perf_counter() if started is None else started
-  out_dir = os.path.join(workdir, 'eval')
+  out_dir = out_dir or os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
   context = context_lib.EvalContext(config=config, federation=federation, task=task,
                         g_params=g_params, out_dir=out_dir, d_params=d_params,
@@ -336,6 +343,8 @@ def evaluate_generator(config, workdir: str, step: int, meta: dict,
              'reference': config.eval.reference, 'privacy': privacy_report(meta),
              'sampling_noise_scale': task.sample_noise_scale,
              'evaluators': list(config.eval.evaluators)}
+  if selection:
+    results['checkpoint_selection'] = selection
   for name in config.eval.evaluators:
     evaluator_started = time.perf_counter()
     results[name] = EVALUATORS[name](context)

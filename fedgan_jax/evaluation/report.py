@@ -142,6 +142,13 @@ def results_markdown(results: Mapping[str, Any]) -> str:
            + (f' Every generated image draws z ~ N(0, s^2 I) with s = '
               f'{results["sampling_noise_scale"]:g} (sampling.noise_scale; 1 = as in training).'
               if 'sampling_noise_scale' in results else ''), '']
+  selection = results.get('checkpoint_selection')
+  if selection:
+    candidates = ', '.join(f'{step}: {number(auc)}' for step, auc in
+                           selection['auc_by_step'].items())
+    parts += [f'Checkpoint: round {selection["selected_step"]}, chosen on the '
+              f'{selection["on"]} split by {selection["metric"]} among the saved rounds '
+              f'({candidates}); numbers on that split itself are optimistic.', '']
   privacy = results['privacy']
   if privacy.get('mode', 'none') == 'none':
     parts += ['Privacy: ' + privacy.get('note', 'DP was off.'), '']
@@ -264,6 +271,8 @@ def protocol_row(results: Mapping[str, Any]) -> dict:
   federated = anomaly.get('site_calibrated', {}).get('federated', {})
   return {
       'scored_split': results.get('scored_split', 'test'),
+      'step': results.get('step'),
+      'step_chosen_on': results.get('checkpoint_selection', {}).get('on'),
       'auc': anomaly['auc'],
       'ceiling_auc': anomaly.get('ceiling', {}).get('auc'),
       'site_alone_auc': anomaly.get('site_alone', {}).get('mean_auc'),
@@ -289,13 +298,20 @@ def mean_std(values) -> str:
   return f'{mean:.3f} ± {std:.3f}'
 
 
+def _round(row: Mapping[str, Any]) -> str:
+  """The evaluated round, and where it was chosen when it was."""
+  step = '—' if row.get('step') is None else str(row['step'])
+  return f'{step} (chosen on {row["step_chosen_on"]})' if row.get('step_chosen_on') else step
+
+
 def protocol_markdown(config: str, overrides, rows: Mapping[int, Mapping[str, Any]]) -> str:
   """Per-seed rows and their mean ± std, with the command that made them."""
   splits = sorted({row['scored_split'] for row in rows.values()})
-  headers = ['seed'] + [header for _, header in PROTOCOL_COLUMNS] + ['main wall time (s)']
-  body = [[str(seed)] + [number(row[key]) for key, _ in PROTOCOL_COLUMNS]
+  headers = (['seed', 'round'] + [header for _, header in PROTOCOL_COLUMNS]
+             + ['main wall time (s)'])
+  body = [[str(seed), _round(row)] + [number(row[key]) for key, _ in PROTOCOL_COLUMNS]
           + [number(row['wall_time_s'], 0)] for seed, row in sorted(rows.items())]
-  body.append([f'mean ± std ({len(rows)} seeds)']
+  body.append([f'mean ± std ({len(rows)} seeds)', '']
               + [mean_std(row[key] for row in rows.values()) for key, _ in PROTOCOL_COLUMNS]
               + [mean_std(row['wall_time_s'] for row in rows.values())])
   return '\n'.join([
