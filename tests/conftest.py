@@ -74,10 +74,20 @@ def main_command(workdir, cache_dir, *overrides, config='configs/phantom.py:runl
           f'--compilation_cache={cache_dir}', *tiny_model_flags(), *overrides]
 
 
+def binary_env(**extra) -> dict[str, str]:
+  """The environment of the binaries the tests start: this checkout on the path, and XLA's
+  backend optimizations off. Their short runs are compile-bound and their checks do not depend
+  on those optimizations; one setting for all of them lets the session's compilation cache
+  serve each program once (the eval binary's numbers then equal main's to the last digit).
+  """
+  xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+  return dict(os.environ, PYTHONPATH=str(REPO_ROOT), XLA_FLAGS=xla_flags, **extra)
+
+
 def run_main(workdir, cache_dir, *overrides, check=True):
   return subprocess.run(main_command(workdir, cache_dir, *overrides), cwd=REPO_ROOT,
                         capture_output=True, text=True, timeout=900, check=check,
-                        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+                        env=binary_env())
 
 
 # The shared run's length: checkpoints at rounds 4, 8 and 12.

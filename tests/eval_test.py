@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import binary_env
 from conftest import tiny_model_flags
 from conftest import with_tiny_model
 from configs import eval_common
@@ -60,7 +61,8 @@ def binary_run(trained, compilation_cache_dir):
   process = subprocess.run(
       [sys.executable, '-m', 'fedgan_jax.eval', '--config=configs/phantom.py:runlocal',
        f'--workdir={workdir}', f'--compilation_cache={compilation_cache_dir}',
-       *tiny_model_flags()], cwd=REPO_ROOT, check=True, capture_output=True, text=True)
+       *tiny_model_flags()], cwd=REPO_ROOT, check=True, capture_output=True, text=True,
+      env=binary_env())
   out = os.path.join(workdir, 'eval')
   with open(os.path.join(out, 'results.json')) as f:
     results = json.load(f)

@@ -6,7 +6,6 @@ official layout made here, and check what `results.json` says about the real tes
 """
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from fedgan_jax.data import augment
 from fedgan_jax.data import conditions as conditions_lib
 from fedgan_jax.evaluation import anomaly as anomaly_lib
 from fedgan_jax.federated import task as task_lib
+from conftest import binary_env
 import data_fixtures
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -90,17 +90,17 @@ def _run_main(config: str, workdir: pathlib.Path, cache_dir: str, *overrides: st
              '--config.fl.num_rounds=2', '--config.checkpoint.every_rounds=1',
              '--config.anomaly.steps=5',
              # XLA's CPU compile of the client update is most of this run: one local step, one
-             # block less in G's encoder and in D, and XLA's backend optimizations off shrink
-             # it (60 s -> 42 s for PneumoniaMNIST); the image-size geometry (seed size, decoder)
-             # stays the config's own, and what is checked is the data path and the outputs.
+             # block less in G's encoder and in D, and XLA's backend optimizations off
+             # (conftest.binary_env) shrink it (60 s -> 42 s for PneumoniaMNIST); the image-size
+             # geometry (seed size, decoder) stays the config's own, and what is checked is the
+             # data path and the outputs.
              '--config.fl.local_steps=1', '--config.model.generator.encoder_channels=(16,)',
              '--config.model.discriminator.channels=(8,)',
              # The evaluators that read the data source (its test split, its labels and
              # records); the others are data-blind and run end to end in train_test/eval_test.
              "--config.eval.evaluators=('conditioning', 'memorization', 'anomaly')", *overrides]
-  xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
   process = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                           env=dict(os.environ, XLA_FLAGS=xla_flags.strip()))
+                           env=binary_env())
   assert process.returncode == 0, process.stderr[-3000:]
   return json.loads((workdir / 'results.json').read_text())
 

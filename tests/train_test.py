@@ -11,7 +11,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -20,6 +19,7 @@ import pytest
 
 from conftest import MAIN_RUN_OVERRIDES
 from conftest import REPO_ROOT
+from conftest import binary_env
 from conftest import main_command
 from conftest import run_main
 from conftest import with_tiny_model
@@ -89,7 +89,7 @@ def test_sigkill_and_restart_ends_with_the_same_params(uninterrupted, tmp_path,
   with open(log, 'w') as log_file:
     process = subprocess.Popen(main_command(tmp_path, compilation_cache_dir, *RESUME_OVERRIDES),
                                cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT,
-                               env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+                               env=binary_env())
   checkpoint = tmp_path / 'checkpoints' / '4'
   deadline = time.time() + 600
   while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
