@@ -3,8 +3,7 @@
 The timing loop runs on an injected clock, and each fake candidate advances it by its own
 round time, so the tests know which is fastest. The last test runs the engine's real
 candidates once on the runlocal phantom with tiny networks (one candidate, within a tiny
-budget) and then hits
-the cache.
+budget) and then hits the cache.
 """
 
 import dataclasses
