@@ -2,8 +2,8 @@
 
 The timing loop runs on an injected clock, and each fake candidate advances it by its own
 round time, so the tests know which is fastest. The last test runs the engine's real
-candidates once on the runlocal task (one candidate, within a tiny budget) and then hits
-the cache.
+candidates once on the runlocal phantom with tiny networks (one candidate, within a tiny
+budget) and then hits the cache.
 """
 
 import dataclasses
@@ -13,6 +13,8 @@ import math
 import pytest
 
 from fedgan_jax.federated import autotune
+
+from conftest import with_tiny_model
 
 
 class FakeClock:
@@ -158,24 +160,28 @@ def test_choose_execution_respects_a_forced_choice(runlocal_config):
   assert chosen.round_fn is None and 'runtime.strategy' in chosen.note
 
 
-def test_choose_execution_measures_once_then_reuses(runlocal_config, runlocal_federation,
-                                                    runlocal_task, tmp_path):
+def test_choose_execution_measures_once_then_reuses(tmp_path):
+  from configs import phantom  # pylint: disable=g-import-not-at-top
+  from fedgan_jax.data import registry  # pylint: disable=g-import-not-at-top
   from fedgan_jax.federated import rngs  # pylint: disable=g-import-not-at-top
   from fedgan_jax.federated import sampling  # pylint: disable=g-import-not-at-top
   from fedgan_jax.federated import server as server_lib  # pylint: disable=g-import-not-at-top
-  config = runlocal_config.copy_and_resolve_references()
+  from fedgan_jax.federated import task as task_lib  # pylint: disable=g-import-not-at-top
+  # `TINY_MODEL`'s networks: what is checked is which execution is chosen, built, cached and
+  # reused, not its speed; the compile of the candidate's client update shrinks with them.
+  config = with_tiny_model(phantom.get_config('runlocal'))
+  federation = registry.load_federation(config)
+  task = task_lib.build_task(config, federation.schema, federation.image_shape)
   config.runtime.strategy = 'auto'
   config.runtime.autotune = dataclasses.replace(
       config.runtime.autotune, min_rounds=2, rounds=1, budget_s=1e-6,
       cache=str(tmp_path / 'decisions.json'))
-  federation = runlocal_federation
-  server = server_lib.build(config, runlocal_task, federation.image_shape,
-                            federation.schema.model_dim)
+  server = server_lib.build(config, task, federation.image_shape, federation.schema.model_dim)
   clients = federation.clients
   inputs = sampling.round_inputs(clients, list(range(len(clients))), config.seed, 0,
                                  config.fl.local_steps, config.fl.batch_size)
   choose = lambda rounds: server_lib.choose_execution(
-      config, runlocal_task, server, lambda: (inputs, rngs.round_key(config.seed, 0)), rounds)
+      config, task, server, lambda: (inputs, rngs.round_key(config.seed, 0)), rounds)
   short = choose(1)  # Fewer rounds than autotune_min_rounds: the backend default.
   assert short.execution.strategy == 'threads' and 'not measured' in short.note
   # The tiny budget lets only the first candidate run; its round function is handed over,

@@ -1,6 +1,7 @@
 """Detector variants (issue 21): ensembles, memory in-painting, D's features and judgment."""
 
 import copy
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +14,17 @@ from fedgan_jax.evaluation import context as context_lib
 from fedgan_jax.evaluation import detectors
 from fedgan_jax.evaluation import discriminator_view
 from fedgan_jax.federated import client as client_lib
+from fedgan_jax.federated import task as task_lib
 from fedgan_jax.models import discriminator as discriminator_lib
 from fedgan_jax.models import inpainting
+
+from conftest import with_tiny_model
+
+
+# For the tests' own flax calls: one compiled program rather than eager flax (which compiles
+# op by op), its compile cut by XLA's backend optimizations off (and an RBG key for inits):
+# these tests read the networks' outputs and shapes, not how fast they come.
+_FAST_COMPILE = {'xla_backend_optimization_level': 0}
 
 
 def test_rank_normalize_counts_ties_half():
@@ -68,19 +78,21 @@ def test_neighbour_mean_masks_the_centre_and_patches_round_trip():
 def test_inpainter_shapes_and_patch_check():
   model = inpainting.MemoryInpainter(patch=4, embedding_dim=8, memory_slots=5, hidden=16)
   x = jnp.zeros((3, 8, 8, 2))
-  params = model.init(jax.random.key(0), x)['params']
+  params = jax.jit(model.init, compiler_options=_FAST_COMPILE)(jax.random.key(0, impl='rbg'),
+                                                              x)['params']
   assert params['memory'].shape == (5, 8) and params['positions'].shape == (2, 2, 8)
-  out = model.apply({'params': params}, x)
+  out = jax.jit(model.apply, compiler_options=_FAST_COMPILE)({'params': params}, x)
   assert out.shape == x.shape and bool(jnp.all(jnp.abs(out) <= 1))
   with pytest.raises(ValueError, match='inpaint_patch'):
-    model.init(jax.random.key(0), jnp.zeros((1, 6, 6, 1)))
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 6, 6, 1)))
 
 
 def _view(channels=(8, 16), group=4, condition_dim=3):
   module = discriminator_lib.Discriminator(channels=channels, value_dim=2, input_unshuffle=2,
                                            minibatch_std_group=group)
-  params = module.init(jax.random.key(1), jnp.zeros((4, 16, 16, 1)),
-                       jnp.zeros((4, condition_dim)))['params']
+  init = jax.jit(module.init, compiler_options=_FAST_COMPILE)
+  params = init(jax.random.key(1, impl='rbg'), jnp.zeros((4, 16, 16, 1)),
+                jnp.zeros((4, condition_dim)))['params']
   return discriminator_view.DiscriminatorView(module, params, np.full(condition_dim, 0.5,
                                                                       np.float32))
 
@@ -96,15 +108,18 @@ def test_discriminator_features_and_judge():
                              rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match='discriminator_block'):
     discriminator_view.feature_maps(view, images, 2)
-  floats = jnp.asarray(images[:4], jnp.float32) / 127.5 - 1
-  expected = view.module.apply({'params': view.params}, floats,
-                               jnp.broadcast_to(view.condition, (4, 3)))['logit']
-  np.testing.assert_allclose(discriminator_view.judge_logits(view.params, view.module,
-                                                             view.condition, floats),
-                             expected, rtol=1e-5)
+
+  @functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
+  def logits(floats):
+    four = floats[:4]
+    expected = view.module.apply({'params': view.params}, four,
+                                 jnp.broadcast_to(view.condition, (4, 3)))['logit']
+    judge = lambda x: discriminator_view.judge_logits(view.params, view.module, view.condition, x)
+    return expected, judge(four), judge(floats)
+
+  expected, four, five = logits(jnp.asarray(images, jnp.float32) / 127.5 - 1)
+  np.testing.assert_allclose(four, expected, rtol=1e-5)
   # Five films are padded to a group of four: the first four keep their logits.
-  five = discriminator_view.judge_logits(view.params, view.module, view.condition,
-                                         jnp.asarray(images, jnp.float32) / 127.5 - 1)
   assert five.shape == (5,)
   np.testing.assert_allclose(five[:4], expected, rtol=1e-5)
 
@@ -120,17 +135,21 @@ def test_feature_normalization_by_hand():
 
 
 @pytest.fixture(scope='module')
-def context(runlocal_config, runlocal_federation, runlocal_task, tmp_path_factory):
-  """An untrained G and D on the runlocal phantom (the detectors' plumbing, not their AUC)."""
-  config = copy.deepcopy(runlocal_config)
+def context(runlocal_config, runlocal_federation, tmp_path_factory):
+  """An untrained G and D on the runlocal phantom (the detectors' plumbing, not their AUC), with
+  `TINY_MODEL`'s networks: the plumbing is width-blind, and G's and D's compiles shrink."""
+  config = with_tiny_model(copy.deepcopy(runlocal_config))
   config.anomaly.update(steps=5, num_synthetic=32)
   # site_alone trains through the same `context.train_detector` as the ceiling: left out for time.
   config.eval.anomaly_baselines = ('ceiling',)
-  params = client_lib.init_params(runlocal_task, jax.random.key(0),
-                                  runlocal_federation.image_shape,
-                                  runlocal_federation.schema.model_dim)
+  federation = runlocal_federation  # The data does not depend on the networks.
+  task = task_lib.build_task(config, federation.schema, federation.image_shape)
+  init = jax.jit(lambda key: client_lib.init_params(task, key, federation.image_shape,
+                                                    federation.schema.model_dim),
+                 compiler_options=_FAST_COMPILE)
+  params = init(jax.random.key(0, impl='rbg'))
   return context_lib.EvalContext(
-      config=config, federation=runlocal_federation, task=runlocal_task,
+      config=config, federation=federation, task=task,
       g_params=params['generator'], d_params=params['discriminator'],
       out_dir=str(tmp_path_factory.mktemp('eval')), shared=context_lib.SharedModels())
 

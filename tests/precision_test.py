@@ -3,7 +3,8 @@
 A few rounds of the runlocal phantom in bfloat16 must track the same rounds in float32:
 the losses within 1e-2 (measured: <= 2.5e-3 after 4 rounds), every param within 1e-2 of
 float32's (measured 2.3e-3, where Adam moved params by up to 4.9e-3), and the whole
-update (params minus initial params) within 20% of float32's in L2 norm.
+update (params minus initial params) within 20% of float32's in L2 norm. (3 rounds with the
+client update compiled at XLA backend optimization level 0: 2.4e-3, 2.9e-3 and 12%.)
 """
 
 import jax
@@ -25,7 +26,10 @@ def _run(config, federation, precision):
   config.runtime.precision = precision
   task = task_lib.build_task(config, federation.schema, federation.image_shape)
   server = server_lib.build(config, task, federation.image_shape, federation.schema.model_dim)
-  round_fn = algorithm.make_round_fn(task, server.server_optimizer, 'sequential')
+  # XLA's backend optimizations off for the client update, whose compile is most of this
+  # test's time: LLVM's code generation does not change what bfloat16 rounds, which the HLO says.
+  round_fn = algorithm.make_round_fn(task, server.server_optimizer, 'sequential',
+                                     client_compiler_options={'xla_backend_optimization_level': 0})
   state, history = server.state, []
   for r in range(ROUNDS):
     ids = sampling.sample_clients(config.seed, r, len(federation.clients), 0)

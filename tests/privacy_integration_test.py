@@ -6,6 +6,7 @@ example-level DP runs the real runlocal GAN.
 """
 
 import dataclasses
+import functools
 import json
 
 import jax
@@ -30,6 +31,19 @@ from fedgan_jax.privacy import dp_sgd
 from fedgan_jax.privacy import engine
 
 
+# The tests' own programs compiled with XLA's backend optimizations off: their compile is most
+# of these tests' time, and what they check (two inputs through one program, a norm against a
+# bound) is the HLO's math, not LLVM's code generation.
+_jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
+
+
+def _init_params(task, federation):
+  """`client_lib.init_params` of `task` from the RBG key 0, compiled by `_jit`."""
+  init = _jit(lambda key: client_lib.init_params(task, key, tuple(federation.image_shape),
+                                                 federation.schema.model_dim))
+  return init(jax.random.key(0, impl='rbg'))
+
+
 @pytest.fixture(scope='module')
 def dp_config():
   config = phantom_dp.get_config('runlocal')
@@ -51,6 +65,9 @@ def test_example_dp_run_logs_epsilon_and_stops_cleanly_at_the_budget(dp_config, 
                                                                       tmp_path):
   config = dp_config.copy_and_resolve_references()
   config.fl.num_rounds = 5
+  # One compiled DP-SGD step, run K times, instead of K unrolled in one program: half the
+  # compile, and the same steps, accounting and diagnostics.
+  config.runtime.fuse_local_steps = False
   config.dp.target_epsilon = None
   config.dp.noise_multiplier = 1.0
   probe = engine.PrivacyPlan.from_config(config, dp_federation.client_sizes)
@@ -112,14 +129,12 @@ def test_generator_update_depends_on_conditions_and_noise_not_images(dp_config, 
   # D frozen (lr 0), so G's step sees identical D params whatever the images were.
   config.fl.client_optimizer.d_learning_rate = 0.0
   task = private_task(config, dp_federation)
-  params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
-                                  tuple(dp_federation.image_shape),
-                                  dp_federation.schema.model_dim)
+  params = _init_params(task, dp_federation)
   batches = sampling.client_batches(dp_federation.clients[0], 0, 0, 0, 1, 8)
   batch = jax.tree.map(lambda x: x[0], batches)
   other = dict(batch, image=np.asarray(dp_federation.clients[1].images[:8]))
-  step = jax.jit(lambda b: client_lib.client_step(task, client_lib.client_init(task, params), b,
-                                                  jax.random.key(1)))
+  step = _jit(lambda b: client_lib.client_step(task, client_lib.client_init(task, params), b,
+                                               jax.random.key(1)))
   state_a, metrics_a = step(batch)
   state_b, metrics_b = step(other)
   # D did see the images (its loss differs), G's new params did not.
@@ -151,18 +166,16 @@ def test_public_fakes_bound_one_records_influence_on_d_by_the_clip(dp_config, dp
   config = _public_prior_config(dp_config, clip_norm=clip, noise_multiplier=0.0)
   task = private_task(config, dp_federation)
   assert task.public_fake_conditions and task.fake_term_gradient is None
-  params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
-                                  tuple(dp_federation.image_shape),
-                                  dp_federation.schema.model_dim)
+  params = _init_params(task, dp_federation)
   batch = _public_prior_batch(dp_federation)
   other = _public_prior_batch(dp_federation, client_index=1)
   neighbour = dict(batch)
   for key in ('image', 'condition'):  # Example 0's whole record replaced by another patient's.
     neighbour[key] = np.concatenate([other[key][:1], batch[key][1:]])
-  fake = client_lib.generate(task, params['generator'],
-                             batch[client_lib.FAKE_CONDITION_KEY], jax.random.key(2))
+  fake = _jit(lambda c: client_lib.generate(task, params['generator'], c, jax.random.key(2)))(
+      batch[client_lib.FAKE_CONDITION_KEY])
 
-  @jax.jit
+  @_jit
   def d_gradient(b):
     return client_lib.private_split_discriminator_gradient(
         task, params['discriminator'], b, fake, b[client_lib.FAKE_CONDITION_KEY],
@@ -190,13 +203,11 @@ def test_public_fakes_keep_every_record_out_of_gs_update(dp_config, dp_federatio
     config.fl.fake_conditions = fake_conditions
     task = task_lib.build_task(config, dp_federation.schema, dp_federation.image_shape)
     if params is None:
-      params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
-                                      tuple(dp_federation.image_shape),
-                                      dp_federation.schema.model_dim)
+      params = _init_params(task, dp_federation)
     batch = _public_prior_batch(dp_federation)
     other = _public_prior_batch(dp_federation, client_index=1)
     records_swapped = dict(batch, image=other['image'], condition=other['condition'])
-    step = jax.jit(lambda b, t=task: client_lib.client_step(
+    step = _jit(lambda b, t=task: client_lib.client_step(
         t, client_lib.client_init(t, params), b, jax.random.key(1)))
     new_generators[fake_conditions] = [step(b)[0].params['generator']
                                        for b in (batch, records_swapped)]
@@ -213,16 +224,14 @@ def test_clipped_fake_term_bounds_each_fake_examples_gradient(dp_config, dp_fede
   config = _public_prior_config(dp_config, clip_norm=clip, noise_multiplier=0.0,
                                 clip_fake_term=True)
   task = private_task(config, dp_federation)
-  params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
-                                  tuple(dp_federation.image_shape),
-                                  dp_federation.schema.model_dim)
+  params = _init_params(task, dp_federation)
   batch = _public_prior_batch(dp_federation)
-  fake_batch = {'fake': client_lib.generate(task, params['generator'],
-                                            batch[client_lib.FAKE_CONDITION_KEY],
-                                            jax.random.key(2)),
+  fake_batch = {'fake': _jit(lambda c: client_lib.generate(task, params['generator'], c,
+                                                           jax.random.key(2)))(
+                    batch[client_lib.FAKE_CONDITION_KEY]),
                 client_lib.FAKE_CONDITION_KEY: batch[client_lib.FAKE_CONDITION_KEY]}
   fake_loss = lambda p, b, r: client_lib.discriminator_fake_loss(task, p, b, r)
-  grads, metrics = jax.jit(lambda b: task.fake_term_gradient(
+  grads, metrics = _jit(lambda b: task.fake_term_gradient(
       fake_loss, params['discriminator'], b, jax.random.key(3)))(fake_batch)
   assert float(metrics['clipped_fraction']) == 1.0
   # The mean of 8 gradients each clipped to C, with no noise: norm <= C.

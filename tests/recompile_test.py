@@ -55,25 +55,36 @@ def tiny_federation_config():
   for hospital, examples in zip(config.data.hospitals, _CLIENT_SIZES):
     hospital.examples = examples
   config.data.test_examples = 8
+  # One local step: what must not change between rounds (the programs' input shapes, dtypes
+  # and shardings) is the same for any K, and the compile of the unrolled steps grows with K.
+  config.fl.local_steps = 1
   federation = phantom.build_federation(config.data, config.conditions, config.seed)
-  return config, federation
+  # The initial params, once for both strategies (init is not under test): one program at
+  # XLA backend opt level 0, whose compile the default level's would take several times.
+  task = task_lib.build_task(config, federation.schema, federation.image_shape)
+  init = jax.jit(lambda key: client_lib.init_params(task, key, tuple(federation.image_shape),
+                                                    federation.schema.model_dim),
+                 compiler_options={'xla_backend_optimization_level': 0})
+  return config, federation, init(jax.random.key(0, impl='rbg'))
 
 
 @pytest.mark.parametrize('strategy', ['sequential', 'vmap'])
 def test_rounds_after_the_first_do_not_recompile(tiny_federation_config, strategy):
-  config, federation = tiny_federation_config
+  config, federation, params = tiny_federation_config
   counter = _Counter()
   task = task_lib.build_task(config, federation.schema, federation.image_shape)
   task = dataclasses.replace(task, d_optimizer=counter.wrap(task.d_optimizer),
                              g_optimizer=counter.wrap(task.g_optimizer))
   server_optimizer = counter.wrap(optimizers.build_server_optimizer(config.fl.server_optimizer))
-  params = client_lib.init_params(task, jax.random.key(0, impl='rbg'),
-                                  tuple(federation.image_shape), federation.schema.model_dim)
   state = algorithm.server_init(params, server_optimizer)
   mesh = algorithm.client_mesh() if strategy == 'vmap' else None
   if mesh is not None:
     state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
-  round_fn = algorithm.make_round_fn(task, server_optimizer, strategy, mesh)
+  # The sequential round's client update compiled at XLA backend opt level 0, for time (the
+  # vmap round takes no options): compile options do not change when jax traces or compiles.
+  round_fn = algorithm.make_round_fn(
+      task, server_optimizer, strategy, mesh,
+      client_compiler_options={'xla_backend_optimization_level': 0})
 
   participants, weights_seen, per_round = [], [], []
   jax.monitoring.register_event_duration_secs_listener(counter.on_event)
