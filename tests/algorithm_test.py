@@ -42,14 +42,6 @@ def tiny_task_and_federation():
   return task_lib.build_task(config, federation.schema, federation.image_shape), federation
 
 
-def _client_options(ynn_fusions):
-  """`runtime.ynn_fusions`'s client-update options, plus XLA's backend optimizations off: these
-  tests compare how a round is assembled, the same HLO math whatever LLVM makes of it, and the
-  client update's compile is most of their time."""
-  return dict(cpu_backend.client_compiler_options(ynn_fusions) or {},
-              xla_backend_optimization_level=0)
-
-
 def _fedavg_both_ways(deltas, weights):
   """FedAvg's mean over a client axis, and client by client; checks they agree."""
   fedavg = aggregation.FedAvg()
@@ -191,11 +183,11 @@ def test_round_equals_hand_assembled_fedavg(tiny_task_and_federation, fuse_local
   round_rng = jax.random.key(3)
   new_state, metrics = algorithm.make_round_fn(
       task, server_optimizer, 'sequential', fuse_local_steps=fuse_local_steps,
-      client_compiler_options=_client_options(ynn_fusions))(
+      client_compiler_options=cpu_backend.client_compiler_options(ynn_fusions))(
           state, batches, weights, ids, round_rng)
 
   # The reference deltas: `execution.local_update` per client, one program for every case.
-  local = execution.ClientUpdate(task, True, _client_options(False))
+  local = execution.ClientUpdate(task, True, cpu_backend.client_compiler_options(False))
   deltas = [local(params, jax.tree.map(lambda x, i=i: x[i], batches),
                   jax.random.fold_in(round_rng, ids[i]))[0] for i in range(2)]
   sizes = [len(federation.clients[0]), len(federation.clients[2])]
@@ -218,7 +210,7 @@ def test_threads_give_bit_identical_params_to_sequential(tiny_task_and_federatio
     # The options of the hand-assembled test's round, whose compiled client program this reuses.
     round_fn = algorithm.make_round_fn(
         task, server_optimizer, strategy, client_threads=threads,
-        client_compiler_options=_client_options(False))
+        client_compiler_options=cpu_backend.client_compiler_options(False))
     state = algorithm.server_init(params, server_optimizer)
     for r in range(3):
       batches, weights, ids = sampling.round_inputs(federation.clients, np.array([0, 1, 2]), 0,
@@ -281,11 +273,8 @@ _STRATEGY_SCRIPT = textwrap.dedent('''
 
 def test_vmap_on_1_and_4_devices_sequential_and_threads_agree(tmp_path):
   out = tmp_path / 'params.npz'
-  # XLA's backend optimizations off: the two vmapped rounds then compile in a fraction of the
-  # time, and what is compared (one program's params under three client-axis layouts and
-  # per-client runs) is the same HLO math whatever LLVM makes of it.
-  xla_flags = (f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4 "
-               '--xla_backend_optimization_level=0')
+  # The session's XLA flags (conftest.TEST_XLA_FLAGS) and 4 CPU devices.
+  xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
   env = dict(os.environ, XLA_FLAGS=xla_flags.strip(), PYTHONPATH=str(REPO_ROOT))
   subprocess.run([sys.executable, '-c', _STRATEGY_SCRIPT, str(out)], cwd=REPO_ROOT, env=env,
                  check=True, timeout=900)

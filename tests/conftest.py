@@ -75,13 +75,10 @@ def main_command(workdir, cache_dir, *overrides, config='configs/phantom.py:runl
 
 
 def binary_env(**extra) -> dict[str, str]:
-  """The environment of the binaries the tests start: this checkout on the path, and XLA's
-  backend optimizations off. Their short runs are compile-bound and their checks do not depend
-  on those optimizations; one setting for all of them lets the session's compilation cache
-  serve each program once (the eval binary's numbers then equal main's to the last digit).
-  """
-  xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
-  return dict(os.environ, PYTHONPATH=str(REPO_ROOT), XLA_FLAGS=xla_flags, **extra)
+  """The environment of the binaries the tests start: this checkout on the path, and the
+  session's XLA flags (`TEST_XLA_FLAGS`, inherited), so the session's compilation cache
+  serves each program once (the eval binary's numbers then equal main's to the last digit)."""
+  return dict(os.environ, PYTHONPATH=str(REPO_ROOT), **extra)
 
 
 def run_main(workdir, cache_dir, *overrides, check=True):
@@ -128,21 +125,47 @@ def runlocal_task(runlocal_config, runlocal_federation):
                              runlocal_federation.image_shape)
 
 
-def pytest_configure(config):
-  """One fresh persistent XLA cache for the session, this process's compiles included.
+# XLA flags of the whole test session, this process and every binary it starts: LLVM's backend
+# optimizations off. The suite is compile-bound (hundreds of small programs, a few rounds each)
+# and checks what programs compute, which the HLO fixes whatever LLVM makes of it; speed is
+# measured in benchmarks/, at the default level. Roughly halves each compile.
+TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
+# Set by the first process of a session (pytest-xdist's controller), read by its workers.
+_CACHE_ENV = 'FEDGAN_JAX_TEST_XLA_CACHE'
 
-  Identical programs (a task rebuilt by another test, the binaries' repeated runs) then
-  compile once per session, and nothing carries over from one session or CI run to the next.
-  Set before collection, so no test module's import compiles without it.
+
+def pytest_configure(config):
+  """The session's XLA flags and one fresh persistent XLA cache, shared by its processes.
+
+  Identical programs (a task rebuilt by another test, the binaries' repeated runs, the same
+  fixture in two pytest-xdist workers) then compile once per session, and nothing carries
+  over from one session or CI run to the next. Set before collection, so no test module's
+  import compiles without them.
   """
+  if TEST_XLA_FLAGS not in os.environ.get('XLA_FLAGS', ''):
+    os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
   import jax  # pylint: disable=g-import-not-at-top
-  config.xla_cache_dir = tempfile.mkdtemp(prefix='fedgan_jax_test_xla_')
+  if _CACHE_ENV not in os.environ:
+    os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix='fedgan_jax_test_xla_')
+    config.xla_cache_owner = True
+  config.xla_cache_dir = os.environ[_CACHE_ENV]
   jax.config.update('jax_compilation_cache_dir', config.xla_cache_dir)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 
 
+@pytest.hookimpl(tryfirst=True)  # Before pytest-xdist's worker reads the groups.
+def pytest_collection_modifyitems(items):
+  """Under `--dist loadgroup`, one pytest-xdist worker runs a whole module (its module fixtures
+  are then built once), unless the module names a group shared with others (`main_run`)."""
+  for item in items:
+    if item.get_closest_marker('xdist_group') is None:
+      item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 def pytest_unconfigure(config):
-  shutil.rmtree(getattr(config, 'xla_cache_dir', ''), ignore_errors=True)
+  if getattr(config, 'xla_cache_owner', False):
+    shutil.rmtree(config.xla_cache_dir, ignore_errors=True)
+    del os.environ[_CACHE_ENV]
 
 
 @pytest.fixture(scope='session')

@@ -258,12 +258,9 @@ def reference(tmp_path_factory):
   for client in registry.load_federation(config).clients:
     common.export_site_data(client, str(root / f'{client.name}.npz'))
   (root / 'config.py').write_text(CONFIG_SOURCE)
-  # XLA's backend optimizations off in the reference and in all 4 processes alike (the cache
-  # is keyed on them): compiling the client update is most of the reference's time, and what
-  # is compared (the deployment's params against the simulation's) is the same HLO math.
-  xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
-  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS='cpu',
-             XLA_FLAGS=xla_flags.strip())
+  # The reference and all 4 processes inherit the session's XLA flags (conftest.TEST_XLA_FLAGS)
+  # alike, so the warm cache serves the hospitals.
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS='cpu')
   cache = root / 'xla_cache'
   subprocess.run([sys.executable, __file__, str(root), str(cache)], env=env, cwd=REPO_ROOT,
                  check=True, timeout=RUN_TIMEOUT_S)

@@ -1,7 +1,6 @@
 """Detector variants (issue 21): ensembles, memory in-painting, D's features and judgment."""
 
 import copy
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -21,10 +20,8 @@ from fedgan_jax.models import inpainting
 from conftest import with_tiny_model
 
 
-# For the tests' own flax calls: one compiled program rather than eager flax (which compiles
-# op by op), its compile cut by XLA's backend optimizations off (and an RBG key for inits):
-# these tests read the networks' outputs and shapes, not how fast they come.
-_FAST_COMPILE = {'xla_backend_optimization_level': 0}
+# The tests' own flax calls run as one compiled program each rather than eagerly (eager flax
+# compiles op by op), inits with an RBG key: these tests read outputs and shapes.
 
 
 def test_rank_normalize_counts_ties_half():
@@ -78,10 +75,10 @@ def test_neighbour_mean_masks_the_centre_and_patches_round_trip():
 def test_inpainter_shapes_and_patch_check():
   model = inpainting.MemoryInpainter(patch=4, embedding_dim=8, memory_slots=5, hidden=16)
   x = jnp.zeros((3, 8, 8, 2))
-  params = jax.jit(model.init, compiler_options=_FAST_COMPILE)(jax.random.key(0, impl='rbg'),
+  params = jax.jit(model.init)(jax.random.key(0, impl='rbg'),
                                                               x)['params']
   assert params['memory'].shape == (5, 8) and params['positions'].shape == (2, 2, 8)
-  out = jax.jit(model.apply, compiler_options=_FAST_COMPILE)({'params': params}, x)
+  out = jax.jit(model.apply)({'params': params}, x)
   assert out.shape == x.shape and bool(jnp.all(jnp.abs(out) <= 1))
   with pytest.raises(ValueError, match='inpaint_patch'):
     jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 6, 6, 1)))
@@ -90,7 +87,7 @@ def test_inpainter_shapes_and_patch_check():
 def _view(channels=(8, 16), group=4, condition_dim=3):
   module = discriminator_lib.Discriminator(channels=channels, value_dim=2, input_unshuffle=2,
                                            minibatch_std_group=group)
-  init = jax.jit(module.init, compiler_options=_FAST_COMPILE)
+  init = jax.jit(module.init)
   params = init(jax.random.key(1, impl='rbg'), jnp.zeros((4, 16, 16, 1)),
                 jnp.zeros((4, condition_dim)))['params']
   return discriminator_view.DiscriminatorView(module, params, np.full(condition_dim, 0.5,
@@ -109,7 +106,7 @@ def test_discriminator_features_and_judge():
   with pytest.raises(ValueError, match='discriminator_block'):
     discriminator_view.feature_maps(view, images, 2)
 
-  @functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
+  @jax.jit
   def logits(floats):
     four = floats[:4]
     expected = view.module.apply({'params': view.params}, four,
@@ -145,8 +142,7 @@ def context(runlocal_config, runlocal_federation, tmp_path_factory):
   federation = runlocal_federation  # The data does not depend on the networks.
   task = task_lib.build_task(config, federation.schema, federation.image_shape)
   init = jax.jit(lambda key: client_lib.init_params(task, key, federation.image_shape,
-                                                    federation.schema.model_dim),
-                 compiler_options=_FAST_COMPILE)
+                                                    federation.schema.model_dim))
   params = init(jax.random.key(0, impl='rbg'))
   return context_lib.EvalContext(
       config=config, federation=federation, task=task,

@@ -24,6 +24,9 @@ from fedgan_jax.data import conditions as conditions_lib
 from fedgan_jax.evaluation import context as context_lib
 from fedgan_jax.evaluation import schema_attributes
 
+# One worker builds conftest.main_run for this module and the other that reads it.
+pytestmark = pytest.mark.xdist_group('main_run')
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -182,7 +182,7 @@ def test_rogue_reply_is_dropped_by_name_and_the_round_goes_on(strategy, keys, ki
   with caplog.at_level('WARNING'):
     strategy.aggregate_fit(before + 1, results, [])
   assert coordinator.round_index == before + 1
-  assert f"'geriatric': " in caplog.text and message in caplog.text
+  assert "'geriatric': " in caplog.text and message in caplog.text
   # FedAvg of the two honest deltas (both 1e-3 everywhere), server SGD with rate 1.
   moved = jax.tree.map(lambda a, b: np.max(np.abs(np.asarray(a) - b - 1e-3)),
                        coordinator.state.params, start)

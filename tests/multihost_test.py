@@ -51,11 +51,9 @@ def _free_port() -> int:
 
 
 def _start_main(workdir, log_path, cache_dir, device_count, *extra_flags, **extra_env):
-  # XLA's backend optimizations off in all 3 processes alike: the vmap round then compiles in
-  # ~8 s instead of ~20 s, and what is compared (the collectives of 2 processes against 1
-  # process's) does not depend on them.
-  xla_flags = (f'--xla_force_host_platform_device_count={device_count} '
-               '--xla_backend_optimization_level=0')
+  # The session's XLA flags (conftest.TEST_XLA_FLAGS) in all 3 processes alike.
+  xla_flags = (f"{os.environ.get('XLA_FLAGS', '')} "
+               f'--xla_force_host_platform_device_count={device_count}').strip()
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags,
              **extra_env)
   with open(log_path, 'w') as log_file:

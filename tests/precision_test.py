@@ -26,10 +26,7 @@ def _run(config, federation, precision):
   config.runtime.precision = precision
   task = task_lib.build_task(config, federation.schema, federation.image_shape)
   server = server_lib.build(config, task, federation.image_shape, federation.schema.model_dim)
-  # XLA's backend optimizations off for the client update, whose compile is most of this
-  # test's time: LLVM's code generation does not change what bfloat16 rounds, which the HLO says.
-  round_fn = algorithm.make_round_fn(task, server.server_optimizer, 'sequential',
-                                     client_compiler_options={'xla_backend_optimization_level': 0})
+  round_fn = algorithm.make_round_fn(task, server.server_optimizer, 'sequential')
   state, history = server.state, []
   for r in range(ROUNDS):
     ids = sampling.sample_clients(config.seed, r, len(federation.clients), 0)

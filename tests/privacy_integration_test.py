@@ -6,7 +6,6 @@ example-level DP runs the real runlocal GAN.
 """
 
 import dataclasses
-import functools
 import json
 
 import jax
@@ -31,15 +30,11 @@ from fedgan_jax.privacy import dp_sgd
 from fedgan_jax.privacy import engine
 
 
-# The tests' own programs compiled with XLA's backend optimizations off: their compile is most
-# of these tests' time, and what they check (two inputs through one program, a norm against a
-# bound) is the HLO's math, not LLVM's code generation.
-_jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
 
 
 def _init_params(task, federation):
-  """`client_lib.init_params` of `task` from the RBG key 0, compiled by `_jit`."""
-  init = _jit(lambda key: client_lib.init_params(task, key, tuple(federation.image_shape),
+  """`client_lib.init_params` of `task` from the RBG key 0, compiled by `jax.jit`."""
+  init = jax.jit(lambda key: client_lib.init_params(task, key, tuple(federation.image_shape),
                                                  federation.schema.model_dim))
   return init(jax.random.key(0, impl='rbg'))
 
@@ -133,7 +128,7 @@ def test_generator_update_depends_on_conditions_and_noise_not_images(dp_config, 
   batches = sampling.client_batches(dp_federation.clients[0], 0, 0, 0, 1, 8)
   batch = jax.tree.map(lambda x: x[0], batches)
   other = dict(batch, image=np.asarray(dp_federation.clients[1].images[:8]))
-  step = _jit(lambda b: client_lib.client_step(task, client_lib.client_init(task, params), b,
+  step = jax.jit(lambda b: client_lib.client_step(task, client_lib.client_init(task, params), b,
                                                jax.random.key(1)))
   state_a, metrics_a = step(batch)
   state_b, metrics_b = step(other)
@@ -172,10 +167,10 @@ def test_public_fakes_bound_one_records_influence_on_d_by_the_clip(dp_config, dp
   neighbour = dict(batch)
   for key in ('image', 'condition'):  # Example 0's whole record replaced by another patient's.
     neighbour[key] = np.concatenate([other[key][:1], batch[key][1:]])
-  fake = _jit(lambda c: client_lib.generate(task, params['generator'], c, jax.random.key(2)))(
+  fake = jax.jit(lambda c: client_lib.generate(task, params['generator'], c, jax.random.key(2)))(
       batch[client_lib.FAKE_CONDITION_KEY])
 
-  @_jit
+  @jax.jit
   def d_gradient(b):
     return client_lib.private_split_discriminator_gradient(
         task, params['discriminator'], b, fake, b[client_lib.FAKE_CONDITION_KEY],
@@ -207,7 +202,7 @@ def test_public_fakes_keep_every_record_out_of_gs_update(dp_config, dp_federatio
     batch = _public_prior_batch(dp_federation)
     other = _public_prior_batch(dp_federation, client_index=1)
     records_swapped = dict(batch, image=other['image'], condition=other['condition'])
-    step = _jit(lambda b, t=task: client_lib.client_step(
+    step = jax.jit(lambda b, t=task: client_lib.client_step(
         t, client_lib.client_init(t, params), b, jax.random.key(1)))
     new_generators[fake_conditions] = [step(b)[0].params['generator']
                                        for b in (batch, records_swapped)]
@@ -226,12 +221,12 @@ def test_clipped_fake_term_bounds_each_fake_examples_gradient(dp_config, dp_fede
   task = private_task(config, dp_federation)
   params = _init_params(task, dp_federation)
   batch = _public_prior_batch(dp_federation)
-  fake_batch = {'fake': _jit(lambda c: client_lib.generate(task, params['generator'], c,
+  fake_batch = {'fake': jax.jit(lambda c: client_lib.generate(task, params['generator'], c,
                                                            jax.random.key(2)))(
                     batch[client_lib.FAKE_CONDITION_KEY]),
                 client_lib.FAKE_CONDITION_KEY: batch[client_lib.FAKE_CONDITION_KEY]}
   fake_loss = lambda p, b, r: client_lib.discriminator_fake_loss(task, p, b, r)
-  grads, metrics = _jit(lambda b: task.fake_term_gradient(
+  grads, metrics = jax.jit(lambda b: task.fake_term_gradient(
       fake_loss, params['discriminator'], b, jax.random.key(3)))(fake_batch)
   assert float(metrics['clipped_fraction']) == 1.0
   # The mean of 8 gradients each clipped to C, with no noise: norm <= C.

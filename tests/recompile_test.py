@@ -59,12 +59,10 @@ def tiny_federation_config():
   # and shardings) is the same for any K, and the compile of the unrolled steps grows with K.
   config.fl.local_steps = 1
   federation = phantom.build_federation(config.data, config.conditions, config.seed)
-  # The initial params, once for both strategies (init is not under test): one program at
-  # XLA backend opt level 0, whose compile the default level's would take several times.
+  # The initial params, once for both strategies (init is not under test), one program.
   task = task_lib.build_task(config, federation.schema, federation.image_shape)
   init = jax.jit(lambda key: client_lib.init_params(task, key, tuple(federation.image_shape),
-                                                    federation.schema.model_dim),
-                 compiler_options={'xla_backend_optimization_level': 0})
+                                                    federation.schema.model_dim))
   return config, federation, init(jax.random.key(0, impl='rbg'))
 
 
@@ -80,11 +78,7 @@ def test_rounds_after_the_first_do_not_recompile(tiny_federation_config, strateg
   mesh = algorithm.client_mesh() if strategy == 'vmap' else None
   if mesh is not None:
     state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
-  # The sequential round's client update compiled at XLA backend opt level 0, for time (the
-  # vmap round takes no options): compile options do not change when jax traces or compiles.
-  round_fn = algorithm.make_round_fn(
-      task, server_optimizer, strategy, mesh,
-      client_compiler_options={'xla_backend_optimization_level': 0})
+  round_fn = algorithm.make_round_fn(task, server_optimizer, strategy, mesh)
 
   participants, weights_seen, per_round = [], [], []
   jax.monitoring.register_event_duration_secs_listener(counter.on_event)

@@ -24,6 +24,9 @@ from conftest import main_command
 from conftest import run_main
 from conftest import with_tiny_model
 
+# One worker builds conftest.main_run for this module and the other that reads it.
+pytestmark = pytest.mark.xdist_group('main_run')
+
 # The shared run's config (conftest.main_run), training only: a resume is checked on params.
 RESUME_OVERRIDES = (*MAIN_RUN_OVERRIDES, '--config.eval.evaluators=()')
 
