@@ -160,7 +160,7 @@ def make_round(setup: Setup, strategy: str, clients_per_round: int | None = None
                                                       chosen.execution, mesh)
     return round_fn, chosen.execution, decision
   if engine in algorithm.STRATEGIES:
-    execution = autotune.Execution.from_name(strategy, setup.runtime.client_threads)
+    execution = autotune.Execution.from_name(strategy, setup.config.runtime.client_threads)
     if execution.strategy == 'auto':
       raise ValueError(f'{strategy!r}: auto takes no suffix.')
     mesh = algorithm.client_mesh() if execution.strategy == 'vmap' else None
