@@ -71,9 +71,42 @@ def test_results_md_names_the_choice():
                                       'auc_by_step': {'200': 0.9, '300': 0.95}}}
   markdown = report.results_markdown(results)
   assert 'Checkpoint: round 300, chosen on the validation split' in markdown
-  assert '(200: 0.900, 300: 0.950)' in markdown
+  assert '(200: 0.900, 300: 0.950)' in markdown and 'Unusable' not in markdown
+  results['checkpoint_selection']['unusable'] = {'250': 'OSError: truncated'}
+  assert "Unusable rounds, skipped: {'250': 'OSError: truncated'}" in report.results_markdown(
+      results)
 
 
 def test_saved_steps_names_a_missing_checkpoint_folder(tmp_path):
   with pytest.raises(FileNotFoundError, match='train first'):
     checkpointing.saved_steps(str(tmp_path))
+
+
+def test_an_unreadable_round_is_skipped_and_named_but_a_config_mismatch_stops(monkeypatch,
+                                                                             tmp_path):
+  config = pneumoniamnist.get_config('runlocal')
+  monkeypatch.setattr(checkpointing, 'saved_steps', lambda workdir: [100, 200])
+  monkeypatch.setattr(registry, 'load_federation', lambda config: 'federation')
+
+  def truncated_200(config, workdir, step, federation=None, out_dir=None):
+    if step == 200:
+      raise OSError('params file truncated')
+    return {'anomaly': {'auc': 0.6}}
+
+  monkeypatch.setattr(driver, 'evaluate_checkpoint', truncated_200)
+  step, record = selection.best_step_on_validation(config, str(tmp_path))
+  assert step == 100 and record['unusable'] == {'200': 'OSError: params file truncated'}
+
+  def all_broken(config, workdir, step, federation=None, out_dir=None):
+    raise OSError('gone')
+
+  monkeypatch.setattr(driver, 'evaluate_checkpoint', all_broken)
+  with pytest.raises(FileNotFoundError, match='no usable checkpoint'):
+    selection.best_step_on_validation(config, str(tmp_path))
+
+  def other_config(config, workdir, step, federation=None, out_dir=None):
+    raise checkpointing.IncompatibleCheckpointError('model.generator.z_dim differs')
+
+  monkeypatch.setattr(driver, 'evaluate_checkpoint', other_config)
+  with pytest.raises(checkpointing.IncompatibleCheckpointError, match='z_dim'):
+    selection.best_step_on_validation(config, str(tmp_path))

@@ -148,7 +148,9 @@ def results_markdown(results: Mapping[str, Any]) -> str:
                            selection['auc_by_step'].items())
     parts += [f'Checkpoint: round {selection["selected_step"]}, chosen on the '
               f'{selection["on"]} split by {selection["metric"]} among the saved rounds '
-              f'({candidates}); numbers on that split itself are optimistic.', '']
+              f'({candidates}); numbers on that split itself are optimistic.'
+              + (f' Unusable rounds, skipped: {selection["unusable"]}.'
+                 if selection.get('unusable') else ''), '']
   privacy = results['privacy']
   if privacy.get('mode', 'none') == 'none':
     parts += ['Privacy: ' + privacy.get('note', 'DP was off.'), '']

@@ -40,17 +40,31 @@ def best_step_on_validation(config, workdir: str) -> tuple[int, dict[str, Any]]:
   if not steps:
     raise FileNotFoundError(f'no checkpoints in {checkpointing.checkpoint_directory(workdir)} '
                             'to choose from.')
-  auc_by_step = {}
+  auc_by_step, unusable = {}, {}
   for index, step in enumerate(steps):
-    results = driver.evaluate_checkpoint(
-        validation, workdir, step, federation=federation,
-        out_dir=os.path.join(workdir, SELECTION_DIR, f'round_{step}'))
+    try:
+      results = driver.evaluate_checkpoint(
+          validation, workdir, step, federation=federation,
+          out_dir=os.path.join(workdir, SELECTION_DIR, f'round_{step}'))
+    except checkpointing.IncompatibleCheckpointError:
+      raise  # The config, not one round, is wrong: the message says which field.
+    except Exception as error:  # pylint: disable=broad-except
+      # A round that does not read back (a truncated copy) is not a candidate; the others are.
+      unusable[str(step)] = f'{type(error).__name__}: {error}'
+      logging.warning('checkpoint selection: round %d is unusable (%s); skipped.', step,
+                      unusable[str(step)])
+      continue
     auc_by_step[step] = float(results['anomaly']['auc'])
     logging.info('checkpoint selection %d/%d: round %d, validation AUC %.3f', index + 1,
                  len(steps), step, auc_by_step[step])
-  best = max(steps, key=lambda step: (auc_by_step[step], step))
+  if not auc_by_step:
+    raise FileNotFoundError(f'no usable checkpoint to choose from in '
+                            f'{checkpointing.checkpoint_directory(workdir)}: {unusable}')
+  best = max(auc_by_step, key=lambda step: (auc_by_step[step], step))
   record = {'on': 'validation', 'metric': METRIC, 'selected_step': best,
             'auc_by_step': {str(step): auc for step, auc in auc_by_step.items()}}
-  logging.info('Chose round %d of %s on the validation split (AUC %.3f).', best, steps,
-               auc_by_step[best])
+  if unusable:
+    record['unusable'] = unusable
+  logging.info('Chose round %d of %s on the validation split (AUC %.3f).', best,
+               sorted(auc_by_step), auc_by_step[best])
   return best, record
