@@ -84,8 +84,11 @@ def test_augment_gamma_has_finite_gradient_at_black_pixels():
   np.testing.assert_allclose(gradient.reshape(-1), [0.0, *(0.9 * unit ** -0.1)], rtol=1e-5)
 
 
-def _run_main(config: str, workdir: pathlib.Path, cache_dir: str, *overrides: str) -> dict:
-  command = [sys.executable, '-m', 'fedgan_jax.main', f'--config={config}',
+def _run_main(config: str, workdir: pathlib.Path, cache_dir: str, *overrides: str,
+              binary: str = 'fedgan_jax.main') -> dict:
+  """Runs `binary` (main, or the eval binary on main's workdir) with the test's overrides;
+  returns the results.json it wrote."""
+  command = [sys.executable, '-m', binary, f'--config={config}',
              f'--workdir={workdir}', f'--compilation_cache={cache_dir}',
              '--config.fl.num_rounds=2', '--config.checkpoint.every_rounds=1',
              '--config.anomaly.steps=5',
@@ -102,7 +105,8 @@ def _run_main(config: str, workdir: pathlib.Path, cache_dir: str, *overrides: st
   process = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
                            env=binary_env())
   assert process.returncode == 0, process.stderr[-3000:]
-  return json.loads((workdir / 'results.json').read_text())
+  results = workdir / ('results.json' if binary == 'fedgan_jax.main' else 'eval/results.json')
+  return json.loads(results.read_text())
 
 
 def test_pneumoniamnist_runs_end_to_end_through_main(pneumoniamnist_path, tmp_path,
@@ -121,6 +125,19 @@ def test_pneumoniamnist_runs_end_to_end_through_main(pneumoniamnist_path, tmp_pa
   clients = json.loads((tmp_path / 'clients.json').read_text())
   assert sum(row['examples'] for row in clients) == train_rows
   assert sorted((tmp_path / 'samples').iterdir())
+  # The eval binary choosing the round on the released val split, then scoring test.
+  chosen = _run_main('configs/pneumoniamnist.py:runlocal', tmp_path, compilation_cache_dir,
+                     f'--config.data.path={pneumoniamnist_path}', '--select_on_validation',
+                     binary='fedgan_jax.eval')
+  selection = chosen['checkpoint_selection']
+  assert sorted(selection['auc_by_step']) == ['1', '2'] and chosen['scored_split'] == 'test'
+  assert chosen['step'] == selection['selected_step'] == max(
+      (auc, int(step)) for step, auc in selection['auc_by_step'].items())[1]
+  for step in (1, 2):
+    validation = json.loads((tmp_path / 'eval_selection' / f'round_{step}' / 'results.json')
+                            .read_text())
+    assert validation['scored_split'] == 'val' and validation['step'] == step
+    assert validation['anomaly']['test_normal'] + validation['anomaly']['test_abnormal'] == 270
 
 
 def test_cxr14_runs_end_to_end_through_main(tmp_path, compilation_cache_dir):
