@@ -12,6 +12,7 @@ rule, so the default `anomaly.score` rests on a measurement.
 Writes `{"results": [{"score": ..., "blur_sigma": ..., "percentile": ..., "auc": ...}], ...}`.
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -44,7 +45,8 @@ def main(_):
       for kind in ('local', 'signed') for s in _SIGMAS.value for p in _PERCENTILES.value]
   results = []
   for rule in rules:
-    scored = anomaly.Detector(detector.model, detector.params, detector.final_loss, rule)
+    # replace, not a fresh Detector: the trained one's input pooling and features stay.
+    scored = dataclasses.replace(detector, score=rule)
     scores = anomaly.anomaly_scores(scored, federation.test.images)
     auc = float(sk_metrics.roc_auc_score(federation.test.abnormal, scores))
     results.append({'score': rule.kind, 'blur_sigma': rule.blur_sigma,
@@ -54,7 +56,8 @@ def main(_):
   report = {'results': results, 'train_normals': int(len(normals)),
             'test': {'normal': int((~federation.test.abnormal).sum()),
                      'abnormal': int(federation.test.abnormal.sum())},
-            'autoencoder': config.anomaly.to_dict(), 'train_s': train_s,
+            # Best-effort JSON: the section holds a typed preset (anomaly.variant).
+            'autoencoder': json.loads(config.anomaly.to_json_best_effort()), 'train_s': train_s,
             'jax': jax.__version__, 'load_average': os.getloadavg()}
   if _JSON.value:
     with open(_JSON.value, 'w') as f:

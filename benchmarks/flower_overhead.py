@@ -28,6 +28,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from fedgan_jax import cpu_backend
 from fedgan_jax.data import registry
 from fedgan_jax.deploy import common
 from fedgan_jax.deploy import coordinator as coordinator_lib
@@ -35,6 +36,7 @@ from fedgan_jax.federated import algorithm
 from fedgan_jax.federated import optimizers
 from fedgan_jax.federated import rngs
 from fedgan_jax.federated import sampling
+from fedgan_jax.federated import server as server_lib
 
 # The deployment's processes import the project from here (PYTHONPATH).
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -64,8 +66,13 @@ def simulated_round_times(config) -> list[float]:
   task = coordinator_lib.build_task(config)
   server_optimizer = optimizers.build_server_optimizer(config.fl.server_optimizer)
   state = algorithm.server_init(coordinator_lib.initial_params(config, task), server_optimizer)
-  round_fn = algorithm.make_round_fn(task, server_optimizer, config.runtime.strategy,
-                                     client_threads=config.runtime.client_threads)
+  # The hospitals compile their local update with the runtime section's knobs
+  # (deploy/hospital.py); the simulated clients must too, or the ratio also times YNN fusions.
+  knobs = server_lib.runtime_options(config).execution
+  round_fn = algorithm.make_round_fn(
+      task, server_optimizer, config.runtime.strategy, client_threads=knobs.client_threads,
+      fuse_local_steps=knobs.fuse_local_steps,
+      client_compiler_options=cpu_backend.client_compiler_options(knobs.ynn_fusions))
   times = []
   for round_index in range(config.fl.num_rounds):
     ids = sampling.sample_clients(config.seed, round_index, len(federation.clients),
