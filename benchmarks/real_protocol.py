@@ -19,13 +19,11 @@ Arguments after `--` go to every run.
 
 import json
 import os
-import subprocess
-import sys
-import time
 
 from absl import app
 from absl import flags
 
+from benchmarks import protocol_lib
 from fedgan_jax.evaluation import report as eval_report
 
 _CONFIG = flags.DEFINE_string('config', None, 'Config file (with variant), as main takes it.')
@@ -39,47 +37,12 @@ _SELECT = flags.DEFINE_bool(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def run_seed(seed: int, workdir: str, extra: list[str], config: str, select: bool = False,
-             reevaluate: bool = False) -> dict:
-  """Trains and evaluates seed `seed` unless done; `reevaluate` evaluates its checkpoint again
-  with the config as it is now (the detector or evaluators changed, G did not); `select`
-  evaluates the round chosen on the validation split (once, or again with `reevaluate`)."""
-  commands = []
-  if not os.path.exists(os.path.join(workdir, 'results.json')):
-    commands.append(['fedgan_jax.main'])
-  if select:
-    # main evaluates its last round; the chosen one is evaluated after it, once.
-    if commands or reevaluate or not _was_selected(workdir):
-      commands.append(['fedgan_jax.eval', '--select_on_validation'])
-  elif reevaluate and not commands:
-    commands.append(['fedgan_jax.eval'])
-  for command in commands:
-    started = time.time()
-    subprocess.run([sys.executable, '-m', *command, f'--config={config}',
-                    f'--workdir={workdir}', f'--config.seed={seed}', *extra], check=True)
-    print(f'seed {seed}: {" ".join(command)} {time.time() - started:.0f} s', flush=True)
-  # eval/ holds the latest evaluation of the checkpoint (main's own, or the eval binary's).
-  with open(os.path.join(workdir, 'eval', 'results.json')) as f:
-    results = json.load(f)
-  with open(os.path.join(workdir, 'results.json')) as f:
-    results['wall_time_s'] = json.load(f).get('wall_time_s')
-  return results
-
-
-def _was_selected(workdir: str) -> bool:
-  path = os.path.join(workdir, 'eval', 'results.json')
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    return 'checkpoint_selection' in json.load(f)
-
-
 def main(argv):
   extra = argv[1:]
   runs = {}
   for seed in map(int, _SEEDS.value):
-    runs[seed] = run_seed(seed, os.path.join(_WORKDIR.value, f'seed_{seed}'), extra,
-                          _CONFIG.value, _SELECT.value, _REEVALUATE.value)
+    runs[seed] = protocol_lib.run_seed(seed, os.path.join(_WORKDIR.value, f'seed_{seed}'),
+                                       extra, _CONFIG.value, _SELECT.value, _REEVALUATE.value)
   rows = {seed: eval_report.protocol_row(results) for seed, results in runs.items()}
   summary = eval_report.protocol_markdown(_CONFIG.value, extra, rows)
   with open(os.path.join(_WORKDIR.value, 'protocol.json'), 'w') as f:

@@ -109,6 +109,7 @@ def _run_main(config: str, workdir: pathlib.Path, cache_dir: str, *overrides: st
   return json.loads(results.read_text())
 
 
+@pytest.mark.xdist_group('pneumoniamnist_end_to_end')  # No module fixture: any worker.
 def test_pneumoniamnist_runs_end_to_end_through_main(pneumoniamnist_path, tmp_path,
                                                      compilation_cache_dir):
   results = _run_main('configs/pneumoniamnist.py:runlocal', tmp_path, compilation_cache_dir,
@@ -128,6 +129,7 @@ def test_pneumoniamnist_runs_end_to_end_through_main(pneumoniamnist_path, tmp_pa
   # The eval binary choosing the round on the released val split, then scoring test.
   chosen = _run_main('configs/pneumoniamnist.py:runlocal', tmp_path, compilation_cache_dir,
                      f'--config.data.path={pneumoniamnist_path}', '--select_on_validation',
+                     "--config.eval.evaluators=('anomaly',)", '--config.eval.anomaly_baselines=()',
                      binary='fedgan_jax.eval')
   selection = chosen['checkpoint_selection']
   assert sorted(selection['auc_by_step']) == ['1', '2'] and chosen['scored_split'] == 'test'
@@ -140,6 +142,7 @@ def test_pneumoniamnist_runs_end_to_end_through_main(pneumoniamnist_path, tmp_pa
     assert validation['anomaly']['test_normal'] + validation['anomaly']['test_abnormal'] == 270
 
 
+@pytest.mark.xdist_group('cxr14_end_to_end')  # No module fixture: any worker.
 def test_cxr14_runs_end_to_end_through_main(tmp_path, compilation_cache_dir):
   fixture = data_fixtures.make_cxr14(tmp_path / 'cxr14', layout='nih', num_patients=24)
   workdir = tmp_path / 'work'
@@ -164,6 +167,7 @@ def test_cxr14_runs_end_to_end_through_main(tmp_path, compilation_cache_dir):
   assert sum(row['patients'] for row in clients) == len(train_patients) - validation
 
 
+@pytest.mark.xdist_group('zhanglab_end_to_end')  # No module fixture: any worker.
 def test_zhanglab_runs_end_to_end_through_main(tmp_path, compilation_cache_dir):
   root = data_fixtures.make_zhanglab(tmp_path / 'zhanglab', with_test=False)
   workdir = tmp_path / 'work'

@@ -1,11 +1,11 @@
-"""benchmarks/real_protocol.py's plan per seed: which binaries run, in which order."""
+"""The real-data protocol's plan per seed (benchmarks/protocol_lib.py): which binaries run."""
 
 import json
 import os
 
 import pytest
 
-from benchmarks import real_protocol
+from benchmarks import protocol_lib
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def commands(monkeypatch):
       with open(f'{workdir}/results.json', 'w') as f:
         json.dump({'wall_time_s': 5.0}, f)
 
-  monkeypatch.setattr(real_protocol.subprocess, 'run', fake_run)
+  monkeypatch.setattr(protocol_lib.subprocess, 'run', fake_run)
   return started
 
 
@@ -43,7 +43,7 @@ def test_a_seed_trains_once_and_is_evaluated_as_asked(commands, tmp_path, select
                                                       runs):
   for expected in runs:  # A first call trains; a second finds the seed done.
     commands.clear()
-    results = real_protocol.run_seed(0, str(tmp_path / 'seed_0'), [], 'configs/zhanglab.py',
+    results = protocol_lib.run_seed(0, str(tmp_path / 'seed_0'), [], 'configs/zhanglab.py',
                                      select, reevaluate)
     assert [' '.join(c) for c in commands] == expected
     assert results['wall_time_s'] == 5.0
