@@ -28,12 +28,10 @@ from absl import flags
 import jax
 import numpy as np
 
-from fedgan_jax import cpu_backend
 from fedgan_jax.data import registry
 from fedgan_jax.deploy import common
 from fedgan_jax.deploy import coordinator as coordinator_lib
 from fedgan_jax.federated import algorithm
-from fedgan_jax.federated import optimizers
 from fedgan_jax.federated import rngs
 from fedgan_jax.federated import sampling
 from fedgan_jax.federated import server as server_lib
@@ -64,15 +62,13 @@ def get_config(arg=None):
 def simulated_round_times(config) -> list[float]:
   federation = registry.load_federation(config)
   task = coordinator_lib.build_task(config)
-  server_optimizer = optimizers.build_server_optimizer(config.fl.server_optimizer)
-  state = algorithm.server_init(coordinator_lib.initial_params(config, task), server_optimizer)
-  # The hospitals compile their local update with the runtime section's knobs
-  # (deploy/hospital.py); the simulated clients must too, or the ratio also times YNN fusions.
-  knobs = server_lib.runtime_options(config).execution
-  round_fn = algorithm.make_round_fn(
-      task, server_optimizer, config.runtime.strategy, client_threads=knobs.client_threads,
-      fuse_local_steps=knobs.fuse_local_steps,
-      client_compiler_options=cpu_backend.client_compiler_options(knobs.ynn_fusions))
+  # The simulation's server and round (federated/server.py), whose clients compile their
+  # local update with the runtime section's knobs as the hospitals do (deploy/hospital.py),
+  # so the ratio does not also time YNN fusions.
+  server = server_lib.build(config, task, federation.image_shape,
+                            federation.schema.model_dim)
+  state = server.state
+  round_fn = server_lib.round_fn(task, server, server_lib.runtime_options(config).execution)
   times = []
   for round_index in range(config.fl.num_rounds):
     ids = sampling.sample_clients(config.seed, round_index, len(federation.clients),

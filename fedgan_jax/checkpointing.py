@@ -354,13 +354,10 @@ def restore_params(workdir: str, config, template_params, step: int | None = Non
   unusable one is reported in the log and left where it is (evaluation never writes
   into `checkpoints/`).
   """
+  steps = saved_steps(workdir)[::-1]
   directory = checkpoint_directory(workdir)
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f'no checkpoints under {directory}; train first with '
-                            f'`python -m fedgan_jax.main --workdir={workdir} ...`.')
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template_params)
   with ocp.CheckpointManager(directory) as checkpoint_manager:
-    steps = sorted(checkpoint_manager.all_steps(), reverse=True)
     if step is not None and step not in steps:
       raise FileNotFoundError(f'checkpoint step {step} not found in {directory}; have '
                               f'{sorted(steps)}.')
@@ -404,13 +401,11 @@ def newest_usable_step(workdir: str, config) -> int:
   For binaries that pick a step before restoring with their own template (the eval
   binary); a newer unusable step is named in the log and left in place.
   """
+  steps = saved_steps(workdir)
   directory = checkpoint_directory(workdir)
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f'no checkpoints under {directory}; train first with '
-                            f'`python -m fedgan_jax.main --workdir={workdir} ...`.')
   problems = []
   with ocp.CheckpointManager(directory) as checkpoint_manager:
-    for step in sorted(checkpoint_manager.all_steps(), reverse=True):
+    for step in reversed(steps):
       try:
         restore_meta(checkpoint_manager, step)
         params = checkpoint_manager.restore(step, args=ocp.args.Composite(

@@ -275,20 +275,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config, workdir, rounds, {'privacy': plan.summary(rounds)}, federation, task,
         host_local(algorithm.sampling_generator(state)),
         d_params=host_local(state.params['discriminator']))
+    written = 'results.json, eval/ (results.md, roc.png, sample grids), '
   else:
     # Training only (sweeps, resume checks): the eval binary scores the checkpoint later.
     logging.info('Evaluation off (config.eval.evaluators is empty); `python -m fedgan_jax.eval '
                  '--workdir=%s` scores round %d later.', workdir, rounds)
     results = {'step': rounds, 'evaluators': [],
                'privacy': evaluation.privacy_report({'privacy': plan.summary(rounds)})}
+    written = 'results.json, '
   results.update(rounds=rounds, wall_time_s=time.time() - started,
                  config=json.loads(config.to_json_best_effort()))
   path = os.path.join(workdir, 'results.json')
   with open(path + '.tmp', 'w') as f:
     json.dump(eval_report.jsonable(results), f, indent=1)
   os.replace(path + '.tmp', path)
-  written = ('results.json, eval/ (results.md, roc.png, sample grids), ' if config.eval.evaluators
-             else 'results.json, ')
   logging.info('Results after %d rounds (%s):\n%s\nWrote %straining_curves.png and samples/ in %s.',
                rounds, metrics_log.format_duration(results['wall_time_s']),
                console.results_table(results), written, workdir)

@@ -6,7 +6,6 @@ round against the same round assembled by hand from per-client local updates; th
 against each other (in a subprocess, since the device count is fixed at start-up).
 """
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -26,6 +25,7 @@ from fedgan_jax.federated import optimizers
 from fedgan_jax.federated import sampling
 
 from conftest import REPO_ROOT
+from conftest import binary_env
 from conftest import TINY_MODEL
 from conftest import with_tiny_model
 
@@ -273,11 +273,8 @@ _STRATEGY_SCRIPT = textwrap.dedent('''
 
 def test_vmap_on_1_and_4_devices_sequential_and_threads_agree(tmp_path):
   out = tmp_path / 'params.npz'
-  # The session's XLA flags (conftest.TEST_XLA_FLAGS) and 4 CPU devices.
-  xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
-  env = dict(os.environ, XLA_FLAGS=xla_flags.strip(), PYTHONPATH=str(REPO_ROOT))
-  subprocess.run([sys.executable, '-c', _STRATEGY_SCRIPT, str(out)], cwd=REPO_ROOT, env=env,
-                 check=True, timeout=900)
+  subprocess.run([sys.executable, '-c', _STRATEGY_SCRIPT, str(out)], cwd=REPO_ROOT,
+                 env=binary_env(cpu_devices=4), check=True, timeout=900)
   results = np.load(out)
   np.testing.assert_allclose(results['vmap_1_device'], results['vmap_4_devices'], rtol=1e-5,
                              atol=1e-6)

@@ -68,17 +68,23 @@ def with_tiny_model(config):
   return config
 
 
-def main_command(workdir, cache_dir, *overrides, config='configs/phantom.py:runlocal'):
+def main_command(workdir, cache_dir, *overrides):
   """`python -m fedgan_jax.main` on the runlocal config with `TINY_MODEL`'s networks."""
-  return [sys.executable, '-m', 'fedgan_jax.main', f'--config={config}', f'--workdir={workdir}',
-          f'--compilation_cache={cache_dir}', *tiny_model_flags(), *overrides]
+  return [sys.executable, '-m', 'fedgan_jax.main', '--config=configs/phantom.py:runlocal',
+          f'--workdir={workdir}', f'--compilation_cache={cache_dir}', *tiny_model_flags(),
+          *overrides]
 
 
-def binary_env(**extra) -> dict[str, str]:
-  """The environment of the binaries the tests start: this checkout on the path, and the
+def binary_env(cpu_devices: int | None = None, **extra) -> dict[str, str]:
+  """The environment of the processes the tests start: this checkout on the path, and the
   session's XLA flags (`TEST_XLA_FLAGS`, inherited), so the session's compilation cache
-  serves each program once (the eval binary's numbers then equal main's to the last digit)."""
-  return dict(os.environ, PYTHONPATH=str(REPO_ROOT), **extra)
+  serves each program once (the eval binary's numbers then equal main's to the last digit);
+  `cpu_devices` host CPU devices when given."""
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **extra)
+  if cpu_devices is not None:
+    env['XLA_FLAGS'] = (f"{env.get('XLA_FLAGS', '')} "
+                        f'--xla_force_host_platform_device_count={cpu_devices}').strip()
+  return env
 
 
 def run_main(workdir, cache_dir, *overrides, check=True):

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import binary_env
 from fedgan_jax import checkpointing
 from fedgan_jax import cpu_backend
 from fedgan_jax.data import registry
@@ -260,7 +261,7 @@ def reference(tmp_path_factory):
   (root / 'config.py').write_text(CONFIG_SOURCE)
   # The reference and all 4 processes inherit the session's XLA flags (conftest.TEST_XLA_FLAGS)
   # alike, so the warm cache serves the hospitals.
-  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS='cpu')
+  env = binary_env(JAX_PLATFORMS='cpu')
   cache = root / 'xla_cache'
   subprocess.run([sys.executable, __file__, str(root), str(cache)], env=env, cwd=REPO_ROOT,
                  check=True, timeout=RUN_TIMEOUT_S)

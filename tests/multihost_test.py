@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import binary_env
 from conftest import tiny_model_flags
 from conftest import with_tiny_model
 
@@ -52,10 +53,7 @@ def _free_port() -> int:
 
 def _start_main(workdir, log_path, cache_dir, device_count, *extra_flags, **extra_env):
   # The session's XLA flags (conftest.TEST_XLA_FLAGS) in all 3 processes alike.
-  xla_flags = (f"{os.environ.get('XLA_FLAGS', '')} "
-               f'--xla_force_host_platform_device_count={device_count}').strip()
-  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags,
-             **extra_env)
+  env = binary_env(cpu_devices=device_count, JAX_PLATFORMS='cpu', **extra_env)
   with open(log_path, 'w') as log_file:
     return subprocess.Popen(
         [sys.executable, '-m', 'fedgan_jax.main', '--config=configs/phantom.py:runlocal',

@@ -242,15 +242,12 @@ def abstract_params(task: client_lib.GanTask, image_shape, condition_dim: int):
 
 def checkpoint_meta(workdir: str, step: int | None = None) -> tuple[int, dict]:
   """`(step, meta)` of the latest (or given) checkpoint, read without restoring arrays."""
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f'no checkpoints under {directory}; train first with '
-                            f'`python -m fedgan_jax.main --workdir={workdir} ...`.')
+  steps = checkpointing.saved_steps(workdir)
+  directory = checkpointing.checkpoint_directory(workdir)
+  step = steps[-1] if step is None and steps else step
+  if step is None or step not in steps:
+    raise FileNotFoundError(f'checkpoint step {step} not found in {directory}; have {steps}.')
   with ocp.CheckpointManager(directory) as checkpoint_manager:
-    steps = sorted(checkpoint_manager.all_steps())
-    step = steps[-1] if step is None and steps else step
-    if step is None or step not in steps:
-      raise FileNotFoundError(f'checkpoint step {step} not found in {directory}; have {steps}.')
     return int(step), checkpointing.restore_meta(checkpoint_manager, step)
 
 

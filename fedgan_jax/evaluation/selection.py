@@ -37,9 +37,6 @@ def best_step_on_validation(config, workdir: str) -> tuple[int, dict[str, Any]]:
   validation.eval.anomaly_baselines = ()
   federation = registry.load_federation(validation)
   steps = checkpointing.saved_steps(workdir)
-  if not steps:
-    raise FileNotFoundError(f'no checkpoints in {checkpointing.checkpoint_directory(workdir)} '
-                            'to choose from.')
   auc_by_step, unusable = {}, {}
   for index, step in enumerate(steps):
     try:
@@ -59,7 +56,8 @@ def best_step_on_validation(config, workdir: str) -> tuple[int, dict[str, Any]]:
                  len(steps), step, auc_by_step[step])
   if not auc_by_step:
     raise FileNotFoundError(f'no usable checkpoint to choose from in '
-                            f'{checkpointing.checkpoint_directory(workdir)}: {unusable}')
+                            f'{checkpointing.checkpoint_directory(workdir)} (saved rounds '
+                            f'{steps}; unusable: {unusable})')
   best = max(auc_by_step, key=lambda step: (auc_by_step[step], step))
   record = {'on': 'validation', 'metric': METRIC, 'selected_step': best,
             'auc_by_step': {str(step): auc for step, auc in auc_by_step.items()}}
