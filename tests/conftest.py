@@ -68,6 +68,16 @@ def with_tiny_model(config):
   return config
 
 
+def initial_params(task, federation):
+  """`client_lib.init_params` of `task` from the RBG key 0, as one compiled program (eager
+  flax compiles op by op; RBG's key mixing is a fraction of threefry's program)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from fedgan_jax.federated import client as client_lib  # pylint: disable=g-import-not-at-top
+  init = jax.jit(lambda key: client_lib.init_params(task, key, tuple(federation.image_shape),
+                                                    federation.schema.model_dim))
+  return init(jax.random.key(0, impl='rbg'))
+
+
 def main_command(workdir, cache_dir, *overrides):
   """`python -m fedgan_jax.main` on the runlocal config with `TINY_MODEL`'s networks."""
   return [sys.executable, '-m', 'fedgan_jax.main', '--config=configs/phantom.py:runlocal',

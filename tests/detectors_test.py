@@ -12,13 +12,12 @@ from fedgan_jax.evaluation import anomaly
 from fedgan_jax.evaluation import context as context_lib
 from fedgan_jax.evaluation import detectors
 from fedgan_jax.evaluation import discriminator_view
-from fedgan_jax.federated import client as client_lib
 from fedgan_jax.federated import task as task_lib
 from fedgan_jax.models import discriminator as discriminator_lib
 from fedgan_jax.models import inpainting
 
+from conftest import initial_params
 from conftest import with_tiny_model
-
 
 # The tests' own flax calls run as one compiled program each rather than eagerly (eager flax
 # compiles op by op), inits with an RBG key: these tests read outputs and shapes.
@@ -75,8 +74,7 @@ def test_neighbour_mean_masks_the_centre_and_patches_round_trip():
 def test_inpainter_shapes_and_patch_check():
   model = inpainting.MemoryInpainter(patch=4, embedding_dim=8, memory_slots=5, hidden=16)
   x = jnp.zeros((3, 8, 8, 2))
-  params = jax.jit(model.init)(jax.random.key(0, impl='rbg'),
-                                                              x)['params']
+  params = jax.jit(model.init)(jax.random.key(0, impl='rbg'), x)['params']
   assert params['memory'].shape == (5, 8) and params['positions'].shape == (2, 2, 8)
   out = jax.jit(model.apply)({'params': params}, x)
   assert out.shape == x.shape and bool(jnp.all(jnp.abs(out) <= 1))
@@ -141,9 +139,7 @@ def context(runlocal_config, runlocal_federation, tmp_path_factory):
   config.eval.anomaly_baselines = ('ceiling',)
   federation = runlocal_federation  # The data does not depend on the networks.
   task = task_lib.build_task(config, federation.schema, federation.image_shape)
-  init = jax.jit(lambda key: client_lib.init_params(task, key, federation.image_shape,
-                                                    federation.schema.model_dim))
-  params = init(jax.random.key(0, impl='rbg'))
+  params = initial_params(task, federation)
   return context_lib.EvalContext(
       config=config, federation=federation, task=task,
       g_params=params['generator'], d_params=params['discriminator'],

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import initial_params
 from configs import phantom_dp
 from fedgan_jax import checkpointing
 from fedgan_jax.evaluation import driver as evaluation
@@ -28,15 +29,6 @@ from fedgan_jax.privacy import membership as audit_lib
 from fedgan_jax.privacy import client_dp
 from fedgan_jax.privacy import dp_sgd
 from fedgan_jax.privacy import engine
-
-
-
-
-def _init_params(task, federation):
-  """`client_lib.init_params` of `task` from the RBG key 0, compiled by `jax.jit`."""
-  init = jax.jit(lambda key: client_lib.init_params(task, key, tuple(federation.image_shape),
-                                                 federation.schema.model_dim))
-  return init(jax.random.key(0, impl='rbg'))
 
 
 @pytest.fixture(scope='module')
@@ -124,7 +116,7 @@ def test_generator_update_depends_on_conditions_and_noise_not_images(dp_config, 
   # D frozen (lr 0), so G's step sees identical D params whatever the images were.
   config.fl.client_optimizer.d_learning_rate = 0.0
   task = private_task(config, dp_federation)
-  params = _init_params(task, dp_federation)
+  params = initial_params(task, dp_federation)
   batches = sampling.client_batches(dp_federation.clients[0], 0, 0, 0, 1, 8)
   batch = jax.tree.map(lambda x: x[0], batches)
   other = dict(batch, image=np.asarray(dp_federation.clients[1].images[:8]))
@@ -161,7 +153,7 @@ def test_public_fakes_bound_one_records_influence_on_d_by_the_clip(dp_config, dp
   config = _public_prior_config(dp_config, clip_norm=clip, noise_multiplier=0.0)
   task = private_task(config, dp_federation)
   assert task.public_fake_conditions and task.fake_term_gradient is None
-  params = _init_params(task, dp_federation)
+  params = initial_params(task, dp_federation)
   batch = _public_prior_batch(dp_federation)
   other = _public_prior_batch(dp_federation, client_index=1)
   neighbour = dict(batch)
@@ -198,7 +190,7 @@ def test_public_fakes_keep_every_record_out_of_gs_update(dp_config, dp_federatio
     config.fl.fake_conditions = fake_conditions
     task = task_lib.build_task(config, dp_federation.schema, dp_federation.image_shape)
     if params is None:
-      params = _init_params(task, dp_federation)
+      params = initial_params(task, dp_federation)
     batch = _public_prior_batch(dp_federation)
     other = _public_prior_batch(dp_federation, client_index=1)
     records_swapped = dict(batch, image=other['image'], condition=other['condition'])
@@ -219,7 +211,7 @@ def test_clipped_fake_term_bounds_each_fake_examples_gradient(dp_config, dp_fede
   config = _public_prior_config(dp_config, clip_norm=clip, noise_multiplier=0.0,
                                 clip_fake_term=True)
   task = private_task(config, dp_federation)
-  params = _init_params(task, dp_federation)
+  params = initial_params(task, dp_federation)
   batch = _public_prior_batch(dp_federation)
   fake_batch = {'fake': jax.jit(lambda c: client_lib.generate(task, params['generator'], c,
                                                            jax.random.key(2)))(

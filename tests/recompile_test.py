@@ -15,11 +15,11 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
+from conftest import initial_params
 from conftest import tiny_runlocal_config
 
 from fedgan_jax.data import phantom
 from fedgan_jax.federated import algorithm
-from fedgan_jax.federated import client as client_lib
 from fedgan_jax.federated import optimizers
 from fedgan_jax.federated import sampling
 from fedgan_jax.federated import task as task_lib
@@ -61,9 +61,7 @@ def tiny_federation_config():
   federation = phantom.build_federation(config.data, config.conditions, config.seed)
   # The initial params, once for both strategies (init is not under test), one program.
   task = task_lib.build_task(config, federation.schema, federation.image_shape)
-  init = jax.jit(lambda key: client_lib.init_params(task, key, tuple(federation.image_shape),
-                                                    federation.schema.model_dim))
-  return config, federation, init(jax.random.key(0, impl='rbg'))
+  return config, federation, initial_params(task, federation)
 
 
 @pytest.mark.parametrize('strategy', ['sequential', 'vmap'])
