@@ -71,10 +71,15 @@ def get_eval_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   # The multi-hot feature holding per-finding labels: per-finding AUCs, and the personalized
   # detectors replace it by its normal-profile value so none reads the answer.
   config.findings_feature = 'findings'
-  # Where F-AD would be used: each hospital thresholds at this percentile of the detector's
-  # scores on its own real normal training films (they never leave it; the weights never see
-  # them), and the sensitivity at this specificity is read off the ROC.
-  config.operating_point = detectors.OperatingPoint(site_percentile=50.0, specificity=0.9)
+  # Where F-AD would be used: each hospital thresholds the detector's scores on its own real
+  # normal training films (they never leave it; the weights never see them) for a specificity
+  # of site_percentile / 100, guaranteed with probability site_confidence (0: the plain
+  # percentile); the federation's pooled threshold is also found by a private search within
+  # (private_epsilon, private_delta) over private_steps bisections; the sensitivity at
+  # `specificity` is read off the ROC.
+  config.operating_point = detectors.OperatingPoint(
+      site_percentile=50.0, site_confidence=0.0, specificity=0.9, private_epsilon=2.0,
+      private_delta=1e-5, private_steps=12)
   # The same detector trained on real normals, beside F-AD: 'ceiling' (all hospitals' pooled:
   # what synthetic images could give at best) and 'site_alone' (each hospital's own).
   config.anomaly_baselines = ('ceiling', 'site_alone')

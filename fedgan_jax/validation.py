@@ -151,6 +151,10 @@ DOMAINS: tuple[tuple[str, Domain], ...] = (
     ('eval.operating_point.site_percentile', Domain(low=0, high=100, low_open=True,
                                                     high_open=True)),
     ('eval.operating_point.specificity', _UNIT),
+    ('eval.operating_point.site_confidence', Domain(low=0, high=1, high_open=True)),
+    ('eval.operating_point.private_epsilon', Domain(low=0)),
+    ('eval.operating_point.private_delta', Domain(low=0, high=1, low_open=True, high_open=True)),
+    ('eval.operating_point.private_steps', _count(1)),
     ('eval.memorization_percentile', _PERCENTILE),
     ('eval.*', _count(1)),
     # Cross-silo deployment (fedgan_jax/deploy/settings.py).

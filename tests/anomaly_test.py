@@ -49,19 +49,3 @@ def test_sensitivity_at_specificity_reads_the_roc():
   assert anomaly.sensitivity_at_specificity(scores, abnormal, 1.0) == 0.5
   # Specificity 0.75 (one normal, 0.4, allowed above): 0.35 joins -> 3 of 4.
   assert anomaly.sensitivity_at_specificity(scores, abnormal, 0.75) == 0.75
-
-
-def test_site_calibration_thresholds_per_site_and_their_weighted_mean():
-  test_scores = np.array([1.0, 2.0, 3.0, 4.0])
-  abnormal = np.array([0, 0, 1, 1], bool)
-  report = anomaly.site_calibration(
-      {'a': np.array([1.0, 2.0, 3.0]), 'b': np.array([3.0])}, test_scores, abnormal, 50.0)
-  assert report['a']['threshold'] == 2.0 and report['b']['threshold'] == 3.0
-  # a: > 2 flags 3, 4: sensitivity 1, specificity 1. b: > 3 flags 4 only.
-  assert (report['a']['sensitivity'], report['a']['specificity']) == (1.0, 1.0)
-  assert (report['b']['sensitivity'], report['b']['specificity']) == (0.5, 1.0)
-  # Federated: (3 * 2 + 1 * 3) / 4 = 2.25.
-  assert report['federated']['threshold'] == 2.25 and report['federated']['normals'] == 4
-  with pytest.raises(ValueError, match='site_percentile'):
-    anomaly.site_calibration({'a': np.ones(2)}, test_scores, abnormal, 100.0)
-

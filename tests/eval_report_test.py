@@ -8,7 +8,12 @@ def _results(auc, ceiling):
       'auc': auc, 'ceiling': {'auc': ceiling}, 'utility_ratio': auc / ceiling,
       'site_alone': {'mean_auc': 0.7},
       'sensitivity_at_specificity': {'specificity': 0.9, 'sensitivity': 0.5},
-      'site_calibrated': {'federated': {'sensitivity': 0.95, 'specificity': 0.55}}}}
+      'site_calibrated': {
+          'federated': {'sensitivity': 0.95, 'specificity': 0.55},
+          'hospital_0': {'sensitivity': 0.97, 'specificity': 0.48},
+          'hospital_1': {'sensitivity': 0.91, 'specificity': 0.60},
+          'private_pooled': {'sensitivity': 0.93, 'specificity': 0.52},
+          'percentile': 50.0, 'confidence': 0.9}}}
 
 
 def test_protocol_row_reads_every_column():
@@ -16,6 +21,9 @@ def test_protocol_row_reads_every_column():
   assert row['utility_ratio'] == 0.8 / 0.9 and row['ceiling_auc'] == 0.9
   assert (row['calibrated_sensitivity'], row['calibrated_specificity']) == (0.95, 0.55)
   assert row['scored_split'] == 'validation' and row['site_alone_auc'] == 0.7
+  # The worst hospital's threshold, each number at its own worst site; the private one.
+  assert (row['worst_site_sensitivity'], row['worst_site_specificity']) == (0.91, 0.48)
+  assert (row['private_sensitivity'], row['private_specificity']) == (0.93, 0.52)
 
 
 def test_mean_std_is_the_sample_std_and_skips_missing():

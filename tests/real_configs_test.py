@@ -178,6 +178,8 @@ def test_zhanglab_runs_end_to_end_through_main(tmp_path, compilation_cache_dir):
   # Scored on the validation split while choosing settings; its baselines beside F-AD.
   assert results['scored_split'] == 'validation' and anomaly['test_abnormal'] > 0
   assert {'ceiling', 'site_alone', 'site_calibrated', 'utility_ratio'} <= set(anomaly)
-  assert set(anomaly['site_calibrated']) >= {'hospital_0', 'hospital_1', 'federated'}
+  assert set(anomaly['site_calibrated']) >= {'hospital_0', 'hospital_1', 'federated',
+                                             'private_pooled'}
+  assert anomaly['site_calibrated']['private_pooled']['epsilon'] <= 2.0
   assert 0.0 <= results['memorization']['fraction_synthetic_below_floor'] <= 1.0
   assert 'findings' in results['conditioning']['generated']

@@ -87,12 +87,24 @@ class OperatingPoint:
   """`eval.operating_point`: where a hospital would use F-AD (numbers: configs/eval_common.py).
 
   Attributes:
-    site_percentile: each hospital thresholds at this percentile of the detector's scores on
-      its own real normal training films (they never leave it; the weights never see them).
+    site_percentile: each hospital thresholds F-AD on the detector's scores on its own real
+      normal training films (they never leave it; the weights never see them), aiming at a
+      specificity of site_percentile / 100 (`evaluation/calibration.py`).
+    site_confidence: 0: the threshold is that percentile of the site's scores; c > 0: the
+      order statistic that gives specificity >= site_percentile / 100 with confidence c.
     specificity: the sensitivity at this specificity is read off the ROC.
+    private_epsilon: > 0 adds the pooled threshold of all sites' normals found by a
+      differentially private federated search (`privacy/quantile.py`) within this epsilon;
+      0 skips it.
+    private_delta: that search's delta.
+    private_steps: its bisection steps.
   """
   site_percentile: float
+  site_confidence: float
   specificity: float
+  private_epsilon: float
+  private_delta: float
+  private_steps: int
 
 
 _VARIANT_FIELDS = tuple(f.name for f in dataclasses.fields(Variant))

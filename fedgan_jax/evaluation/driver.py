@@ -29,6 +29,7 @@ from fedgan_jax import synthesis
 from fedgan_jax.data import dataset as dataset_lib
 from fedgan_jax.data import registry
 from fedgan_jax.evaluation import anomaly as anomaly_lib
+from fedgan_jax.evaluation import calibration
 from fedgan_jax.evaluation import detectors
 from fedgan_jax.evaluation import fid
 from fedgan_jax.evaluation import inception
@@ -132,11 +133,10 @@ def anomaly(context: context_lib.EvalContext) -> dict:
   report['sensitivity_at_specificity'] = {'specificity': target, 'sensitivity': (
       anomaly_lib.sensitivity_at_specificity(detection['test_scores'], test.abnormal, target))}
   detector = detection['detector']
-  report['site_calibrated'] = dict(anomaly_lib.site_calibration(
+  report['site_calibrated'] = calibration.site_calibration(
       {site: detectors.scores(detector, images)
        for site, images in context.site_normals().items()},
-      detection['test_scores'], test.abnormal, float(settings.site_percentile)),
-      percentile=float(settings.site_percentile))
+      detection['test_scores'], test.abnormal, settings, context.seed)
   percentile = context.config.anomaly.threshold_percentile
   baselines = {}
   if 'ceiling' in context.eval_config.anomaly_baselines:

@@ -121,16 +121,41 @@ def _operating_point_section(anomaly: Mapping[str, Any]) -> list[str]:
               '']
   calibrated = anomaly.get('site_calibrated')
   if calibrated:
-    rows = [[site, number(entry['threshold'], 4), number(entry['sensitivity']),
-             number(entry['specificity']), str(entry['normals'])]
-            for site, entry in calibrated.items()
-            if isinstance(entry, Mapping) and 'threshold' in entry]
-    parts += [f'F-AD thresholded where each hospital sets it: the '
-              f'{number(calibrated["percentile"], 1)}th percentile of its scores on its own real '
-              'normal training films (which never leave it; "federated" = their normal-count-'
-              'weighted mean):', '',
-              table(['site', 'threshold', 'sensitivity', 'specificity', 'site normals'], rows),
-              '']
+    parts += site_calibration_markdown(calibrated)
+  return parts
+
+
+def site_calibration_markdown(calibrated: Mapping[str, Any]) -> list[str]:
+  """The thresholds hospitals set on their own real normal films, and what they give."""
+  specificity = calibrated['percentile'] / 100
+  confidence = calibrated.get('confidence', 0.0)
+  rows = [[site, number(entry['threshold'], 4), number(entry['sensitivity']),
+           number(entry['specificity']), str(entry['normals'])
+           + ('' if entry.get('guaranteed', True) else ' (too few for the guarantee)')]
+          for site, entry in calibrated.items()
+          if site != 'private_pooled' and isinstance(entry, Mapping) and 'threshold' in entry]
+  rule = (f'the order statistic of its scores on its own real normal training films that gives '
+          f'specificity >= {number(specificity)} with confidence {number(confidence)} '
+          '(distribution-free)' if confidence else
+          f'the {number(calibrated["percentile"], 1)}th percentile of its scores on its own real '
+          'normal training films')
+  parts = [f'F-AD thresholded where each hospital sets it: {rule}; the films never leave it '
+           '("federated" = the thresholds\' normal-count-weighted mean):', '']
+  private = calibrated.get('private_pooled')
+  if private:
+    rows.append([f'pooled, private search (epsilon {number(private["epsilon"])}, delta '
+                 f'{private["delta"]:g})', number(private['threshold'], 4),
+                 number(private['sensitivity']), number(private['specificity']),
+                 str(private['noisy_count']) + ' (noisy)'])
+    rows.append(['pooled, exact (no privacy; for comparison)', number(private['exact_threshold'], 4),
+                 number(private['exact']['sensitivity']),
+                 number(private['exact']['specificity']), ''])
+  parts += [table(['site', 'threshold', 'sensitivity', 'specificity', 'site normals'], rows), '']
+  if private:
+    parts += [f'The private search: {private["queries"]} noisy count queries to every site '
+              f'(noise multiplier {number(private["noise_multiplier"])} per site, so the pooled '
+              f'count is off by ~{number(private["rank_noise_std"], 1)} films); rank '
+              f'{private["rank"]} of the noisy pooled count {private["noisy_count"]}.', '']
   return parts
 
 
@@ -264,13 +289,21 @@ PROTOCOL_COLUMNS = (
     ('sensitivity_at_specificity', 'sensitivity at the specificity'),
     ('calibrated_sensitivity', 'sensitivity, site-calibrated'),
     ('calibrated_specificity', 'specificity, site-calibrated'),
+    ('worst_site_sensitivity', 'lowest sensitivity of a hospital\'s threshold'),
+    ('worst_site_specificity', 'lowest specificity of a hospital\'s threshold'),
+    ('private_sensitivity', 'sensitivity, private pooled threshold'),
+    ('private_specificity', 'specificity, private pooled threshold'),
 )
 
 
 def protocol_row(results: Mapping[str, Any]) -> dict:
   """One run's numbers for the protocol table, from its results.json."""
   anomaly = results['anomaly']
-  federated = anomaly.get('site_calibrated', {}).get('federated', {})
+  calibrated = anomaly.get('site_calibrated', {})
+  federated, private = calibrated.get('federated', {}), calibrated.get('private_pooled', {})
+  sites = [entry for site, entry in calibrated.items()
+           if site not in ('federated', 'private_pooled') and isinstance(entry, Mapping)
+           and 'sensitivity' in entry]
   return {
       'scored_split': results.get('scored_split', 'test'),
       'step': results.get('step'),
@@ -284,6 +317,10 @@ def protocol_row(results: Mapping[str, Any]) -> dict:
       'specificity_target': anomaly.get('sensitivity_at_specificity', {}).get('specificity'),
       'calibrated_sensitivity': federated.get('sensitivity'),
       'calibrated_specificity': federated.get('specificity'),
+      'worst_site_sensitivity': min((e['sensitivity'] for e in sites), default=None),
+      'worst_site_specificity': min((e['specificity'] for e in sites), default=None),
+      'private_sensitivity': private.get('sensitivity'),
+      'private_specificity': private.get('specificity'),
       'wall_time_s': results.get('wall_time_s'),
   }
 
