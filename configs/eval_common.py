@@ -76,9 +76,11 @@ def get_eval_config(runlocal: bool = False) -> ml_collections.ConfigDict:
   # of site_percentile / 100, guaranteed with probability site_confidence (0: the plain
   # percentile); the federation's pooled threshold is also found by a private search within
   # (private_epsilon, private_delta) over private_steps bisections; the sensitivity at
-  # `specificity` is read off the ROC.
+  # `specificity` is read off the ROC. Confidence 0.9 over the plain median: on ZhangLab
+  # validation (3 seeds) the federation's threshold met sensitivity >= 0.9 with specificity
+  # >= 0.5 on 2 seeds instead of 1 (BENCHMARKS.md, issue 21, fourth session).
   config.operating_point = detectors.OperatingPoint(
-      site_percentile=50.0, site_confidence=0.0, specificity=0.9, private_epsilon=2.0,
+      site_percentile=50.0, site_confidence=0.9, specificity=0.9, private_epsilon=2.0,
       private_delta=1e-5, private_steps=12)
   # The same detector trained on real normals, beside F-AD: 'ceiling' (all hospitals' pooled:
   # what synthetic images could give at best) and 'site_alone' (each hospital's own).

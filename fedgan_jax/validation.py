@@ -131,6 +131,7 @@ DOMAINS: tuple[tuple[str, Domain], ...] = (
     ('anomaly.input_size', _count()),       # 0 = the image size.
     ('anomaly.variant.discriminator_block', _count()),  # 0 = D's first residual block.
     ('anomaly.variant.normal_filter_keep', Domain(low=0, high=1, low_open=True)),
+    ('anomaly.variant.release_filter_percentile', Domain(low=0, high=100, high_open=True)),
     ('anomaly.*', _count(1)),
     # Differential privacy.
     ('dp.clip_norm', _POSITIVE),

@@ -201,3 +201,22 @@ def test_normal_filter_keeps_the_drawn_normals_d_reads_as_least_abnormal(context
       shared=context_lib.SharedModels())
   with pytest.raises(ValueError, match='normal_filter_keep'):
     without_d.synthetic_normals()
+
+
+def test_release_filter_drops_drawn_films_that_copy_a_hospital_s_film(context, monkeypatch):
+  config = copy.deepcopy(context.config)
+  config.anomaly = detectors.with_overrides(config.anomaly, release_filter_percentile=1.0)
+  filtered = context_lib.EvalContext(
+      config=config, federation=context.federation, task=context.task,
+      g_params=context.g_params, d_params=context.d_params, out_dir=context.out_dir,
+      shared=context_lib.SharedModels())
+  drawn = context.synthetic_normals()[0]
+  copies = (1, 5, 9)  # Drawn films replaced by exact copies of hospital films.
+  site = context.federation.clients[-1].images
+  forged = drawn.copy()
+  forged[list(copies)] = site[:len(copies)]
+  monkeypatch.setattr(context_lib.synthesis, 'synthesize', lambda *args, **kwargs: forged)
+  images, _ = filtered.synthetic_normals()
+  assert len(images) == len(drawn) - len(copies)
+  np.testing.assert_array_equal(images, np.delete(forged, copies, axis=0))
+  assert filtered.release_filter() == {'percentile': 1.0, 'drawn': len(drawn), 'vetoed': 3}

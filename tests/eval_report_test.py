@@ -49,3 +49,24 @@ def test_protocol_markdown_names_a_round_chosen_on_validation():
   rows = {0: eval_report.protocol_row(results)}
   assert '| 0 | 200 (chosen on validation) | 0.800 |' in eval_report.protocol_markdown(
       'configs/pneumoniamnist.py', [], rows)
+
+
+def test_site_calibration_markdown_names_the_rule_and_the_private_search():
+  private = {'threshold': 0.3, 'sensitivity': 0.9, 'specificity': 0.55, 'epsilon': 2.0,
+             'delta': 1e-5, 'noisy_count': 850, 'exact_threshold': 0.29,
+             'exact': {'sensitivity': 0.91, 'specificity': 0.54}, 'queries': 13,
+             'noise_multiplier': 7.7, 'rank_noise_std': 13.4, 'rank': 448}
+  calibrated = {'hospital_0': {'threshold': 0.28, 'sensitivity': 0.95, 'specificity': 0.45,
+                               'normals': 3, 'guaranteed': False},
+                'federated': {'threshold': 0.28, 'sensitivity': 0.95, 'specificity': 0.45,
+                              'normals': 3},
+                'private_pooled': private, 'percentile': 50.0, 'confidence': 0.9}
+  text = '\n'.join(eval_report.site_calibration_markdown(calibrated))
+  assert 'specificity >= 0.500 with confidence 0.900' in text
+  assert '| hospital_0 | 0.2800 | 0.950 | 0.450 | 3 (too few for the guarantee) |' in text
+  assert '| pooled, private search (epsilon 2.000, delta 1e-05) | 0.3000 |' in text
+  assert '13 noisy count queries' in text and 'rank 448 of the noisy pooled count 850' in text
+  plain = dict(calibrated, confidence=0.0)
+  plain.pop('private_pooled')
+  text = '\n'.join(eval_report.site_calibration_markdown(plain))
+  assert 'the 50.0th percentile' in text and 'private' not in text

@@ -22,6 +22,7 @@ from fedgan_jax.evaluation import anomaly as anomaly_lib
 from fedgan_jax.evaluation import detectors
 from fedgan_jax.evaluation import discriminator_view
 from fedgan_jax.evaluation import domain_features
+from fedgan_jax.evaluation import memorization
 from fedgan_jax.evaluation import personalized as personalized_lib
 from fedgan_jax.evaluation import schema_attributes
 from fedgan_jax.federated import client as client_lib
@@ -119,7 +120,13 @@ class EvalContext:
       conditions = self.federation.normal_profiles(rng, drawn)
       images = synthesis.synthesize(self.task, self.g_params, conditions, self.seed + 1,
                                     self.eval_config.generate_batch_size)
-      if drawn > count:
+      vetoed = self._release_veto(images)
+      if vetoed.any():
+        images, conditions = images[~vetoed], conditions[~vetoed]
+      self._cache['release_filter'] = {
+          'percentile': float(anomaly_config.variant.release_filter_percentile),
+          'drawn': drawn, 'vetoed': int(vetoed.sum())}
+      if len(images) > count:
         # G's "normal" films at noise scale > 0 often carry what its pneumonia films carry; the
         # federated D's attribute head, trained on the hospitals' labelled films, keeps the
         # `count` it reads as least likely to show a finding. The detector still trains on
@@ -135,6 +142,33 @@ class EvalContext:
         images, conditions = images[chosen], conditions[chosen]
       return images, conditions
     return self._cached('synthetic_normals', build)
+
+  def _release_veto(self, images: np.ndarray) -> np.ndarray:
+    """The drawn synthetic normals any hospital vetoes as too near one of its own films.
+
+    Each site checks them against its normal films with the normal films' floor (what the
+    synthetic films imitate) and against all its films with theirs: pneumonia films lie
+    nearer each other, so a floor from all films alone would pass near-copies of normals.
+    """
+    percentile = float(self.config.anomaly.variant.release_filter_percentile)
+    vetoed = np.zeros(len(images), bool)
+    if percentile == 0:
+      return vetoed
+    to_model = dataset_lib.images_to_model
+    synthetic = to_model(images)
+    for client in self.federation.clients:
+      normal = ~np.asarray(client.abnormal, bool)
+      for films, patients in ((client.images[normal], client.patient_ids[normal]),
+                              (client.images, client.patient_ids)):
+        if len(films):
+          vetoed |= memorization.release_veto(synthetic, to_model(films), patients,
+                                              percentile)[0]
+    return vetoed
+
+  def release_filter(self) -> dict:
+    """What the hospitals' release veto removed from the drawn synthetic normals."""
+    self.synthetic_normals()
+    return self._cache['release_filter']
 
   def domain_encoder(self) -> domain_features.FittedEncoder:
     def build():

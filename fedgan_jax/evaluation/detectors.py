@@ -70,6 +70,10 @@ class Variant:
     normal_filter_keep: the fraction of drawn synthetic normals F-AD keeps (1 = all): G
       draws `anomaly.num_synthetic / normal_filter_keep` and the federated D's attribute
       head keeps those it reads as least likely to show a finding (`EvalContext`).
+    release_filter_percentile: > 0: before that, each hospital vetoes the drawn synthetic
+      normals nearer to one of its normal films (or of all its films) than this percentile of
+      those films' distances to another of its patients' (`memorization.release_veto`); 0 =
+      off.
   """
   features: str
   discriminator_block: int
@@ -80,6 +84,7 @@ class Variant:
   ensemble_seeds: int
   ensemble_normalization: str
   normal_filter_keep: float
+  release_filter_percentile: float
 
 
 @dataclasses.dataclass

@@ -100,10 +100,11 @@ def memorization(context: context_lib.EvalContext) -> dict:
   """
   synthetic, _ = context.synthetic_normals()
   to_model = dataset_lib.images_to_model
-  return memorization_lib.report(to_model(synthetic),
-                                 to_model(context.federation.test.normal_images()),
-                                 to_model(context.training_normals()),
-                                 float(context.eval_config.memorization_percentile))
+  return dict(memorization_lib.report(to_model(synthetic),
+                                      to_model(context.federation.test.normal_images()),
+                                      to_model(context.training_normals()),
+                                      float(context.eval_config.memorization_percentile)),
+              release_filter=context.release_filter())
 
 
 def conditioning(context: context_lib.EvalContext) -> dict:

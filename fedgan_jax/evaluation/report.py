@@ -223,6 +223,13 @@ def results_markdown(results: Mapping[str, Any]) -> str:
                      for label, q in (('synthetic normals', memorized['synthetic_quantiles']),
                                       ('held-out real normals', memorized['held_out_quantiles']))
                      ]), '']
+    released = memorized.get('release_filter')
+    if released and released['percentile']:
+      parts += [f'These are the films left after the hospitals\' release veto: of '
+                f'{released["drawn"]} drawn, {released["vetoed"]} lay nearer to one of a '
+                f'hospital\'s own films than the {number(released["percentile"], 1)}th percentile '
+                'of its films\' distances to another of its patients\' films, and were dropped '
+                '(`anomaly.variant.release_filter_percentile`).', '']
   if 'conditioning' in results:
     parts += ['## Conditioning fidelity', '',
               'Attributes read back by a model fitted on real training images, from images '
