@@ -5,6 +5,8 @@ Experiment configs (`configs/phantom.py`, `configs/cxr14.py`, ...) start from
 differs. Every number the code uses lives here or there.
 """
 
+import dataclasses
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -188,6 +190,12 @@ def real_data_config(arg: str | None, config_file: str, data_section, conditions
   config.conditions = conditions
   config.fl.centralized = options['centralized']
   model_sizes.model_for_image_size(config, image_size)
+  # Real patients' films: each hospital vetoes drawn synthetic normals nearer to one of its
+  # films than the 1st percentile of its own patients' distances to each other
+  # (memorization.release_veto). Off for runlocal: a G trained for 4 rounds draws near-mean
+  # films, nearer to the fixtures' few films than those are to each other, and all would go.
+  config.anomaly.variant = dataclasses.replace(config.anomaly.variant,
+                                               release_filter_percentile=0.0 if runlocal else 1.0)
   if runlocal:
     model_sizes.shrink_for_runlocal(config)
     shrink_training_for_runlocal(config)

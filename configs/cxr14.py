@@ -38,8 +38,5 @@ def get_config(arg: str | None = None):
   config.loss.r1_gamma = 0.2
   config.anomaly.update(input_size=16 if runlocal else 32, score='ssim', score_blur_sigma=1.5,
                         score_percentile=90.0)
-  # Each hospital vetoes synthetic normals nearer to one of its films than its own
-  # patients are to each other (1st percentile; memorization.release_veto).
-  config.anomaly.variant = dataclasses.replace(config.anomaly.variant, normal_filter_keep=0.25,
-                                               release_filter_percentile=1.0)
+  config.anomaly.variant = dataclasses.replace(config.anomaly.variant, normal_filter_keep=0.25)
   return config

@@ -45,8 +45,5 @@ def get_config(arg: str | None = None):
   # than G's one expected normal film.
   config.loss.r1_gamma = 0.2
   config.anomaly.update(score='ssim', score_blur_sigma=1.5, score_percentile=50.0)
-  # Each hospital vetoes synthetic normals nearer to one of its films than its own
-  # patients are to each other (1st percentile; memorization.release_veto).
-  config.anomaly.variant = dataclasses.replace(config.anomaly.variant, normal_filter_keep=0.25,
-                                               release_filter_percentile=1.0)
+  config.anomaly.variant = dataclasses.replace(config.anomaly.variant, normal_filter_keep=0.25)
   return config

@@ -44,10 +44,7 @@ def get_config(arg: str | None = None):
   # scored higher (0.76 at 0.5, 0.86 at z = 0, where the detector learns one template film);
   # filtered, 0.866 +- 0.022 at 0.5 and 0.850 +- 0.009 at 1, with diverse normals.
   config.sampling.noise_scale = 0.5
-  # Each hospital vetoes synthetic normals nearer to one of its films than its own
-  # patients are to each other (1st percentile; memorization.release_veto).
-  config.anomaly.variant = dataclasses.replace(config.anomaly.variant, normal_filter_keep=0.25,
-                                               release_filter_percentile=1.0)
+  config.anomaly.variant = dataclasses.replace(config.anomaly.variant, normal_filter_keep=0.25)
   config.anomaly.update(input_size=16 if runlocal else 32, score='ssim', score_blur_sigma=1.5,
                         score_percentile=50.0)
   return config

@@ -220,3 +220,17 @@ def test_release_filter_drops_drawn_films_that_copy_a_hospital_s_film(context, m
   assert len(images) == len(drawn) - len(copies)
   np.testing.assert_array_equal(images, np.delete(forged, copies, axis=0))
   assert filtered.release_filter() == {'percentile': 1.0, 'drawn': len(drawn), 'vetoed': 3}
+
+
+def test_release_filter_that_drops_every_film_says_what_to_do(context, monkeypatch):
+  config = copy.deepcopy(context.config)
+  config.anomaly = detectors.with_overrides(config.anomaly, release_filter_percentile=1.0)
+  filtered = context_lib.EvalContext(
+      config=config, federation=context.federation, task=context.task,
+      g_params=context.g_params, d_params=context.d_params, out_dir=context.out_dir,
+      shared=context_lib.SharedModels())
+  site = context.federation.clients[0].images
+  copies = np.resize(site, (config.anomaly.num_synthetic,) + site.shape[1:])
+  monkeypatch.setattr(context_lib.synthesis, 'synthesize', lambda *args, **kwargs: copies)
+  with pytest.raises(ValueError, match='release_filter_percentile=1.*dropped all'):
+    filtered.synthetic_normals()

@@ -121,6 +121,14 @@ class EvalContext:
       images = synthesis.synthesize(self.task, self.g_params, conditions, self.seed + 1,
                                     self.eval_config.generate_batch_size)
       vetoed = self._release_veto(images)
+      if vetoed.all():
+        raise ValueError(
+            f'the hospitals\' release veto (anomaly.variant.release_filter_percentile='
+            f'{anomaly_config.variant.release_filter_percentile:g}) dropped all {drawn} drawn '
+            'synthetic normals: every one lies nearer to a hospital\'s film than its patients\' '
+            'films are to each other (a G early in training draws near-mean films). Train G '
+            'further, or lower the percentile (0 = off) knowing that films that near real '
+            'patients\' films would then be used.')
       if vetoed.any():
         images, conditions = images[~vetoed], conditions[~vetoed]
       self._cache['release_filter'] = {
