@@ -37,6 +37,7 @@ import numpy as np
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
+from configs import deploy_smoke
 from fedgan_jax import checkpointing
 from fedgan_jax.data import registry
 from fedgan_jax.deploy import common
@@ -55,30 +56,19 @@ _OUT = flags.DEFINE_string('out', '', 'JSON output path ("" = print only).')
 _WORKDIR = flags.DEFINE_string('workdir', '', 'Scratch folder ("" = a temporary one).')
 
 SITES = ('general', 'children_and_young', 'geriatric')
-# The config every process loads (written to the scratch folder): tiny networks, a
-# checkpoint every round, test-sized waits.
-CONFIG_SOURCE = '''
-from configs import phantom
-from fedgan_jax.deploy import settings
+# The config every process loads (`tests/deploy_test.py`'s, with its `soak` variant); the
+# rounds come as a flag.
+CONFIG_FILE = REPO_ROOT / 'configs' / 'deploy_smoke.py'
 
 
-def get_config(arg=None):
-  config = phantom.get_config('runlocal')
-  config.model.generator.update(seed_size=16, encoder_channels=(16,), decoder_channels=())
-  config.model.discriminator.channels = (8,)
-  config.fl.num_rounds = {rounds}
-  config.checkpoint.every_rounds = 1
-  config.deploy = settings.get_deploy_config()
-  config.deploy.update(hospital_max_wait_s=90.0, connect_timeout_s=90.0, round_timeout_s=60.0,
-                       identify_timeout_s=30.0, accept_failures=(arg == 'tolerant'))
+def config_flags(variant='soak'):
+  return [f'--config={CONFIG_FILE}:{variant}', f'--config.fl.num_rounds={_ROUNDS.value}']
+
+
+def load_config(variant='soak'):
+  config = deploy_smoke.get_config(variant)
+  config.fl.num_rounds = _ROUNDS.value
   return config
-'''
-
-
-def load_config(root: pathlib.Path, variant=None):
-  namespace = {}
-  exec((root / 'config.py').read_text(), namespace)  # pylint: disable=exec-used
-  return namespace['get_config'](variant)
 
 
 def final_arrays(workdir: pathlib.Path, config) -> tuple[int, np.ndarray]:
@@ -138,7 +128,7 @@ def _free_port() -> int:
 
 
 def main_args(root, workdir):
-  return ['fedgan_jax.main', f'--config={root / "config.py"}', f'--workdir={workdir}',
+  return ['fedgan_jax.main', *config_flags(), f'--workdir={workdir}',
           f'--compilation_cache={root / "xla_cache"}']
 
 
@@ -187,7 +177,7 @@ def train_trial(root, workdir, reference_s, budget, rng, record):
 
 
 def run_train_phase(root, kills_wanted, rng, record):
-  config = load_config(root)
+  config = load_config()
   # Twice: the first fills the XLA cache (the killed runs load it, so they are as fast as
   # the second), and the two must agree bit for bit.
   for name in ('train_reference_cold', 'train_reference'):
@@ -216,11 +206,10 @@ def run_train_phase(root, kills_wanted, rng, record):
 
 
 def federation(root, workdir, extra_hospital_flags=None, server_flags=('--insecure',),
-               variant=None):
+               variant='soak'):
   """The server and one process per site, not started."""
   address = f'127.0.0.1:{_free_port()}'
-  config_flag = f'--config={root / "config.py"}' + (f':{variant}' if variant else '')
-  common_flags = [config_flag, f'--compilation_cache={root / "xla_cache"}']
+  common_flags = [*config_flags(variant), f'--compilation_cache={root / "xla_cache"}']
   env = _env(root / 'xla_cache')
   workdir.mkdir(parents=True, exist_ok=True)
   processes = {'server': Process('server', ['fedgan_jax.deploy.server', f'--workdir={workdir}',
@@ -296,7 +285,7 @@ def supervise(processes, record, phase, kills=0, rng=None, restart=True):
 
 
 def run_flower_phase(root, kills_wanted, rng, record):
-  config = load_config(root)
+  config = load_config()
   reference = root / 'flower_reference'
   started = time.monotonic()
   code = supervise(federation(root, reference), record, 'flower', restart=False)
@@ -346,7 +335,7 @@ def run_rogue_phase(root, record):
     else:
       hospital_flags, server_flags = {'geriatric': rogue_flags}, ['--insecure']
     started = time.monotonic()
-    processes = federation(root, workdir, hospital_flags, server_flags, variant='tolerant')
+    processes = federation(root, workdir, hospital_flags, server_flags, variant='soak,tolerant')
     code = supervise(processes, record, f'rogue_{kind}', restart=False)
     metrics = workdir / 'metrics.jsonl'
     rows = ([json.loads(line) for line in metrics.read_text().splitlines()]
@@ -365,8 +354,7 @@ def main(argv):
   rng = random.Random(_SEED.value)
   root = pathlib.Path(_WORKDIR.value or tempfile.mkdtemp(prefix='fedgan_soak_'))
   root.mkdir(parents=True, exist_ok=True)
-  (root / 'config.py').write_text(CONFIG_SOURCE.format(rounds=_ROUNDS.value))
-  config = load_config(root)
+  config = load_config()
   for client in registry.load_federation(config).clients:
     common.export_site_data(client, str(root / f'{client.name}.npz'))
   record = {'kills': [], 'hangs': [], 'trials': [], 'rounds': _ROUNDS.value,

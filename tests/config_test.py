@@ -26,6 +26,7 @@ VARIANTS = {
     'pneumoniamnist': (None, 'runlocal', 'centralized', 'size=28', 'size=64',
                        'runlocal,size=32'),
     'zhanglab': (None, 'runlocal', 'centralized', 'size=128', 'size=224'),
+    'deploy_smoke': (None, 'soak', 'tolerant', 'soak,tolerant'),
 }
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import binary_env
+from configs import deploy_smoke
 from fedgan_jax import checkpointing
 from fedgan_jax import cpu_backend
 from fedgan_jax.data import registry
@@ -36,30 +37,12 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 120
 REFERENCE_ROUNDS = 3
 SITES = ('general', 'children_and_young', 'geriatric')
-# The config every process of a test run loads: runlocal phantom + a deploy section with
-# test-sized waits.
-CONFIG_SOURCE = '''
-from configs import phantom
-from fedgan_jax.deploy import settings
-
-
-def get_config(arg=None):
-  config = phantom.get_config('runlocal')
-  # The smallest valid networks: 4 processes compile the client step on 2 shared cores.
-  config.model.generator.update(seed_size=16, encoder_channels=(8,), decoder_channels=())
-  config.model.discriminator.channels = (8,)
-  config.deploy = settings.get_deploy_config()
-  # Hospitals start with the server and poll for it every 0.1 s, not every second.
-  config.deploy.update(hospital_max_wait_s=60.0, hospital_poll_s=0.1, connect_timeout_s=60.0,
-                       round_timeout_s=60.0)
-  return config
-'''
+# The config every process of a test run loads (the soak's too, with its `soak` variant).
+CONFIG_FILE = REPO_ROOT / 'configs' / 'deploy_smoke.py'
 
 
 def make_config():
-  namespace = {}
-  exec(CONFIG_SOURCE, namespace)  # pylint: disable=exec-used
-  return namespace['get_config']()
+  return deploy_smoke.get_config()
 
 
 # ----------------------------------------------------------------------------- unit tests
@@ -258,7 +241,6 @@ def reference(tmp_path_factory):
   config = make_config()
   for client in registry.load_federation(config).clients:
     common.export_site_data(client, str(root / f'{client.name}.npz'))
-  (root / 'config.py').write_text(CONFIG_SOURCE)
   # The reference and all 4 processes inherit the session's XLA flags (conftest.TEST_XLA_FLAGS)
   # alike, so the warm cache serves the hospitals.
   env = binary_env(JAX_PLATFORMS='cpu')
@@ -280,7 +262,7 @@ def run_federation(reference, workdir, rounds, credentials=None, exit_at=None):
   """Runs the server and one process per site until the server ends; returns the logs."""
   root = reference['root']
   address = f'127.0.0.1:{_free_port()}'
-  common_flags = [f'--config={root / "config.py"}', f'--config.fl.num_rounds={rounds}',
+  common_flags = [f'--config={CONFIG_FILE}', f'--config.fl.num_rounds={rounds}',
                   f'--compilation_cache={reference["cache"]}']
   if credentials is None:
     server_security = hospital_security = lambda site: ['--insecure']
