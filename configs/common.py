@@ -133,7 +133,8 @@ def get_common_config() -> ml_collections.ConfigDict:
           features='pixels', discriminator_block=1,
           inpaint_patch=4, inpaint_embedding_dim=64, memory_slots=64,
           ensemble_members=(), ensemble_seeds=1, ensemble_normalization='rank',
-          normal_filter_keep=1.0, release_filter_percentile=0.0)))
+          normal_filter_keep=1.0, release_filter_percentile=0.0,
+          score_border=0.0)))
   # Differential privacy (fedgan_jax/privacy/; README "Privacy"). 'example': DP-SGD on D at each
   # hospital; 'client': DP-FedAvg on whole hospital updates. Unset numbers are None.
   config.dp = ml_collections.ConfigDict(dict(

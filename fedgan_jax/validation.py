@@ -132,6 +132,7 @@ DOMAINS: tuple[tuple[str, Domain], ...] = (
     ('anomaly.variant.discriminator_block', _count()),  # 0 = D's first residual block.
     ('anomaly.variant.normal_filter_keep', Domain(low=0, high=1, low_open=True)),
     ('anomaly.variant.release_filter_percentile', Domain(low=0, high=100, high_open=True)),
+    ('anomaly.variant.score_border', Domain(low=0, high=0.5, high_open=True)),
     ('anomaly.*', _count(1)),
     # Differential privacy.
     ('dp.clip_norm', _POSITIVE),

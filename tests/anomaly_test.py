@@ -1,5 +1,7 @@
 """F-AD scoring pieces against hand-computed values: SSIM, block-averaged input, operating points."""
 
+import types
+
 import ml_collections
 import numpy as np
 import pytest
@@ -24,7 +26,8 @@ def test_ssim_score_is_zero_for_a_perfect_reconstruction_and_needs_a_window():
   np.testing.assert_allclose(anomaly.anomaly_score(images, images, score), 0.0, atol=1e-5)
   assert (np.asarray(anomaly.anomaly_score(images, images[::-1], score)) > 0.1).all()
   config = ml_collections.ConfigDict(dict(score='ssim', score_blur_sigma=0.0,
-                                          score_percentile=99.0))
+                                          score_percentile=99.0,
+                                          variant=types.SimpleNamespace(score_border=0.0)))
   with pytest.raises(ValueError, match='score_blur_sigma'):
     anomaly.score_config(config)
 
@@ -49,3 +52,18 @@ def test_sensitivity_at_specificity_reads_the_roc():
   assert anomaly.sensitivity_at_specificity(scores, abnormal, 1.0) == 0.5
   # Specificity 0.75 (one normal, 0.4, allowed above): 0.35 joins -> 3 of 4.
   assert anomaly.sensitivity_at_specificity(scores, abnormal, 0.75) == 0.75
+
+
+def test_score_border_leaves_the_film_edges_out():
+  images = np.zeros((1, 8, 8, 1), np.float32)
+  reconstructions = images.copy()
+  reconstructions[0, 0, :, 0] = 1.0   # An error along the top edge only.
+  reconstructions[0, 4, 4, 0] = 2.0   # And one in the centre.
+  whole = anomaly.anomaly_score(images, reconstructions, anomaly.ScoreConfig('mse'))
+  central = anomaly.anomaly_score(images, reconstructions, anomaly.ScoreConfig('mse', border=0.25))
+  # Whole: (8 * 1 + 4) / 64; central 4x4 (rows and columns 2-5): 4 / 16.
+  np.testing.assert_allclose([float(whole[0]), float(central[0])], [12 / 64, 4 / 16])
+  config = ml_collections.ConfigDict(dict(score='mse', variant=types.SimpleNamespace(
+      score_border=0.5)))
+  with pytest.raises(ValueError, match='score_border'):
+    anomaly.score_config(config)

@@ -54,6 +54,7 @@ class ScoreConfig:
   kind: str = 'mse'
   blur_sigma: float = 0.0     # Pixels; 0 = no blur.
   percentile: float = 100.0   # Of the blurred residual map's pixels.
+  border: float = 0.0         # Fraction of the map's height/width left out on each side.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +93,13 @@ def score_config(anomaly_config) -> ScoreConfig:
   kind = anomaly_config.score
   if kind not in SCORES:
     raise ValueError(f'anomaly.score: {kind!r} is not one of {SCORES}.')
-  if kind in ('mse', 'judge'):
+  border = float(anomaly_config.variant.score_border)
+  if not 0 <= border < 0.5:
+    raise ValueError(f'anomaly.variant.score_border must be in [0, 0.5), got {border}.')
+  if kind == 'judge':
     return ScoreConfig(kind)
+  if kind == 'mse':
+    return ScoreConfig(kind, border=border)
   sigma, percentile = float(anomaly_config.score_blur_sigma), float(anomaly_config.score_percentile)
   if kind == 'ssim' and sigma <= 0:
     raise ValueError(f'anomaly.score="ssim" needs anomaly.score_blur_sigma > 0 (its window), '
@@ -101,7 +107,7 @@ def score_config(anomaly_config) -> ScoreConfig:
   if sigma < 0 or not 0 < percentile <= 100:
     raise ValueError(f'anomaly.score_blur_sigma must be >= 0 (is {sigma}) and '
                      f'anomaly.score_percentile in (0, 100] (is {percentile}).')
-  return ScoreConfig(kind, sigma, percentile)
+  return ScoreConfig(kind, sigma, percentile, border)
 
 
 def gaussian_blur(maps: jnp.ndarray, sigma: float) -> jnp.ndarray:
@@ -132,6 +138,13 @@ def ssim_map(x: jnp.ndarray, y: jnp.ndarray, sigma: float) -> jnp.ndarray:
 
 def anomaly_score(images, reconstructions, score: ScoreConfig):
   """`(B,)` scores of images in [-1, 1] against their reconstructions."""
+  if score.border:
+    # The map's central part only: film borders, collimation edges and burnt-in labels vary
+    # from scanner to scanner and carry no finding.
+    h, w = images.shape[1:3]
+    top, left = int(round(score.border * h)), int(round(score.border * w))
+    images = images[:, top:h - top, left:w - left]
+    reconstructions = reconstructions[:, top:h - top, left:w - left]
   if score.kind == 'mse':
     return losses.reconstruction_error(images, reconstructions)
   if score.kind == 'signed':

@@ -74,6 +74,8 @@ class Variant:
       normals nearer to one of its normal films (or of all its films) than this percentile of
       those films' distances to another of its patients' (`memorization.release_veto`); 0 =
       off.
+    score_border: the fraction of the image's height and width left out of the score on
+      each side (0 = the whole image).
   """
   features: str
   discriminator_block: int
@@ -85,6 +87,7 @@ class Variant:
   ensemble_normalization: str
   normal_filter_keep: float
   release_filter_percentile: float
+  score_border: float
 
 
 @dataclasses.dataclass
