@@ -20,6 +20,15 @@ def test_without_noise_the_search_lands_just_above_the_ranked_value():
   assert 3.0 <= result['threshold'] <= 3.0 + 8.0 / 2 ** 10
   assert result['noisy_count'] == 5 and result['noise_multiplier'] == 0.0
   assert result['resolution'] == 8.0 / 2 ** 10 and result['queries'] == 11
+  assert not result['at_bracket_edge']
+
+
+def test_a_value_beyond_the_bracket_is_flagged():
+  for values, bracket in (([10.0, 11.0], (0.0, 4.0)), ([-3.0, -2.0], (0.0, 4.0))):
+    result = quantile.federated_quantile([np.array(values)], lambda count: 1, bracket=bracket,
+                                         epsilon=math.inf, delta=1e-5, steps=8,
+                                         rng=np.random.default_rng(0))
+    assert result['at_bracket_edge'], (values, result['threshold'])
 
 
 def test_too_small_a_count_searches_the_largest_value_and_says_so():

@@ -155,7 +155,10 @@ def site_calibration_markdown(calibrated: Mapping[str, Any]) -> list[str]:
     parts += [f'The private search: {private["queries"]} noisy count queries to every site '
               f'(noise multiplier {number(private["noise_multiplier"])} per site, so the pooled '
               f'count is off by ~{number(private["rank_noise_std"], 1)} films); rank '
-              f'{private["rank"]} of the noisy pooled count {private["noisy_count"]}.', '']
+              f'{private["rank"]} of the noisy pooled count {private["noisy_count"]}.'
+              + (' The answer lies at an end of the search\'s bracket (the scored films\' score '
+                 'range, widened): the hospitals\' threshold may lie beyond it.'
+                 if private.get('at_bracket_edge') else ''), '']
   return parts
 
 

@@ -67,7 +67,9 @@ def federated_quantile(site_values: Sequence[np.ndarray],
 
   Returns:
     `{threshold, rank, noisy_count, guaranteed, noise_multiplier, epsilon, delta, queries,
-    rank_noise_std, resolution}`; `epsilon` is what the accountant reports for the search.
+    rank_noise_std, resolution, at_bracket_edge}`; `epsilon` is what the accountant reports
+    for the search; `at_bracket_edge` says the answer lies within one resolution of an end
+    of the bracket, where the wanted value may lie beyond it.
   """
   low, high = (float(b) for b in bracket)
   if not low < high:
@@ -97,9 +99,12 @@ def federated_quantile(site_values: Sequence[np.ndarray],
       high = middle
     else:
       low = middle
+  resolution = (float(bracket[1]) - float(bracket[0])) / 2 ** int(steps)
+  at_edge = bool(high >= float(bracket[1]) - 0.5 * resolution
+                 or high <= float(bracket[0]) + 1.5 * resolution)
   return {'threshold': high, 'rank': int(rank), 'noisy_count': noisy_total,
           'guaranteed': guaranteed, 'noise_multiplier': sigma,
           'epsilon': accounting.epsilon(count_event(sigma, queries), delta, accountant),
           'delta': float(delta), 'queries': queries,
           'rank_noise_std': sigma * math.sqrt(len(values)),
-          'resolution': (float(bracket[1]) - float(bracket[0])) / 2 ** int(steps)}
+          'resolution': resolution, 'at_bracket_edge': at_edge}
