@@ -31,6 +31,7 @@ from fedgan_jax import checkpointing
 from fedgan_jax import console
 from fedgan_jax.evaluation import report as eval_report
 from fedgan_jax.evaluation import driver as evaluation
+from fedgan_jax.evaluation import selection as selection_lib
 from fedgan_jax import metrics_log
 from fedgan_jax import plots
 from fedgan_jax import synthesis
@@ -269,7 +270,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # The very evaluation the eval binary runs, on the checkpoint just written: one set of
   # evaluators (`config.eval.evaluators`), one results.json/results.md under workdir/eval.
   rounds = int(state.round)
-  if config.eval.evaluators:
+  if config.eval.evaluators and selection_lib.main_chooses(config, federation):
+    # The real-data protocol: the saved round whose F-AD scores validation best, on test.
+    step, selection = selection_lib.best_step_on_validation(config, workdir)
+    logging.info('Evaluating round %d (chosen on the validation split): %s.', step,
+                 ', '.join(config.eval.evaluators))
+    results = evaluation.evaluate_checkpoint(config, workdir, step, federation=federation,
+                                             selection=selection)
+    written = 'results.json, eval/ (results.md, roc.png, sample grids), eval_selection/, '
+  elif config.eval.evaluators:
     logging.info('Evaluating round %d: %s.', rounds, ', '.join(config.eval.evaluators))
     results = evaluation.evaluate_generator(
         config, workdir, rounds, {'privacy': plan.summary(rounds)}, federation, task,

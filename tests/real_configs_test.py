@@ -165,6 +165,14 @@ def test_cxr14_runs_end_to_end_through_main(tmp_path, compilation_cache_dir):
   assert results['scored_split'] == 'test'
   validation = round(0.2 * len(train_patients))
   assert sum(row['patients'] for row in clients) == len(train_patients) - validation
+  # Scoring test with a validation split beside it, main evaluates the saved round whose F-AD
+  # scores validation best (the protocol), and says so.
+  selection = results['checkpoint_selection']
+  saved = sorted(int(step) for step in selection['auc_by_step'])
+  assert selection['on'] == 'validation' and len(saved) >= 2 and saved[-1] == results['rounds']
+  assert results['step'] == selection['selected_step'] == max(
+      (auc, int(step)) for step, auc in selection['auc_by_step'].items())[1]
+  assert (workdir / 'eval_selection' / f'round_{selection["selected_step"]}').is_dir()
 
 
 @pytest.mark.xdist_group('zhanglab_end_to_end')  # No module fixture: any worker.
@@ -175,8 +183,10 @@ def test_zhanglab_runs_end_to_end_through_main(tmp_path, compilation_cache_dir):
                       f'--config.data.root={root}', '--config.data.decode_workers=1',
                       '--config.data.partition.num_clients=2')
   anomaly = results['anomaly']
-  # Scored on the validation split while choosing settings; its baselines beside F-AD.
+  # Scored on the validation split while choosing settings; its baselines beside F-AD. Main
+  # evaluates its last round there (choosing on the split it reports would be optimistic).
   assert results['scored_split'] == 'validation' and anomaly['test_abnormal'] > 0
+  assert 'checkpoint_selection' not in results and results['step'] == results['rounds']
   assert {'ceiling', 'site_alone', 'site_calibrated', 'utility_ratio'} <= set(anomaly)
   assert set(anomaly['site_calibrated']) >= {'hospital_0', 'hospital_1', 'federated',
                                              'private_pooled'}

@@ -7,7 +7,9 @@ config's detector (F-AD trained on that round's synthetic normals) on the data s
 validation split (`registry.validation_config`: the hospitals' data is unchanged), and
 the best one is evaluated on the scored split as usual. Choosing on validation keeps the
 test split unseen; a number reported on the validation split itself after this choice is
-optimistic, so the reports name the choice.
+optimistic, so the reports name the choice. The eval binary chooses with
+`--select_on_validation`; the main job chooses whenever it scores a test split that has a
+validation split beside it (`main_chooses`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 from typing import Any
 
 from absl import logging
+import jax
 
 from fedgan_jax import checkpointing
 from fedgan_jax.data import registry
@@ -24,6 +27,23 @@ from fedgan_jax.evaluation import driver
 # Where each candidate round's validation results go, under the workdir.
 SELECTION_DIR = 'eval_selection'
 METRIC = 'anomaly auc (F-AD on the validation split)'
+
+
+def main_chooses(config, federation) -> bool:
+  """Whether the main job evaluates the round chosen on validation instead of its last.
+
+  It does when it scores the test split of a data source with a validation split (the
+  real-data protocol: choose on validation, score test once), on a single process (the
+  candidates' restores are not collectives). Scoring validation itself, it evaluates its last
+  round: choosing there and reporting there would be optimistic.
+  """
+  if federation.info.get('scored_split', 'test') != 'test' or jax.process_count() > 1:
+    return False
+  try:
+    registry.validation_config(config)
+  except ValueError:  # No validation split (the phantom, or validation_fraction = 0).
+    return False
+  return True
 
 
 def best_step_on_validation(config, workdir: str) -> tuple[int, dict[str, Any]]:
