@@ -172,22 +172,22 @@ def test_discriminator_features_need_d(runlocal_config):
     anomaly.train_autoencoder(images, config, 0)
 
 
-def test_normal_filter_keeps_the_drawn_normals_d_reads_as_least_abnormal(context):
+def _with_anomaly(context, without_d=False, **fields):
+  """A fresh context (nothing cached) on the same data, G and D, with anomaly `fields` set."""
   config = copy.deepcopy(context.config)
-  config.anomaly = detectors.with_overrides(config.anomaly, normal_filter_keep=0.25)
-  filtered = context_lib.EvalContext(
+  config.anomaly = detectors.with_overrides(config.anomaly, **fields)
+  return context_lib.EvalContext(
       config=config, federation=context.federation, task=context.task,
-      g_params=context.g_params, d_params=context.d_params, out_dir=context.out_dir,
-      shared=context_lib.SharedModels())
+      g_params=context.g_params, d_params=None if without_d else context.d_params,
+      out_dir=context.out_dir, shared=context_lib.SharedModels())
+
+
+def test_normal_filter_keeps_the_drawn_normals_d_reads_as_least_abnormal(context):
+  filtered = _with_anomaly(context, normal_filter_keep=0.25)
   images, conditions = filtered.synthetic_normals()
   assert len(images) == len(conditions) == 32
   # The 128 drawn: the same draw as an unfiltered context asking for 128.
-  config_all = copy.deepcopy(context.config)
-  config_all.anomaly.num_synthetic = 128
-  everything = context_lib.EvalContext(
-      config=config_all, federation=context.federation, task=context.task,
-      g_params=context.g_params, d_params=context.d_params, out_dir=context.out_dir,
-      shared=context_lib.SharedModels())
+  everything = _with_anomaly(context, num_synthetic=128)
   all_images, all_conditions = everything.synthetic_normals()
   findings = context.federation.schema.slice('findings')
   probability = discriminator_view.finding_probability(
@@ -195,21 +195,13 @@ def test_normal_filter_keeps_the_drawn_normals_d_reads_as_least_abnormal(context
   kept = np.sort(np.argsort(probability, kind='stable')[:32])
   np.testing.assert_array_equal(images, all_images[kept])
   assert probability[kept].max() <= np.delete(probability, kept).min()
-  without_d = context_lib.EvalContext(
-      config=config, federation=context.federation, task=context.task,
-      g_params=context.g_params, d_params=None, out_dir=context.out_dir,
-      shared=context_lib.SharedModels())
+  without_d = _with_anomaly(context, without_d=True, normal_filter_keep=0.25)
   with pytest.raises(ValueError, match='normal_filter_keep'):
     without_d.synthetic_normals()
 
 
 def test_release_filter_drops_drawn_films_that_copy_a_hospital_s_film(context, monkeypatch):
-  config = copy.deepcopy(context.config)
-  config.anomaly = detectors.with_overrides(config.anomaly, release_filter_percentile=1.0)
-  filtered = context_lib.EvalContext(
-      config=config, federation=context.federation, task=context.task,
-      g_params=context.g_params, d_params=context.d_params, out_dir=context.out_dir,
-      shared=context_lib.SharedModels())
+  filtered = _with_anomaly(context, release_filter_percentile=1.0)
   drawn = context.synthetic_normals()[0]
   copies = (1, 5, 9)  # Drawn films replaced by exact copies of hospital films.
   site = context.federation.clients[-1].images
@@ -223,14 +215,9 @@ def test_release_filter_drops_drawn_films_that_copy_a_hospital_s_film(context, m
 
 
 def test_release_filter_that_drops_every_film_says_what_to_do(context, monkeypatch):
-  config = copy.deepcopy(context.config)
-  config.anomaly = detectors.with_overrides(config.anomaly, release_filter_percentile=1.0)
-  filtered = context_lib.EvalContext(
-      config=config, federation=context.federation, task=context.task,
-      g_params=context.g_params, d_params=context.d_params, out_dir=context.out_dir,
-      shared=context_lib.SharedModels())
+  filtered = _with_anomaly(context, release_filter_percentile=1.0)
   site = context.federation.clients[0].images
-  copies = np.resize(site, (config.anomaly.num_synthetic,) + site.shape[1:])
+  copies = np.resize(site, (filtered.config.anomaly.num_synthetic,) + site.shape[1:])
   monkeypatch.setattr(context_lib.synthesis, 'synthesize', lambda *args, **kwargs: copies)
   with pytest.raises(ValueError, match='release_filter_percentile=1.*dropped all'):
     filtered.synthetic_normals()
